@@ -1,0 +1,179 @@
+"""``mitoseg-convert``: EM volumes (slices, TIFF, HDF5, zarr) -> chunked zarr arrays.
+
+Single volume::
+
+    mitoseg-convert SRC DST [--labels] [--voxel-size-nm Z Y X] [--dataset NAME] [--chunks Z Y X]
+
+Raw and labels together, shapes checked first, written to ``DIR/raw.zarr`` and
+``DIR/labels.zarr``::
+
+    mitoseg-convert --raw SRC --labels-src SRC2 --out DIR [--voxel-size-nm Z Y X]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mitoseg-convert``."""
+    p = argparse.ArgumentParser(
+        prog="mitoseg-convert",
+        usage="%(prog)s SRC DST [--labels] [options]\n"
+        "       %(prog)s --raw SRC --labels-src SRC2 --out DIR [options]",
+        description="Convert an EM volume (folder of 2D slices, multi-page/3D TIFF, HDF5, zarr) "
+        "into a chunked, compressed zarr array.",
+    )
+    _add_single_args(p)
+    _add_pair_args(p)
+    _add_common_args(p)
+    return p
+
+
+def _add_single_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", nargs="?", type=Path, help="source volume")
+    p.add_argument("dst", nargs="?", type=Path, help="output zarr array (directory)")
+    p.add_argument("--labels", action="store_true", help="SRC is a label volume / mask")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--binary",
+        dest="binary",
+        action="store_const",
+        const=True,
+        help="labels are a binary mask (default: decided from the values)",
+    )
+    kind.add_argument(
+        "--instances",
+        dest="binary",
+        action="store_const",
+        const=False,
+        help="labels are instance ids, even if they look like a 0/1 mask",
+    )
+    p.add_argument("--dataset", help="dataset in an HDF5 file / array in a zarr group")
+
+
+def _add_pair_args(p: argparse.ArgumentParser) -> None:
+    pair = p.add_argument_group("pair mode (raw and labels together)")
+    pair.add_argument("--raw", type=Path, help="raw source")
+    pair.add_argument("--labels-src", type=Path, help="labels source")
+    pair.add_argument("--out", type=Path, help="output folder for raw.zarr and labels.zarr")
+    pair.add_argument("--raw-dataset", help="dataset of the raw source")
+    pair.add_argument("--labels-dataset", help="dataset of the labels source")
+
+
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--voxel-size-nm",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=(1.0, 1.0, 1.0),
+        help="voxel size in nm (default: 1 1 1)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=DEFAULT_CHUNKS,
+        help="chunk shape (default: %(default)s)",
+    )
+    p.add_argument(
+        "--z-range", type=int, nargs=2, metavar=("Z0", "Z1"), help="convert only slices [Z0, Z1)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+
+def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """True for pair mode; exits with a usage error on a mix of the two modes."""
+    single = args.src is not None or args.dst is not None
+    pair_args = (args.raw, args.labels_src, args.out)
+    if any(a is not None for a in pair_args) or args.raw_dataset or args.labels_dataset:
+        if single or args.labels or args.dataset:
+            p.error("give either SRC DST [--labels --dataset] or --raw/--labels-src/--out")
+        if any(a is None for a in pair_args):
+            p.error("pair mode needs all of --raw, --labels-src and --out")
+        return True
+    if args.src is None or args.dst is None:
+        p.error("give SRC and DST, or --raw, --labels-src and --out")
+    if args.binary is not None and not args.labels:
+        p.error("--binary / --instances need --labels")
+    return False
+
+
+def _summary(array: zarr.Array, path: Path) -> str:
+    return f"{path}: shape {array.shape} {array.dtype} chunks {array.chunks}"
+
+
+def _run(args: argparse.Namespace, pair: bool) -> list[str]:
+    common: dict[str, Any] = {
+        "voxel_size_nm": tuple(args.voxel_size_nm),
+        "chunks": tuple(args.chunks),
+        "overwrite": args.overwrite,
+        "progress": sys.stderr.isatty() if args.progress is None else args.progress,
+        "z_range": tuple(args.z_range) if args.z_range else None,
+    }
+    if not pair:
+        out = convert(
+            args.src,
+            args.dst,
+            labels=args.labels,
+            dataset=args.dataset,
+            binary=args.binary,
+            **common,
+        )
+        return [_summary(out, args.dst)]
+    check_same_shape(args.raw, args.labels_src, args.raw_dataset, args.labels_dataset)
+    raw_dst, labels_dst = args.out / "raw.zarr", args.out / "labels.zarr"
+    for dst in (raw_dst, labels_dst):  # refuse before writing either
+        if dst.exists() and not args.overwrite:
+            raise VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
+    raw = convert(args.raw, raw_dst, dataset=args.raw_dataset, **common)
+    labels = convert(
+        args.labels_src,
+        labels_dst,
+        labels=True,
+        dataset=args.labels_dataset,
+        binary=args.binary,
+        **common,
+    )
+    return [_summary(raw, raw_dst), _summary(labels, labels_dst)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mitoseg-convert``; returns 0 on success, 2 on a bad input volume."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    pair = _check_mode(parser, args)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        lines = _run(args, pair)
+    except VolumeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

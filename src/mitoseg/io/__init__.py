@@ -1,0 +1,36 @@
+"""Volume I/O: open and create zarr arrays, convert slices / TIFF / HDF5 / zarr into zarr.
+
+Every volume is a ``(Z, Y, X)`` zarr v3 array (Blosc zstd), with attributes ``axes``,
+``voxel_size_nm``, ``kind`` and ``source``. Bad input raises :class:`VolumeError`.
+"""
+
+from mitoseg.io.conversion import convert
+from mitoseg.io.errors import VolumeError
+from mitoseg.io.normalize import normalize_labels
+from mitoseg.io.sources import check_same_shape, natural_key, open_source, volume_shape
+from mitoseg.io.store import (
+    AXES,
+    DEFAULT_CHUNKS,
+    atomic_dir,
+    clip_chunks,
+    create_volume,
+    open_volume,
+    write_volume,
+)
+
+__all__ = [
+    "AXES",
+    "DEFAULT_CHUNKS",
+    "VolumeError",
+    "atomic_dir",
+    "check_same_shape",
+    "clip_chunks",
+    "convert",
+    "create_volume",
+    "natural_key",
+    "normalize_labels",
+    "open_source",
+    "open_volume",
+    "volume_shape",
+    "write_volume",
+]

@@ -1,0 +1,246 @@
+"""Stream an EM volume (slices, TIFF, HDF5, zarr) into a chunked, compressed zarr array."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+from tqdm import tqdm
+
+from mitoseg.io.errors import VolumeError
+from mitoseg.io.normalize import (
+    binary_encoding,
+    instance_dtype,
+    labels_to_mask_slices,
+    normalize_labels,
+    normalize_raw,
+)
+from mitoseg.io.sources import Source, open_source
+from mitoseg.io.store import (
+    AXES,
+    DEFAULT_CHUNKS,
+    atomic_dir,
+    clip_chunks,
+    create_volume,
+    open_volume,
+)
+
+logger = logging.getLogger(__name__)
+
+Slabs = list[tuple[int, int]]
+
+
+def _resolve_z_range(z_range: tuple[int, int] | None, source: Source) -> tuple[int, int]:
+    depth = source.shape[0]
+    if z_range is None:
+        return 0, depth
+    z0, z1 = (int(z) for z in z_range)
+    if not 0 <= z0 < z1 <= depth:
+        raise VolumeError(
+            f"z_range {tuple(z_range)} is not within [0, {depth}] for {source.path} "
+            f"of shape {source.shape}"
+        )
+    return z0, z1
+
+
+def _check_voxel_size(voxel_size_nm: Sequence[float]) -> list[float]:
+    sizes = [float(v) for v in voxel_size_nm]
+    if len(sizes) != 3 or not all(v > 0 for v in sizes):
+        raise VolumeError(f"voxel_size_nm must be 3 positive numbers (z, y, x), got {sizes}")
+    return sizes
+
+
+def _raise_located(
+    source: Source, slab: np.ndarray, first_z: int, check: Callable[[np.ndarray], Any], hint: str
+) -> None:
+    """Re-run ``check`` slice by slice to name the first slice at fault, then raise."""
+    for i in range(slab.shape[0]):
+        try:
+            check(slab[i : i + 1])
+        except VolumeError as err:
+            where = source.describe(first_z + i)
+            raise VolumeError(f"{source.path}, {where}: {err}{hint}") from None
+    try:
+        check(slab)
+    except VolumeError as err:  # only the slab as a whole is at fault (e.g. {0, 1, 255})
+        where = f"slices {first_z}..{first_z + slab.shape[0] - 1}"
+        raise VolumeError(f"{source.path}, {where}: {err}{hint}") from None
+
+
+def _fits_uint32(dtype: np.dtype) -> bool:
+    return dtype.kind in "bui" and dtype.itemsize <= 4
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One conversion: read ``source`` slices ``z0 + s`` for ``s`` in ``slabs`` into ``tmp``."""
+
+    source: Source
+    tmp: Path
+    z0: int
+    shape: tuple[int, int, int]
+    chunks: tuple[int, ...]
+    attrs: dict[str, Any]
+    progress: bool
+
+    @property
+    def slabs(self) -> Slabs:
+        step, depth = self.chunks[0], self.shape[0]
+        return [(s, min(s + step, depth)) for s in range(0, depth, step)]
+
+    def iterate(self, kind: str) -> Iterable[tuple[int, int]]:
+        desc = f"{kind} {self.source.path.name}"
+        return tqdm(self.slabs, desc=desc, unit="slab", disable=not self.progress)
+
+    def read(self, s0: int, s1: int) -> np.ndarray:
+        return self.source.read(self.z0 + s0, self.z0 + s1)
+
+    def create(self, dtype: npt.DTypeLike, **extra_attrs: Any) -> zarr.Array:
+        attrs = self.attrs | extra_attrs
+        return create_volume(self.tmp, self.shape, dtype, chunks=self.chunks, attrs=attrs)
+
+
+def _max_label(job: _Job) -> int:
+    """Largest label value over the volume (a full extra read; only for 64-bit/float labels)."""
+    top = 0
+    for s0, s1 in job.slabs:
+        peak = job.read(s0, s1).max(initial=0)
+        if np.isfinite(peak):  # NaN / inf are reported when the slab is normalised
+            top = max(top, int(peak))
+    return top
+
+
+def _write_raw(job: _Job) -> None:
+    out: zarr.Array | None = None
+    for s0, s1 in job.iterate("raw"):
+        slab = job.read(s0, s1)
+        if out is None and slab.ndim == 4 and slab.shape[-1] > 2:
+            logger.warning("%s: raw slices are colour; storing grey luminance", job.source.path)
+        try:
+            stored = normalize_raw(slab)
+        except VolumeError:
+            _raise_located(job.source, slab, job.z0 + s0, normalize_raw, "")
+            raise
+        if out is None:  # the stored dtype is known only once a slab is decoded
+            out = job.create(stored.dtype)
+        out[s0:s1] = stored
+
+
+def _valid_ids(slab: np.ndarray) -> bool:
+    try:
+        normalize_labels(slab, binary=False)
+    except VolumeError:
+        return False
+    return True
+
+
+def _normalized_labels(
+    source: Source, slab: np.ndarray, first_z: int, binary: bool, decided: bool
+) -> np.ndarray:
+    try:
+        return normalize_labels(slab, binary=binary)
+    except VolumeError:
+        hint = ""
+        if decided and binary and _valid_ids(slab):
+            hint = (
+                "; earlier slices looked like a binary mask: pass binary=False "
+                "(mitoseg-convert --instances) to store instance ids"
+            )
+        _raise_located(source, slab, first_z, lambda s: normalize_labels(s, binary=binary), hint)
+        raise
+
+
+def _write_labels(job: _Job, binary: bool | None) -> None:
+    decided = binary is None
+    ids_dtype = np.dtype(np.uint32)
+    if binary is not True and not _fits_uint32(job.source.dtype):
+        ids_dtype = instance_dtype(_max_label(job))
+    out: zarr.Array | None = None
+    for s0, s1 in job.iterate("labels"):
+        slab = job.read(s0, s1)
+        if slab.ndim == 4:
+            slab = labels_to_mask_slices(slab)
+        if binary is None:
+            if not slab.any():
+                continue  # all background: the array's fill value 0 already holds it
+            binary = binary_encoding(slab) is not None
+        stored = _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
+        if out is None:
+            out = job.create(np.uint8 if binary else ids_dtype, binary=binary)
+        out[s0:s1] = stored.astype(out.dtype, copy=False)
+    if out is None:  # every slice was background
+        job.create(np.uint8, binary=True)
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    labels: bool = False,
+    voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    dataset: str | None = None,
+    chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
+    overwrite: bool = False,
+    progress: bool = False,
+    z_range: tuple[int, int] | None = None,
+    binary: bool | None = None,
+) -> zarr.Array:
+    """Stream an EM volume into a chunked, compressed zarr array at ``dst``.
+
+    Reads and writes one slab of ``chunks[0]`` slices at a time, so memory does not grow with
+    the depth of the volume. The array is built under a temporary name next to ``dst`` and
+    renamed at the end: an interrupted conversion leaves no ``dst``.
+
+    Args:
+        src: a folder of 2D slices (.png .tif .tiff .jpg, natural file-name order), a multi-page
+            or 3D TIFF, an HDF5 file (.h5 .hdf5 .hdf) or a zarr array / group.
+        dst: directory of the new zarr array.
+        labels: store a label volume (see below) instead of raw intensities.
+        voxel_size_nm: physical voxel size (z, y, x) in nanometres, stored as an attribute.
+        dataset: dataset in an HDF5 file / array in a zarr group; None picks the only 3D one.
+        chunks: zarr chunk shape (z, y, x), clipped to the volume shape.
+        overwrite: replace an existing ``dst`` (only once the new array is complete).
+        progress: show a tqdm bar over slabs.
+        z_range: convert only slices ``[z0, z1)``.
+        binary: labels only. None decides from the first slab with foreground: values within
+            {0, 255} or {0, 1} make a binary mask. True / False force mask / instance ids.
+
+    Returns:
+        The new array, read-only, shape ``(Z, Y, X)``. Raw: uint8 and uint16 are kept, colour
+        becomes grey luminance, floats become float32. Labels: a binary mask as uint8 {0, 1}
+        (colour masks: any non-zero channel is foreground); instance ids as uint32, or uint64
+        when larger than 2**32 - 1. Attributes: ``axes``, ``voxel_size_nm``, ``kind`` ("raw" or
+        "labels"), ``source``; labels add ``binary``; ``z_range`` when given.
+
+    Raises:
+        VolumeError: bad source, dataset, slice, values, arguments, or ``dst`` exists and
+            ``overwrite`` is False. The message names the file, slice and shape at fault.
+    """
+    src, dst = Path(src), Path(dst)
+    if binary is not None and not labels:
+        raise VolumeError("binary= applies to labels only (labels=True)")
+    attrs: dict[str, Any] = {
+        "axes": list(AXES),
+        "voxel_size_nm": _check_voxel_size(voxel_size_nm),
+        "kind": "labels" if labels else "raw",
+        "source": str(src),
+    }
+    with open_source(src, dataset) as source:
+        z0, z1 = _resolve_z_range(z_range, source)
+        if z_range is not None:
+            attrs["z_range"] = [z0, z1]
+        shape = (z1 - z0, source.shape[1], source.shape[2])
+        logger.info("converting %s %s -> %s", src, shape, dst)
+        with atomic_dir(dst, overwrite) as tmp:
+            job = _Job(source, tmp, z0, shape, clip_chunks(shape, chunks), attrs, progress)
+            if labels:
+                _write_labels(job, binary)
+            else:
+                _write_raw(job)
+    return open_volume(dst)
