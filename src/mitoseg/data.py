@@ -1,0 +1,402 @@
+"""Datasets and the LightningDataModule: random training patches, validation and test tiles.
+
+Volumes live in zarr and are opened lazily inside each data-loader worker. Sources that are not
+zarr yet (TIFF stacks, slice folders, HDF5) and the synthetic default are written to a cache folder
+once, in ``prepare_data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mitoseg import io
+from mitoseg.augment import Augmenter
+from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
+from mitoseg.synthetic import make_volume
+
+log = logging.getLogger(__name__)
+
+
+def to_float(raw: np.ndarray) -> np.ndarray:
+    """Scale integer raw data to float32 [0, 1] by its dtype's range; floats pass through."""
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+    return raw.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class VolumePaths:
+    """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X)."""
+
+    raw: Path
+    labels: Path | None = None
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists())
+
+
+class FileVolumes:
+    """A raw volume and optional labels on disk, in any format ``mitoseg-convert`` reads.
+
+    Relative paths are resolved against the data module's ``root``.
+    """
+
+    def __init__(
+        self,
+        raw: str,
+        labels: str | None = None,
+        raw_dataset: str | None = None,
+        labels_dataset: str | None = None,
+        voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+    ) -> None:
+        self.raw, self.labels = raw, labels
+        self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
+        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+
+    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
+        raw = self._zarr(self.raw, self.raw_dataset, cache_dir, root, labels=False)
+        if self.labels is None:
+            return VolumePaths(raw)
+        labels = self._zarr(self.labels, self.labels_dataset, cache_dir, root, labels=True)
+        raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
+        if raw_shape != label_shape:
+            raise io.VolumeError(
+                f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
+            )
+        return VolumePaths(raw, labels)
+
+    def _zarr(
+        self, src: str, dataset: str | None, cache_dir: Path, root: Path | None, labels: bool
+    ) -> Path:
+        path = Path(src).expanduser()
+        if root is not None and not path.is_absolute():
+            path = Path(root).expanduser() / path
+        if _is_zarr(path):
+            return path
+        if not path.exists():
+            raise io.VolumeError(f"input volume not found: {path}")
+        stat = path.stat()
+        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
+        if not _is_zarr(dst):
+            log.info("converting %s -> %s", path, dst)
+            io.convert(path, dst, labels=labels, dataset=dataset, voxel_size_nm=self.voxel_size_nm)
+        return dst
+
+
+class SyntheticVolumes:
+    """A synthetic EM volume with known instances (:func:`mitoseg.synthetic.make_volume`)."""
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (64, 192, 192),
+        seed: int = 0,
+        voxel_size_nm: Sequence[float] = (5.0, 5.0, 5.0),
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.seed = int(seed)
+        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+
+    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
+        name = (
+            "x".join(map(str, self.shape))
+            + f"-seed{self.seed}-vs"
+            + "x".join(f"{v:g}" for v in self.voxel_size_nm)
+        )
+        folder = Path(cache_dir) / f"synthetic-{name}"
+        paths = VolumePaths(folder / "raw.zarr", folder / "labels.zarr")
+        if not (_is_zarr(paths.raw) and _is_zarr(paths.labels)):
+            raw, labels = make_volume(self.shape, seed=self.seed, voxel_size_nm=self.voxel_size_nm)
+            attrs = {"axes": list(io.AXES), "voxel_size_nm": list(self.voxel_size_nm)}
+            io.write_volume(paths.labels, labels, attrs={**attrs, "kind": "labels"}, overwrite=True)
+            io.write_volume(paths.raw, raw, attrs={**attrs, "kind": "raw"}, overwrite=True)
+        return paths
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``epoch * length + i``: every training sample of every epoch has its own seed.
+
+    Lightning calls :meth:`set_epoch`, also after resuming, so a resumed run draws the patches
+    that the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = int(length)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.length
+        return iter(range(start, start + self.length))
+
+
+class PatchDataset(Dataset):
+    """Random training patches from a region of a zarr volume.
+
+    Sample ``i`` is drawn with ``np.random.default_rng([seed, i])``, independent of workers
+    and processes. Items: ``raw`` float32 (1, Z, Y, X) in [0, 1] and ``target`` float32
+    (C, Z, Y, X).
+    """
+
+    def __init__(
+        self,
+        paths: VolumePaths,
+        region: Box,
+        patch_shape: Sequence[int],
+        target: Callable[[np.ndarray], np.ndarray],
+        augment: Augmenter | None = None,
+        seed: int = 0,
+        length: int = 64,
+        foreground_prob: float = 0.5,
+    ) -> None:
+        self.paths, self.region = paths, region
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        if any(p > r for p, r in zip(self.patch_shape, region.shape, strict=True)):
+            raise ValueError(
+                f"patch_shape {self.patch_shape} is larger than the training region "
+                f"{region.shape} of {paths.raw}; use a smaller data.patch_shape"
+            )
+        self.target, self.augment = target, augment
+        self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
+        self._arrays: tuple[Any, Any] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _open(self) -> tuple[Any, Any]:
+        # Opened on first use, i.e. inside each worker process, never pickled open.
+        if self._arrays is None:
+            self._arrays = (io.open_volume(self.paths.raw), io.open_volume(self.paths.labels))
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def _draw_box(self, rng: np.random.Generator, labels: Any) -> Box:
+        want_foreground = rng.random() < self.foreground_prob
+        for _ in range(8 if want_foreground else 1):
+            offset = tuple(
+                int(o + rng.integers(0, r - p + 1))
+                for o, r, p in zip(
+                    self.region.offset, self.region.shape, self.patch_shape, strict=True
+                )
+            )
+            box = Box(offset, self.patch_shape)  # type: ignore[arg-type]
+            if not want_foreground or np.any(labels[box.slices]):
+                break
+        return box
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        raw_array, label_array = self._open()
+        rng = np.random.default_rng([self.seed, int(index)])
+        box = self._draw_box(rng, label_array)
+        raw = to_float(np.asarray(raw_array[box.slices]))
+        labels = np.asarray(label_array[box.slices])
+        if self.augment is not None:
+            raw, labels = self.augment(raw, labels, rng)
+        return {
+            "raw": torch.from_numpy(np.ascontiguousarray(raw))[None],
+            "target": torch.from_numpy(np.ascontiguousarray(self.target(labels))),
+        }
+
+
+class TileDataset(Dataset):
+    """Inference tiles over a region of a raw volume, in z-major order.
+
+    Items: ``raw`` float32 (1, tz, ty, tx), padded by reflection where the region is smaller than
+    the tile; ``box`` int64 (6,): the tile's offset and (clipped) shape in region coordinates;
+    and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation.
+    """
+
+    def __init__(
+        self,
+        paths: VolumePaths,
+        tile_shape: Sequence[int],
+        overlap: float = 0.5,
+        region: Box | None = None,
+        target: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.tile_shape = tuple(int(t) for t in tile_shape)
+        self.region = region
+        self.target = target
+        self._arrays: tuple[Any, Any] | None = None
+        shape = self.region.shape if region is not None else io.open_volume(paths.raw).shape
+        self.shape = tuple(int(s) for s in shape)
+        self.tiles = tile_grid(
+            self.shape, self.tile_shape, overlap_stride(self.tile_shape, overlap)
+        )
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._arrays is None:
+            labels = self.paths.labels if self.target is not None else None
+            self._arrays = (
+                io.open_volume(self.paths.raw),
+                io.open_volume(labels) if labels is not None else None,
+            )
+        return self._arrays
+
+    def _read(self, array: Any, box: Box) -> np.ndarray:
+        if self.region is not None:
+            box = box.shift(self.region.offset)
+        data = np.asarray(array[box.slices])
+        pad = [(0, t - s) for t, s in zip(self.tile_shape, data.shape, strict=True)]
+        if any(p[1] for p in pad):
+            data = np.pad(data, pad, mode="reflect" if min(data.shape) > 1 else "edge")
+        return data
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        raw_array, label_array = self._open()
+        box = self.tiles[index]
+        item = {
+            "raw": torch.from_numpy(to_float(self._read(raw_array, box)))[None],
+            "box": torch.tensor(box.offset + box.shape, dtype=torch.int64),
+        }
+        if self.target is not None and label_array is not None:
+            item["target"] = torch.from_numpy(self.target(self._read(label_array, box)))
+        return item
+
+
+def boxes_from_batch(batch_boxes: torch.Tensor) -> list[Box]:
+    """int64 (N, 6) offsets and shapes -> list of :class:`Box`."""
+    return [Box(tuple(b[:3]), tuple(b[3:])) for b in batch_boxes.tolist()]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A volume (region) predicted at test time: ``val`` (held out of training) or ``test``."""
+
+    name: str
+    paths: VolumePaths
+    region: Box
+
+
+class VolumeDataModule(pl.LightningDataModule):
+    """Training patches, validation tiles and test tiles from zarr-backed volumes.
+
+    The training volume is split along ``val_axis``: the last ``val_fraction`` is the
+    validation part, never sampled for training; the test volume is only used by ``test``.
+
+    Args:
+        train: the training volume (:class:`FileVolumes` or :class:`SyntheticVolumes`).
+        test: the test volume, or None.
+        target: labels -> target callable (the target config's transform).
+        root: folder that relative paths of ``train`` and ``test`` are resolved against.
+        cache_dir: where converted and synthetic volumes are written once.
+        patch_shape: training patch (z, y, x).
+        samples_per_epoch: patches per training epoch (over all processes).
+        tile_shape, tile_overlap, tile_batch_size: test-time tiling.
+    """
+
+    def __init__(
+        self,
+        train: FileVolumes | SyntheticVolumes,
+        test: FileVolumes | SyntheticVolumes | None = None,
+        *,
+        target: Callable[[np.ndarray], np.ndarray],
+        root: str | None = None,
+        cache_dir: str = "data_cache",
+        patch_shape: Sequence[int] = (32, 64, 64),
+        batch_size: int = 2,
+        num_workers: int = 0,
+        samples_per_epoch: int = 64,
+        val_fraction: float = 0.2,
+        val_axis: int = 2,
+        foreground_prob: float = 0.5,
+        augment: Augmenter | None = None,
+        seed: int = 0,
+        tile_shape: Sequence[int] | None = None,
+        tile_overlap: float = 0.5,
+        tile_batch_size: int = 2,
+    ) -> None:
+        super().__init__()
+        self.train_volumes, self.test_volumes, self.target = train, test, target
+        self.root = Path(root) if root else None
+        self.cache_dir = Path(cache_dir)
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.tile_shape = tuple(int(t) for t in (tile_shape or patch_shape))
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.val_fraction, self.val_axis = val_fraction, val_axis
+        self.foreground_prob, self.augment = foreground_prob, augment
+        self.tile_overlap, self.tile_batch_size = tile_overlap, tile_batch_size
+        self.eval_sets: list[EvalSet] = []
+
+    def prepare_data(self) -> None:
+        self.train_volumes.prepare(self.cache_dir, self.root)
+        if self.test_volumes is not None:
+            self.test_volumes.prepare(self.cache_dir, self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_paths = self.train_volumes.prepare(self.cache_dir, self.root)
+        if self.train_paths.labels is None:
+            raise io.VolumeError(f"training volume {self.train_paths.raw} has no labels")
+        shape = io.open_volume(self.train_paths.raw).shape
+        self.train_region, self.val_region = split_axis(
+            Box.whole(shape), self.val_axis, self.val_fraction
+        )
+        self.eval_sets = [EvalSet("val", self.train_paths, self.val_region)]
+        if self.test_volumes is not None:
+            test_paths = self.test_volumes.prepare(self.cache_dir, self.root)
+            test_shape = io.open_volume(test_paths.raw).shape
+            self.eval_sets.append(EvalSet("test", test_paths, Box.whole(test_shape)))
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = PatchDataset(
+            self.train_paths,
+            self.train_region,
+            self.patch_shape,
+            self.target,
+            self.augment,
+            seed=self.seed,
+            length=self.samples_per_epoch,
+            foreground_prob=self.foreground_prob,
+        )
+        return self._loader(dataset, self.batch_size, sampler=EpochSampler(len(dataset)))
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = TileDataset(
+            self.train_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
+        )
+        return self._loader(dataset, self.batch_size)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [
+            self._loader(
+                TileDataset(s.paths, self.tile_shape, self.tile_overlap, region=s.region),
+                self.tile_batch_size,
+            )
+            for s in self.eval_sets
+        ]

@@ -1,0 +1,178 @@
+"""The LightningModule: training and validation steps, test-time prediction, optimisers.
+
+No file I/O here: stitching and writing happen in :mod:`mitoseg.callbacks`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+Flips = tuple[int, ...]
+
+
+class TTA(str, Enum):
+    """Test-time augmentation: which flips (and y-x transposes) are averaged."""
+
+    NONE = "none"
+    FLIP_YX = "flip_yx"  # 4 variants, safe for anisotropic data
+    FLIP = "flip"  # 8 variants
+    FLIP_TRANSPOSE = "flip_transpose"  # 16 variants: 8 flips times the y-x transpose
+
+
+def tta_variants(mode: TTA | str) -> list[tuple[Flips, bool]]:
+    """(flipped dims of an (N, C, Z, Y, X) tensor, transpose y-x) for every variant."""
+    mode = TTA(mode)
+    spatial = {TTA.NONE: (), TTA.FLIP_YX: (3, 4)}.get(mode, (2, 3, 4))
+    flips: list[Flips] = [()]
+    for dim in spatial:
+        flips += [f + (dim,) for f in flips]
+    transposes = (False, True) if mode is TTA.FLIP_TRANSPOSE else (False,)
+    return [(f, t) for t in transposes for f in flips]
+
+
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01
+) -> LRScheduler:
+    """Linear warm-up to the base LR, then cosine decay to ``min_factor`` of it at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a network on (raw, target) patches; predicts probabilities of tiles.
+
+    Args:
+        net: maps float32 (N, 1, Z, Y, X) to logits (N, C, Z, Y, X).
+        loss: (logits, target) -> scalar.
+        optimizer: partial optimiser, called with the parameters.
+        scheduler: partial LR scheduler, called with the optimiser; stepped every step.
+        tta: test-time augmentation for ``test_step`` and ``predict_step``.
+        channels_last: use the channels-last 3D memory format (faster on CPU and on GPUs).
+        val_threshold: probability threshold of the validation scores.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        tta: TTA | str = TTA.NONE,
+        channels_last: bool = False,
+        val_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.tta = TTA(tta)
+        self.channels_last = channels_last
+        self.val_threshold = val_threshold
+        self._val_counts = torch.zeros(4, dtype=torch.float64)
+        self._val_losses: list[float] = []
+        self._panel: dict[str, torch.Tensor] | None = None
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            raw = raw.contiguous(memory_format=torch.channels_last_3d)
+        return self.net(raw)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["raw"]), batch["target"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["raw"].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self._val_losses, self._panel = [], None
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["raw"])
+        self._val_losses.append(float(self.loss(logits, batch["target"])))
+        pred = torch.sigmoid(logits[:, :1].float()) > self.val_threshold
+        truth = batch["target"][:, :1] > 0.5
+        tp = (pred & truth).sum()
+        fp, fn = (pred & ~truth).sum(), (~pred & truth).sum()
+        self._val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
+        if self._panel is None:
+            self._panel = {
+                "raw": batch["raw"][0, 0],
+                "target": batch["target"][0, 0].float(),
+                "probs": torch.sigmoid(logits[0, 0].float()),
+            }
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
+        tp, fp, fn, tn = (float(c) for c in counts)
+        fg_iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+        bg_iou = tn / (tn + fp + fn) if tn + fp + fn else 1.0
+        loss = torch.tensor(
+            sum(self._val_losses) / max(1, len(self._val_losses)), device=self.device
+        )
+        self.log("val/loss", loss, sync_dist=True)
+        self.log("val/fg_iou", fg_iou, prog_bar=True)
+        self.log("val/mean_iou", (fg_iou + bg_iou) / 2.0)
+        self._log_panel()
+
+    def _log_panel(self) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self._panel is None or not hasattr(experiment, "add_image"):
+            return
+        mid = self._panel["raw"].shape[0] // 2
+        row = torch.cat(
+            [self._panel[k][mid].clamp(0, 1) for k in ("raw", "target", "probs")], dim=1
+        )
+        experiment.add_image("val/raw_target_probs", row[None].cpu(), self.global_step)
+
+    @torch.no_grad()
+    def predict_probs(self, raw: torch.Tensor) -> torch.Tensor:
+        """Probabilities float32 (N, C, Z, Y, X) in [0, 1], averaged over the TTA variants."""
+        total = None
+        variants = tta_variants(self.tta)
+        for flips, transpose in variants:
+            x = raw.flip(flips) if flips else raw
+            if transpose:
+                x = x.transpose(3, 4)
+            probs = torch.sigmoid(self(x).float())
+            if transpose:
+                probs = probs.transpose(3, 4)
+            probs = probs.flip(flips) if flips else probs
+            total = probs if total is None else total + probs
+        assert total is not None
+        return total / len(variants)
+
+    def test_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> Any:
+        return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
+
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> Any:
+        return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
