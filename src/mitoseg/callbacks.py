@@ -15,7 +15,7 @@ from mitoseg.data import boxes_from_batch
 from mitoseg.geometry import BoxView
 from mitoseg.evaluate import best_threshold, evaluate_thresholds
 from mitoseg.postprocess import BinarizeMedian, decode_slabwise
-from mitoseg.report import jsonable_scores, write_json_atomic
+from mitoseg.report import jsonable_scores, mask_output, write_json_atomic
 from mitoseg.stitch import Stitcher
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,6 @@ class TestEvaluation(TilePredictionWriter):
         name = "test" if "test" in self.sets else "val"
         probs = io.open_volume(self.output_dir / f"{name}_probs.zarr")
         decoder = BinarizeMedian(threshold, self.postprocess.median_size)
-        path = self.output_dir / f"{name}_mask.zarr"
-        with io.atomic_dir(path, overwrite=True) as tmp:
-            out = io.create_volume(tmp, probs.shape[1:], "uint8", chunks=probs.chunks[1:],
-                                   attrs={"axes": list(io.AXES), "kind": "mask", "threshold": threshold})
+        with mask_output(self.output_dir / f"{name}_mask.zarr", probs, threshold) as out:
             for _ in decode_slabwise(decoder, probs, out):
                 pass

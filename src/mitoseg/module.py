@@ -58,8 +58,8 @@ class SegmentationModule(pl.LightningModule):
 
     Args:
         net: maps float32 (N, 1, Z, Y, X) to logits (N, C, Z, Y, X).
-        loss: (logits, target) -> scalar.
-        optimizer: partial optimiser, called with the parameters.
+        loss: (logits, target) -> scalar; needed for training and validation only.
+        optimizer: partial optimiser, called with the parameters; needed for training only.
         scheduler: partial LR scheduler, called with the optimiser; stepped every step.
         tta: test-time augmentation for ``test_step`` and ``predict_step``.
         channels_last: use the channels-last 3D memory format (faster on CPU and on GPUs).
@@ -69,8 +69,8 @@ class SegmentationModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        loss: nn.Module,
-        optimizer: Callable[..., Optimizer],
+        loss: nn.Module | None = None,
+        optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         tta: TTA | str = TTA.NONE,
         channels_last: bool = False,
@@ -168,6 +168,8 @@ class SegmentationModule(pl.LightningModule):
         return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("SegmentationModule needs an optimizer to train")
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer

@@ -105,5 +105,5 @@ def decode_slabwise(
         mask = decoder(np.asarray(probs[:, read]))[crop]
         z = slice(read.start + crop.start, read.start + crop.stop)
         if out is not None:
-            out[z] = mask
+            out[z] = mask.astype(np.uint8)
         yield z, mask

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mitoseg import io
 from mitoseg.evaluate import format_table
 
 SCORE_COLUMNS = ("fg_iou", "mean_iou", "precision", "recall", "f1")
@@ -57,3 +59,15 @@ def scores_table(
 
 def jsonable_scores(scores: Mapping[float, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     return {f"{t:g}": dict(v) for t, v in sorted(scores.items())}
+
+
+@contextmanager
+def mask_output(path: Path, probs: Any, threshold: float, enabled: bool = True) -> Iterator[Any]:
+    """A uint8 (Z, Y, X) mask zarr shaped like ``probs`` (C, Z, Y, X), written under a temporary
+    name and renamed to ``path`` only when the block completes; yields None when not enabled."""
+    if not enabled:
+        yield None
+        return
+    with io.atomic_dir(Path(path), overwrite=True) as tmp:
+        attrs = {"axes": list(io.AXES), "kind": "mask", "threshold": threshold}
+        yield io.create_volume(tmp, probs.shape[1:], "uint8", chunks=probs.chunks[1:], attrs=attrs)

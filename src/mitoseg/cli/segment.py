@@ -1,0 +1,121 @@
+"""``mitoseg-segment``: decode saved probabilities and score them, without rerunning the net."""
+
+from __future__ import annotations
+
+import csv
+import io as text_io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mitoseg import io
+from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.data import FileVolumes
+from mitoseg.evaluate import Confusion, format_table, semantic_scores
+from mitoseg.postprocess import decode_slabwise
+from mitoseg.report import SCORE_COLUMNS, mask_output, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def segment(cfg: DictConfig) -> dict[str, Any]:
+    """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
+    probs = io.open_volume(cfg.probs)
+    if probs.ndim != 4:
+        raise io.VolumeError(f"{cfg.probs}: expected (C, Z, Y, X) probabilities, got shape {probs.shape}")
+    decoder = instantiate(cfg.postprocess)
+    labels = None
+    if cfg.labels is not None:
+        paths = FileVolumes(cfg.labels, raw_dataset=cfg.labels_dataset).prepare(Path(cfg.cache_dir))
+        labels = io.open_volume(paths.raw)
+        if tuple(labels.shape) != tuple(probs.shape[1:]):
+            raise io.VolumeError(
+                f"labels {cfg.labels} have shape {tuple(labels.shape)} but probabilities "
+                f"{cfg.probs} have (Z, Y, X) {tuple(probs.shape[1:])}"
+            )
+    output_dir = Path(cfg.output_dir)
+    confusion = Confusion()
+    with mask_output(output_dir / "mask.zarr", probs, decoder.threshold, cfg.save_mask) as out:
+        for z, mask in decode_slabwise(decoder, probs, out, slab=cfg.slab):
+            if labels is not None:
+                confusion += Confusion.from_masks(mask, labels[z] > 0)
+    result: dict[str, Any] = {
+        "probs": str(cfg.probs),
+        "labels": None if cfg.labels is None else str(cfg.labels),
+        "postprocess": {"threshold": decoder.threshold, "median_size": decoder.median_size},
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    }
+    if labels is not None:
+        result["scores"] = semantic_scores(confusion)
+    write_json_atomic(output_dir / "metrics.json", result)
+    return result
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per run of a sweep: its overrides and scores."""
+    rows = []
+    for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        result = json.loads(path.read_text())
+        row: dict[str, Any] = {"run": path.parent.name, "overrides": " ".join(result["overrides"])}
+        row.update(result["postprocess"])
+        row.update({k: result.get("scores", {}).get(k, "") for k in SCORE_COLUMNS})
+        rows.append(row)
+    return rows
+
+
+def drop_shared_overrides(rows: list[dict[str, Any]]) -> None:
+    """Keep only the overrides that differ between runs (what the sweep varied)."""
+    split = [row["overrides"].split(" ") for row in rows]
+    shared = set.intersection(*(set(s) for s in split)) if len(split) > 1 else set()
+    for row, items in zip(rows, split, strict=True):
+        row["overrides"] = " ".join(i for i in items if i not in shared)
+
+
+def mark_best(rows: list[dict[str, Any]], metric: str) -> None:
+    scored = [r for r in rows if isinstance(r.get(metric), float)]
+    for row in rows:
+        row["best"] = ""
+    if scored:
+        max(scored, key=lambda r: r[metric])["best"] = "*"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write and print one table of every run's scores."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = summary_rows(sweep_dir)
+        if not rows:
+            return
+        drop_shared_overrides(rows)
+        mark_best(rows, config.get("select_metric", "fg_iou"))
+        buffer = text_io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
+        table = format_table(rows)
+        write_text_atomic(sweep_dir / "sweep_summary.md", table + "\n")
+        print(f"sweep summary ({sweep_dir}/sweep_summary.csv):\n{table}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="segment")
+def _main(cfg: DictConfig) -> float | None:
+    result = segment(cfg)
+    scores = result.get("scores")
+    if scores is None:
+        print(f"wrote {Path(cfg.output_dir) / 'mask.zarr'} (no labels given: no scores)")
+        return None
+    print(format_table([{**result["postprocess"], **{k: scores[k] for k in SCORE_COLUMNS}}]))
+    return float(scores[cfg.select_metric])
+
+
+def main() -> None:
+    _main()
