@@ -158,6 +158,10 @@ class Stitcher:
         done = min(z, self.out.shape[1]) - self._base
         if done <= 0:
             return
+        if done > self._sum.shape[1]:
+            raise ValueError(
+                f"slices {self._base + self._sum.shape[1]}..{self._base + done} were covered by no tile"
+            )
         with np.errstate(invalid="ignore", divide="ignore"):
             slab = self._sum[:, :done] / self._weight_sum[:done]
         if not np.all(self._weight_sum[:done] > 0):
