@@ -15,15 +15,22 @@ from mitoseg import io
 
 BIN = Path(sys.executable).parent
 TINY = [
-    "data.train.shape=[32,64,64]", "data.patch_shape=[16,32,32]", "model.widths=[4,8,16]",
-    "trainer.max_steps=6", "data.samples_per_epoch=6", "trainer.enable_progress_bar=false",
-    "evaluate.thresholds=[0.3,0.5]", "hydra.run.dir=run",
+    "data.train.shape=[32,64,64]",
+    "data.patch_shape=[16,32,32]",
+    "model.widths=[4,8,16]",
+    "trainer.max_steps=6",
+    "data.samples_per_epoch=6",
+    "trainer.enable_progress_bar=false",
+    "evaluate.thresholds=[0.3,0.5]",
+    "hydra.run.dir=run",
 ]
 
 
 def run(tool: str, *args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "MITOSEG_CACHE": str(cwd / "cache")}
-    result = subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if ok and result.returncode != 0:
         raise AssertionError(f"{tool} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -45,35 +52,56 @@ def test_train_writes_metrics_probs_mask_checkpoint_and_logs(trained: Path) -> N
     probs = io.open_volume(out / "test_probs.zarr")
     assert probs.shape == (1, 32, 64, 64) and probs.dtype == np.uint8
     assert set(np.unique(io.open_volume(out / "test_mask.zarr")[:])) <= {0, 1}
+    assert (
+        io.open_volume(out / "val_labels.zarr").shape
+        == io.open_volume(out / "val_probs.zarr").shape[1:]
+    )
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     stored = checkpoint["mitoseg"]["config"]
-    assert stored["model"]["widths"] == [4, 8, 16] and stored["target"]["channels"] == ["foreground"]
+    assert stored["model"]["widths"] == [4, 8, 16] and stored["target"]["channels"] == [
+        "foreground"
+    ]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_predict_from_checkpoint_alone_and_refuse_overwrite(trained: Path) -> None:
     raw = next((trained / "cache").glob("synthetic-*seed1000*")) / "raw.zarr"
     ckpt = trained / "run" / "checkpoints" / "last.ckpt"
-    args = [f"ckpt={ckpt}", f"input={raw}", "output=probs.zarr", "trainer.enable_progress_bar=false"]
+    args = [
+        f"ckpt={ckpt}",
+        f"input={raw}",
+        "output=probs.zarr",
+        "trainer.enable_progress_bar=false",
+    ]
     result = run("mitoseg-predict", *args, cwd=trained)
     assert "Mvox/s" in result.stdout
     # Same checkpoint, same tiling: the same probabilities the test callback wrote.
     expected = io.open_volume(trained / "run" / "test_probs.zarr")[:]
     np.testing.assert_array_equal(io.open_volume(trained / "probs.zarr")[:], expected)
     refused = run("mitoseg-predict", *args, cwd=trained, ok=False)
-    assert refused.returncode != 0 and "probs.zarr already exists" in refused.stderr + refused.stdout
+    assert (
+        refused.returncode != 0 and "probs.zarr already exists" in refused.stderr + refused.stdout
+    )
 
 
 def test_segment_sweep_reuses_probabilities_and_writes_one_table(trained: Path) -> None:
     probs = trained / "run" / "test_probs.zarr"
     labels = next((trained / "cache").glob("synthetic-*seed1000*")) / "labels.zarr"
     result = run(
-        "mitoseg-segment", "-m", f"probs={probs}", f"labels={labels}",
-        "postprocess.threshold=0.3,0.5", "hydra.sweep.dir=sweep", cwd=trained,
+        "mitoseg-segment",
+        "-m",
+        f"probs={probs}",
+        f"labels={labels}",
+        "postprocess.threshold=0.3,0.5",
+        "hydra.sweep.dir=sweep",
+        cwd=trained,
     )
     assert "sweep summary" in result.stdout
     rows = list(csv.DictReader((trained / "sweep" / "sweep_summary.csv").open()))
-    assert [r["overrides"] for r in rows] == ["postprocess.threshold=0.3", "postprocess.threshold=0.5"]
+    assert [r["overrides"] for r in rows] == [
+        "postprocess.threshold=0.3",
+        "postprocess.threshold=0.5",
+    ]
     assert sum(r["best"] == "*" for r in rows) == 1
     # Equal to the scores the training run computed at the same thresholds.
     metrics = json.loads((trained / "run" / "metrics.json").read_text())

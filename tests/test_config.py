@@ -16,8 +16,10 @@ from mitoseg.cli.common import CONFIG_PATH
 CONF = Path(CONFIG_PATH)
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-NEEDS = {"lucchipp": ["data.root=/data"], "files": ["data.train.raw=r", "data.train.labels=l",
-                                                   "data.test.raw=t", "data.test.labels=u"]}
+NEEDS = {
+    "lucchipp": ["data.root=/data"],
+    "files": ["data.train.raw=r", "data.train.labels=l", "data.test.raw=t", "data.test.labels=u"],
+}
 
 
 def compose_train(overrides: list[str], tmp_path: Path):

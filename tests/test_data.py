@@ -48,7 +48,9 @@ def test_patches_stay_inside_the_training_region(small_zarr) -> None:
 
 def test_patch_larger_than_region_is_refused(small_zarr) -> None:
     with pytest.raises(ValueError, match=r"patch_shape \(32, 16, 16\).*\(24, 48, 40\)"):
-        PatchDataset(VolumePaths(*small_zarr), Box((0, 0, 0), (24, 48, 40)), (32, 16, 16), Semantic())
+        PatchDataset(
+            VolumePaths(*small_zarr), Box((0, 0, 0), (24, 48, 40)), (32, 16, 16), Semantic()
+        )
 
 
 def test_epoch_sampler_gives_each_epoch_new_indices() -> None:
@@ -70,7 +72,9 @@ def test_file_volumes_resolve_root_and_refuse_mismatch(tmp_path, small_volume) -
     io.write_volume(tmp_path / "raw.zarr", raw)
     io.write_volume(tmp_path / "labels.zarr", labels[:-1])
     volumes = FileVolumes("raw.zarr", "labels.zarr")
-    with pytest.raises(io.VolumeError, match=r"raw.zarr.*\(24, 48, 56\).*labels.zarr.*\(23, 48, 56\)"):
+    with pytest.raises(
+        io.VolumeError, match=r"raw.zarr.*\(24, 48, 56\).*labels.zarr.*\(23, 48, 56\)"
+    ):
         volumes.prepare(tmp_path / "cache", root=tmp_path)
     with pytest.raises(io.VolumeError, match="not found"):
         FileVolumes("missing.tif").prepare(tmp_path / "cache", root=tmp_path)
@@ -93,8 +97,12 @@ def test_tiff_input_is_converted_once(tmp_path, small_volume) -> None:
 
 def test_datamodule_holds_out_validation(tmp_path) -> None:
     dm = VolumeDataModule(
-        SyntheticVolumes((16, 32, 40), seed=1), SyntheticVolumes((16, 32, 40), seed=2),
-        target=Semantic(), cache_dir=str(tmp_path), patch_shape=(8, 16, 16), val_fraction=0.25,
+        SyntheticVolumes((16, 32, 40), seed=1),
+        SyntheticVolumes((16, 32, 40), seed=2),
+        target=Semantic(),
+        cache_dir=str(tmp_path),
+        patch_shape=(8, 16, 16),
+        val_fraction=0.25,
     )
     dm.prepare_data()
     dm.setup("fit")

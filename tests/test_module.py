@@ -14,7 +14,9 @@ class Logit(nn.Module):
         return torch.logit(x.clamp(1e-4, 1 - 1e-4))
 
 
-@pytest.mark.parametrize("mode,count", [("none", 1), ("flip_yx", 4), ("flip", 8), ("flip_transpose", 16)])
+@pytest.mark.parametrize(
+    "mode,count", [("none", 1), ("flip_yx", 4), ("flip", 8), ("flip_transpose", 16)]
+)
 def test_tta_variants_are_distinct(mode: str, count: int) -> None:
     variants = tta_variants(mode)
     assert len(variants) == len(set(variants)) == count

@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 
 from mitoseg import io
 from mitoseg.data import boxes_from_batch
-from mitoseg.geometry import BoxView
 from mitoseg.evaluate import best_threshold, evaluate_thresholds
+from mitoseg.geometry import BoxView
 from mitoseg.postprocess import BinarizeMedian, decode_slabwise
 from mitoseg.report import jsonable_scores, mask_output, write_json_atomic
 from mitoseg.stitch import Stitcher
@@ -41,8 +40,14 @@ class ConfigInCheckpoint(pl.Callback):
 def create_probs(path: Path, channels: int, shape: tuple[int, ...], dtype: str) -> Any:
     """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there)."""
     chunks = (channels, min(32, shape[0]), min(256, shape[1]), min(256, shape[2]))
-    attrs = {"axes": ["c", *io.AXES], "kind": "probabilities", "scale": 255 if dtype == "uint8" else 1}
-    return io.create_volume(path, (channels, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True)
+    attrs = {
+        "axes": ["c", *io.AXES],
+        "kind": "probabilities",
+        "scale": 255 if dtype == "uint8" else 1,
+    }
+    return io.create_volume(
+        path, (channels, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True
+    )
 
 
 class TilePredictionWriter(pl.Callback):
@@ -59,8 +64,12 @@ class TilePredictionWriter(pl.Callback):
     """
 
     def __init__(
-        self, outputs: list[Path], channels: int, tile_shape: tuple[int, int, int],
-        dtype: str = "uint8", blend: str = "gaussian",
+        self,
+        outputs: list[Path],
+        channels: int,
+        tile_shape: tuple[int, int, int],
+        dtype: str = "uint8",
+        blend: str = "gaussian",
     ) -> None:
         self.outputs = [Path(p) for p in outputs]
         self.channels, self.tile_shape, self.dtype, self.blend = channels, tile_shape, dtype, blend
@@ -119,9 +128,15 @@ class TestEvaluation(TilePredictionWriter):
     """
 
     def __init__(
-        self, output_dir: str, channels: int, tile_shape: tuple[int, int, int],
-        thresholds: list[float], postprocess: BinarizeMedian, dtype: str = "uint8",
-        blend: str = "gaussian", select_metric: str = "fg_iou",
+        self,
+        output_dir: str,
+        channels: int,
+        tile_shape: tuple[int, int, int],
+        thresholds: list[float],
+        postprocess: BinarizeMedian,
+        dtype: str = "uint8",
+        blend: str = "gaussian",
+        select_metric: str = "fg_iou",
     ) -> None:
         super().__init__([], channels, tuple(tile_shape), dtype, blend)  # type: ignore[arg-type]
         self.output_dir = Path(output_dir)
@@ -154,8 +169,11 @@ class TestEvaluation(TilePredictionWriter):
         self.metrics["final"] = {"set": "test" if "test" in scores else "val", **final}
         write_json_atomic(self.output_dir / "metrics.json", self.metrics)
         self._write_mask(selected)
+        self._write_val_labels(sets[0])
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"test/{k}": v for k, v in final.items()}, trainer.global_step)
+            trainer.logger.log_metrics(
+                {f"test/{k}": v for k, v in final.items()}, trainer.global_step
+            )
         log.info("metrics written to %s", self.output_dir / "metrics.json")
 
     def _write_mask(self, threshold: float) -> None:
@@ -165,3 +183,9 @@ class TestEvaluation(TilePredictionWriter):
         with mask_output(self.output_dir / f"{name}_mask.zarr", probs, threshold) as out:
             for _ in decode_slabwise(decoder, probs, out):
                 pass
+
+    def _write_val_labels(self, eval_set: Any) -> None:
+        """The validation part's labels beside ``val_probs.zarr``, for later threshold sweeps."""
+        labels = io.open_volume(eval_set.paths.labels)
+        path = self.output_dir / "val_labels.zarr"
+        io.write_volume(path, labels[eval_set.region.slices], chunks=labels.chunks, overwrite=True)

@@ -82,7 +82,8 @@ def evaluate_thresholds(
     """
     if tuple(probs.shape[1:]) != tuple(labels.shape):
         raise ValueError(
-            f"probabilities (Z, Y, X) {tuple(probs.shape[1:])} and labels {tuple(labels.shape)} differ"
+            f"probabilities (Z, Y, X) {tuple(probs.shape[1:])} and labels "
+            f"{tuple(labels.shape)} differ"
         )
     decoders = [BinarizeMedian(float(t), median_size) for t in thresholds]
     totals = {d.threshold: Confusion() for d in decoders}

@@ -40,7 +40,7 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 def score_rows(
     scores: Mapping[str, Mapping[float, Mapping[str, float]]], selected: float | None = None
 ) -> list[dict[str, Any]]:
-    """Rows (set, threshold, scores...) of {set name: {threshold: scores}}; '*' marks ``selected``."""
+    """Rows (set, threshold, scores) of {set: {threshold: scores}}; '*' marks ``selected``."""
     rows = []
     for name, by_threshold in scores.items():
         for threshold in sorted(by_threshold):

@@ -159,9 +159,8 @@ class Stitcher:
         if done <= 0:
             return
         if done > self._sum.shape[1]:
-            raise ValueError(
-                f"slices {self._base + self._sum.shape[1]}..{self._base + done} were covered by no tile"
-            )
+            first = self._base + self._sum.shape[1]
+            raise ValueError(f"slices {first}..{self._base + done} were covered by no tile")
         with np.errstate(invalid="ignore", divide="ignore"):
             slab = self._sum[:, :done] / self._weight_sum[:done]
         if not np.all(self._weight_sum[:done] > 0):

@@ -41,7 +41,9 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
         )
     config = OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
     prefix = "net."
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    weights = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
     return config, weights
 
 

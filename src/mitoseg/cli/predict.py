@@ -1,4 +1,4 @@
-"""``mitoseg-predict``: tile-predict a volume with a trained checkpoint into a zarr of probabilities."""
+"""``mitoseg-predict``: tile-predict a volume with a checkpoint into a probability zarr."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def predict_settings(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     assert isinstance(settings, dict)
     for key in PREDICT_KEYS:
         if cfg.get(key) is not None:
-            settings[key] = OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            settings[key] = (
+                OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            )
     return OmegaConf.create(settings)
 
 
@@ -48,9 +50,15 @@ def predict(cfg: DictConfig) -> Path:
     loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=cfg.num_workers)
     module = SegmentationModule(net, loss=None, optimizer=None, tta=settings.tta)
     writer = TilePredictionWriter(
-        [output], len(stored.target.channels), tuple(settings.tile_shape), settings.dtype, settings.blend
+        [output],
+        len(stored.target.channels),
+        tuple(settings.tile_shape),
+        settings.dtype,
+        settings.blend,
     )
-    trainer = pl.Trainer(**cfg.trainer, logger=False, callbacks=[writer], enable_checkpointing=False)
+    trainer = pl.Trainer(
+        **cfg.trainer, logger=False, callbacks=[writer], enable_checkpointing=False
+    )
     start = time.perf_counter()
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     seconds = time.perf_counter() - start

@@ -29,7 +29,9 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
     probs = io.open_volume(cfg.probs)
     if probs.ndim != 4:
-        raise io.VolumeError(f"{cfg.probs}: expected (C, Z, Y, X) probabilities, got shape {probs.shape}")
+        raise io.VolumeError(
+            f"{cfg.probs}: expected (C, Z, Y, X) probabilities, got shape {probs.shape}"
+        )
     decoder = instantiate(cfg.postprocess)
     labels = None
     if cfg.labels is not None:
@@ -61,7 +63,9 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per run of a sweep: its overrides and scores."""
     rows = []
-    for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for path in sorted(
+        sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)
+    ):
         result = json.loads(path.read_text())
         row: dict[str, Any] = {"run": path.parent.name, "overrides": " ".join(result["overrides"])}
         row.update(result["postprocess"])

@@ -26,7 +26,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     stored = resolved(cfg)
-    stored = {k: stored[k] for k in STORED_KEYS} | {"data": {"voxel_size_nm": stored["data"]["train"].get("voxel_size_nm")}}
+    stored = {k: stored[k] for k in STORED_KEYS} | {
+        "data": {"voxel_size_nm": stored["data"]["train"].get("voxel_size_nm")}
+    }
     callbacks.append(ConfigInCheckpoint(stored))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -43,11 +45,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     if metrics:
-        scores = {name: {float(t): s for t, s in metrics[name].items()} for name in ("val", "test") if name in metrics}
+        scores = {
+            name: {float(t): s for t, s in metrics[name].items()}
+            for name in ("val", "test")
+            if name in metrics
+        }
         print(scores_table(scores, metrics["selected_threshold"]))
         final = metrics["final"]
         print(
-            f"{final['set']} foreground IoU {final['fg_iou']:.4f}, mean IoU {final['mean_iou']:.4f} "
+            f"{final['set']} foreground IoU {final['fg_iou']:.4f}, "
+            f"mean IoU {final['mean_iou']:.4f} "
             f"at threshold {metrics['selected_threshold']:g} (chosen on validation); "
             f"outputs in {cfg.output_dir}"
         )

@@ -1,0 +1,44 @@
+# mitoseg: `make demo` then `make test` on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of PyTorch; override for GPUs, e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+LUCCHI ?= ../shared/data/lucchi_pp
+
+.PHONY: help install demo test test-all lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install torch (CPU) and mitoseg with its test tools
+
+demo: install  ## train briefly on synthetic data, tile-predict, evaluate, print the scores
+	$(BIN)/mitoseg-train experiment=demo hydra.run.dir=outputs/demo
+
+test: install  ## the default test suite (no `slow` tests)
+	$(BIN)/python -m pytest
+
+test-all: install  ## every test, the slow ones too
+	$(BIN)/python -m pytest -m ""
+
+lint: install  ## ruff check and format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: install  ## benchmarks (see BENCHMARKS.md)
+	$(BIN)/python benchmarks/postprocess_speed.py
+	$(BIN)/python benchmarks/convert_memory.py --data $(LUCCHI)
+
+clean:  ## remove outputs and caches (not the venv)
+	rm -rf outputs multirun data_cache .pytest_cache .ruff_cache
