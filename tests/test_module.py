@@ -61,3 +61,15 @@ def test_training_steps_reduce_the_loss() -> None:
 def test_training_needs_an_optimizer() -> None:
     with pytest.raises(ValueError, match="optimizer"):
         SegmentationModule(Logit()).configure_optimizers()
+
+
+def test_validation_panel_shows_the_slice_with_most_foreground() -> None:
+    module = SegmentationModule(Logit(), BCEDiceLoss())
+    module.on_validation_epoch_start()
+    target = torch.zeros(2, 1, 3, 4, 4)
+    target[1, 0, 2, :2] = 1.0
+    raw = torch.rand(2, 1, 3, 4, 4)
+    module._keep_panel({"raw": raw, "target": target}, torch.zeros_like(raw))
+    torch.testing.assert_close(module._panel["raw"], raw[1, 0, 2])
+    module._keep_panel({"raw": raw, "target": torch.zeros_like(target)}, torch.zeros_like(raw))
+    torch.testing.assert_close(module._panel["target"], target[1, 0, 2])

@@ -110,12 +110,22 @@ class SegmentationModule(pl.LightningModule):
         tp = (pred & truth).sum()
         fp, fn = (pred & ~truth).sum(), (~pred & truth).sum()
         self._val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
-        if self._panel is None:
-            self._panel = {
-                "raw": batch["raw"][0, 0],
-                "target": batch["target"][0, 0].float(),
-                "probs": torch.sigmoid(logits[0, 0].float()),
-            }
+        self._keep_panel(batch, logits)
+
+    def _keep_panel(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+        """Keep the validation slice with the most foreground seen so far for the image panel."""
+        per_slice = batch["target"][:, 0].flatten(2).sum(-1)  # (N, Z)
+        best = int(per_slice.argmax())
+        sample, z = divmod(best, per_slice.shape[1])
+        score = float(per_slice.flatten()[best])
+        if self._panel is not None and score <= float(self._panel["score"]):
+            return
+        self._panel = {
+            "score": torch.tensor(score),
+            "raw": batch["raw"][sample, 0, z],
+            "target": batch["target"][sample, 0, z].float(),
+            "probs": torch.sigmoid(logits[sample, 0, z].float()),
+        }
 
     def on_validation_epoch_end(self) -> None:
         counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
@@ -134,10 +144,7 @@ class SegmentationModule(pl.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if self._panel is None or not hasattr(experiment, "add_image"):
             return
-        mid = self._panel["raw"].shape[0] // 2
-        row = torch.cat(
-            [self._panel[k][mid].clamp(0, 1) for k in ("raw", "target", "probs")], dim=1
-        )
+        row = torch.cat([self._panel[k].clamp(0, 1) for k in ("raw", "target", "probs")], dim=1)
         experiment.add_image("val/raw_target_probs", row[None].cpu(), self.global_step)
 
     @torch.no_grad()

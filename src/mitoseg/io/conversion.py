@@ -15,13 +15,12 @@ from tqdm import tqdm
 
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.normalize import (
-    binary_encoding,
     instance_dtype,
     labels_to_mask_slices,
     normalize_labels,
     normalize_raw,
 )
-from mitoseg.io.sources import Source, open_source
+from mitoseg.io.sources import FolderSource, Source, TiffPagesSource, open_source
 from mitoseg.io.store import (
     AXES,
     DEFAULT_CHUNKS,
@@ -34,6 +33,7 @@ from mitoseg.io.store import (
 logger = logging.getLogger(__name__)
 
 Slabs = list[tuple[int, int]]
+Normalizer = Callable[[np.ndarray], np.ndarray]
 
 
 def _resolve_z_range(z_range: tuple[int, int] | None, source: Source) -> tuple[int, int]:
@@ -77,6 +77,57 @@ def _fits_uint32(dtype: np.dtype) -> bool:
     return dtype.kind in "bui" and dtype.itemsize <= 4
 
 
+class _SlabReader:
+    """Reads slabs of ``source``, reusing one slab buffer where the source decodes page by page.
+
+    A fresh slab-sized array per slab is freed right after its slab is written, but glibc keeps
+    such blocks on the heap (after the first one, its mmap threshold rises above a slab), so RSS
+    held more than the slab. Page / slice sources are therefore decoded one slice at a time into
+    one buffer of ``depth`` slices; other sources (HDF5, zarr, 3D TIFF) are chunked in z
+    themselves and are read a slab at a time.
+    """
+
+    def __init__(self, source: Source, depth: int) -> None:
+        self.source, self.depth = source, depth
+        self._by_slice = isinstance(source, (TiffPagesSource, FolderSource))
+        self._buffer: np.ndarray | None = None
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices ``[z0, z1)``; may be a view of the buffer, overwritten by the next read."""
+        if not self._by_slice or z1 - z0 > self.depth:
+            return self.source.read(z0, z1)
+        for i, z in enumerate(range(z0, z1)):
+            image = self.source.read(z, z + 1)[0]
+            if self._buffer is None:  # every slice has the first one's shape and dtype
+                self._buffer = np.empty((self.depth, *image.shape), dtype=image.dtype)
+            self._buffer[i] = image
+        assert self._buffer is not None
+        return self._buffer[: z1 - z0]
+
+
+class _ChunkWriter:
+    """Writes slabs into ``out`` one chunk at a time, through one reused contiguous buffer.
+
+    Writing a whole slab lets zarr copy and compress up to ``async.concurrency`` chunks at once
+    (a contiguous copy of each strided chunk plus its compressed bytes). Here each chunk is
+    normalised into the buffer, which zarr encodes without a copy, one chunk per call.
+    """
+
+    def __init__(self, out: zarr.Array) -> None:
+        self.out = out
+        self._flat = np.empty(int(np.prod(out.chunks)), dtype=out.dtype)
+
+    def write(self, z0: int, slab: np.ndarray, normalize: Normalizer) -> None:
+        """Store ``normalize(part)`` for each chunk-sized ``part`` of ``slab`` at ``z0``."""
+        _, step_y, step_x = self.out.chunks
+        for y0 in range(0, slab.shape[1], step_y):
+            for x0 in range(0, slab.shape[2], step_x):
+                part = slab[:, y0 : y0 + step_y, x0 : x0 + step_x]
+                block = self._flat[: int(np.prod(part.shape[:3]))].reshape(part.shape[:3])
+                block[...] = normalize(part)
+                self.out[z0 : z0 + block.shape[0], y0 : y0 + step_y, x0 : x0 + step_x] = block
+
+
 @dataclass(frozen=True)
 class _Job:
     """One conversion: read ``source`` slices ``z0 + s`` for ``s`` in ``slabs`` into ``tmp``."""
@@ -88,6 +139,7 @@ class _Job:
     chunks: tuple[int, ...]
     attrs: dict[str, Any]
     progress: bool
+    reader: _SlabReader
 
     @property
     def slabs(self) -> Slabs:
@@ -99,11 +151,13 @@ class _Job:
         return tqdm(self.slabs, desc=desc, unit="slab", disable=not self.progress)
 
     def read(self, s0: int, s1: int) -> np.ndarray:
-        return self.source.read(self.z0 + s0, self.z0 + s1)
+        """Slices ``z0 + [s0, s1)``, valid until the next read."""
+        return self.reader.read(self.z0 + s0, self.z0 + s1)
 
-    def create(self, dtype: npt.DTypeLike, **extra_attrs: Any) -> zarr.Array:
+    def create(self, dtype: npt.DTypeLike, **extra_attrs: Any) -> _ChunkWriter:
         attrs = self.attrs | extra_attrs
-        return create_volume(self.tmp, self.shape, dtype, chunks=self.chunks, attrs=attrs)
+        out = create_volume(self.tmp, self.shape, dtype, chunks=self.chunks, attrs=attrs)
+        return _ChunkWriter(out)
 
 
 def _max_label(job: _Job) -> int:
@@ -117,19 +171,30 @@ def _max_label(job: _Job) -> int:
 
 
 def _write_raw(job: _Job) -> None:
-    out: zarr.Array | None = None
+    out: _ChunkWriter | None = None
     for s0, s1 in job.iterate("raw"):
         slab = job.read(s0, s1)
         if out is None and slab.ndim == 4 and slab.shape[-1] > 2:
             logger.warning("%s: raw slices are colour; storing grey luminance", job.source.path)
         try:
-            stored = normalize_raw(slab)
+            if out is None:  # the stored dtype is known only once a slab is decoded
+                dtype = normalize_raw(slab[:1, :1, :1]).dtype
+                out = job.create(dtype)
+            out.write(s0, slab, normalize_raw)
         except VolumeError:
             _raise_located(job.source, slab, job.z0 + s0, normalize_raw, "")
             raise
-        if out is None:  # the stored dtype is known only once a slab is decoded
-            out = job.create(stored.dtype)
-        out[s0:s1] = stored
+
+
+def _binary_encoding(slab: np.ndarray) -> int | None:
+    """``normalize.binary_encoding(slab)``, with temporaries of one slice, not of the slab."""
+    top = slab.max() if slab.size else 0
+    if top == 0:
+        return 0
+    if top not in (1, 255):
+        return None
+    n_binary = sum(np.count_nonzero(s == 0) + np.count_nonzero(s == top) for s in slab)
+    return int(top) if n_binary == slab.size else None
 
 
 def _valid_ids(slab: np.ndarray) -> bool:
@@ -156,12 +221,20 @@ def _normalized_labels(
         raise
 
 
+def _mask(part: np.ndarray) -> np.ndarray:
+    return normalize_labels(part, binary=True)
+
+
+def _ids(part: np.ndarray) -> np.ndarray:
+    return normalize_labels(part, binary=False)
+
+
 def _write_labels(job: _Job, binary: bool | None) -> None:
     decided = binary is None
     ids_dtype = np.dtype(np.uint32)
     if binary is not True and not _fits_uint32(job.source.dtype):
         ids_dtype = instance_dtype(_max_label(job))
-    out: zarr.Array | None = None
+    out: _ChunkWriter | None = None
     for s0, s1 in job.iterate("labels"):
         slab = job.read(s0, s1)
         if slab.ndim == 4:
@@ -169,11 +242,18 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
         if binary is None:
             if not slab.any():
                 continue  # all background: the array's fill value 0 already holds it
-            binary = binary_encoding(slab) is not None
-        stored = _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
+            binary = _binary_encoding(slab) is not None
+        elif binary and _binary_encoding(slab) is None:
+            # A mask must be binary over the slab as a whole, not only chunk by chunk: this
+            # raises, naming the slice at fault.
+            _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
         if out is None:
             out = job.create(np.uint8 if binary else ids_dtype, binary=binary)
-        out[s0:s1] = stored.astype(out.dtype, copy=False)
+        try:
+            out.write(s0, slab, _mask if binary else _ids)
+        except VolumeError:
+            _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
+            raise
     if out is None:  # every slice was background
         job.create(np.uint8, binary=True)
 
@@ -193,9 +273,10 @@ def convert(
 ) -> zarr.Array:
     """Stream an EM volume into a chunked, compressed zarr array at ``dst``.
 
-    Reads and writes one slab of ``chunks[0]`` slices at a time, so memory does not grow with
-    the depth of the volume. The array is built under a temporary name next to ``dst`` and
-    renamed at the end: an interrupted conversion leaves no ``dst``.
+    Reads one slab of ``chunks[0]`` slices at a time (page / slice sources into one reused
+    buffer) and writes it one chunk at a time, so memory is about one slab plus one chunk and
+    does not grow with the depth of the volume. The array is built under a temporary name next
+    to ``dst`` and renamed at the end: an interrupted conversion leaves no ``dst``.
 
     Args:
         src: a folder of 2D slices (.png .tif .tiff .jpg, natural file-name order), a multi-page
@@ -238,7 +319,9 @@ def convert(
         shape = (z1 - z0, source.shape[1], source.shape[2])
         logger.info("converting %s %s -> %s", src, shape, dst)
         with atomic_dir(dst, overwrite) as tmp:
-            job = _Job(source, tmp, z0, shape, clip_chunks(shape, chunks), attrs, progress)
+            clipped = clip_chunks(shape, chunks)
+            reader = _SlabReader(source, clipped[0])
+            job = _Job(source, tmp, z0, shape, clipped, attrs, progress, reader)
             if labels:
                 _write_labels(job, binary)
             else:
