@@ -24,7 +24,9 @@ from mitoseg.io import (
     volume_shape,
     write_volume,
 )
+from mitoseg.io import conversion as io_conversion
 from mitoseg.io import sources as io_sources
+from mitoseg.io.normalize import binary_encoding
 
 LUCCHI = (Path(__file__).parents[1] / ".." / "shared" / "data" / "lucchi_pp").resolve()
 
@@ -440,6 +442,90 @@ def test_hdf5_conversion_streams_one_slab_at_a_time(tmp_path, monkeypatch, label
     _spy_writes(monkeypatch, events)
     convert(tmp_path / "v.h5", tmp_path / "o.zarr", chunks=(4, 8, 8), labels=labels)
     _assert_streamed(events, 4)
+
+
+def test_page_sources_are_read_into_one_reused_slab_buffer(tmp_path):
+    vol = _vol((10, 12, 10))
+    tifffile.imwrite(tmp_path / "v.tif", vol, compression="zlib")
+    with io_sources.open_source(tmp_path / "v.tif") as source:
+        assert isinstance(source, io_sources.TiffPagesSource)
+        reader = io_conversion._SlabReader(source, 4)
+        first = reader.read(0, 4)
+        np.testing.assert_array_equal(first, vol[0:4])
+        last = reader.read(8, 10)
+        np.testing.assert_array_equal(last, vol[8:10])
+        assert np.shares_memory(first, last)  # one buffer of 4 slices for every slab
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["v"] = vol
+    with io_sources.open_source(tmp_path / "v.h5") as source:  # chunked in z itself: whole slabs
+        reader = io_conversion._SlabReader(source, 4)
+        a, b = reader.read(0, 4), reader.read(4, 8)
+        np.testing.assert_array_equal(b, vol[4:8])
+        assert not np.shares_memory(a, b)
+
+
+def _chunk_files(array: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(array)): p.read_bytes() for p in (array / "c").rglob("*") if p.is_file()
+    }
+
+
+def test_chunk_writer_stores_what_zarr_stores_one_chunk_per_write(tmp_path, monkeypatch):
+    vol = _vol((5, 20, 30)).astype(np.float32)  # edge chunks on every axis
+    vol[:, :8, :8] = 0  # empty chunks: left out
+    vol[:3, 8:16, :8] = -0.0  # zero by value, not by bit pattern: stored, as zarr does
+    plain = create_volume(tmp_path / "plain.zarr", vol.shape, vol.dtype, chunks=(3, 8, 8))
+    plain[...] = vol
+    writes: list[tuple[slice, ...]] = []
+    original = zarr.Array.__setitem__
+
+    def spy(self, selection, value):
+        writes.append(selection)
+        return original(self, selection, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", spy)
+    out = create_volume(tmp_path / "chunked.zarr", vol.shape, vol.dtype, chunks=(3, 8, 8))
+    writer = io_conversion._ChunkWriter(out)
+    writer.write(0, vol[:3], lambda part: part)
+    writer.write(3, vol[3:], lambda part: part * 1)
+    assert len(writes) == 2 * 3 * 4 - 2  # every chunk but the two all-zero ones
+    for selection in writes:  # each write lies within one chunk
+        assert all(
+            s.start // c == (s.stop - 1) // c for s, c in zip(selection, (3, 8, 8), strict=True)
+        )
+    np.testing.assert_array_equal(open_volume(tmp_path / "chunked.zarr")[:], vol)
+    assert _chunk_files(tmp_path / "chunked.zarr") == _chunk_files(tmp_path / "plain.zarr")
+
+
+@pytest.mark.parametrize(
+    "slab",
+    [
+        np.zeros((2, 3, 3), np.uint8),
+        np.array([[[0, 255]], [[255, 0]]], np.uint8),
+        np.array([[[0, 1]], [[0, 0]]], np.uint16),
+        np.array([[[0, 1]], [[0, 255]]], np.uint8),  # binary in each slice, not in the slab
+        np.array([[[0, 7]], [[0, 0]]], np.uint8),
+        np.array([[[-1, 0]], [[1, 0]]], np.int8),
+        np.array([[[True, False]], [[False, False]]]),
+        np.array([[[0.0, np.nan]], [[1.0, 0.0]]]),
+        np.zeros((0, 2, 2), np.uint8),
+    ],
+)
+def test_slicewise_binary_encoding_matches_normalize(slab):
+    assert io_conversion._binary_encoding(slab) == binary_encoding(slab)
+
+
+def test_mask_of_1_and_255_in_different_chunks_of_one_slab(tmp_path):
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[0, :2, :2] = 255
+    labels[3, 6:, 6:] = 1
+    tifffile.imwrite(tmp_path / "m.tif", labels)
+    with pytest.raises(VolumeError, match=r"slices 0\.\.3: .*not a binary mask.*\{0, 1, 255\}"):
+        convert(tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, binary=True, chunks=(4, 4, 4))
+    _no_leftovers(tmp_path)
+    ids = convert(tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, chunks=(4, 4, 4))
+    assert ids.attrs["binary"] is False and ids.dtype == np.uint32
+    np.testing.assert_array_equal(ids[:], labels)
 
 
 # --- real data ----------------------------------------------------------------------------

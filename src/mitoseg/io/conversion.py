@@ -83,8 +83,8 @@ class _SlabReader:
     A fresh slab-sized array per slab is freed right after its slab is written, but glibc keeps
     such blocks on the heap (after the first one, its mmap threshold rises above a slab), so RSS
     held more than the slab. Page / slice sources are therefore decoded one slice at a time into
-    one buffer of ``depth`` slices; other sources (HDF5, zarr, 3D TIFF) are chunked in z
-    themselves and are read a slab at a time.
+    one buffer of ``depth`` slices. Array sources (HDF5, zarr, 3D TIFF) are read a slab at a
+    time: they are often chunked in z, and slice by slice would decode each chunk many times.
     """
 
     def __init__(self, source: Source, depth: int) -> None:
@@ -106,15 +106,22 @@ class _SlabReader:
 
 
 class _ChunkWriter:
-    """Writes slabs into ``out`` one chunk at a time, through one reused contiguous buffer.
+    """Writes slabs into a new, zero-filled ``out`` one chunk at a time, through one buffer.
 
     Writing a whole slab lets zarr copy and compress up to ``async.concurrency`` chunks at once
     (a contiguous copy of each strided chunk plus its compressed bytes). Here each chunk is
-    normalised into the buffer, which zarr encodes without a copy, one chunk per call.
+    normalised into one reused contiguous buffer, which zarr encodes without a copy.
+
+    zarr leaves out chunks equal to the fill value, testing each chunk with ``np.array_equal``
+    against the broadcast fill value through temporaries of several chunk sizes (10 MiB for a
+    2 MiB uint8 chunk). The writer leaves out all-zero chunks itself (fill value 0; floats
+    compared by bit pattern, as zarr does) and has zarr write the others unchecked, where zarr
+    has ``Array.with_config``; the stored chunks are the same either way.
     """
 
     def __init__(self, out: zarr.Array) -> None:
-        self.out = out
+        with_config = getattr(out, "with_config", None)  # zarr >= 3.1.6
+        self.out = out if with_config is None else with_config({"write_empty_chunks": True})
         self._flat = np.empty(int(np.prod(out.chunks)), dtype=out.dtype)
 
     def write(self, z0: int, slab: np.ndarray, normalize: Normalizer) -> None:
@@ -125,7 +132,8 @@ class _ChunkWriter:
                 part = slab[:, y0 : y0 + step_y, x0 : x0 + step_x]
                 block = self._flat[: int(np.prod(part.shape[:3]))].reshape(part.shape[:3])
                 block[...] = normalize(part)
-                self.out[z0 : z0 + block.shape[0], y0 : y0 + step_y, x0 : x0 + step_x] = block
+                if block.view(np.uint8).any():  # an all-zero chunk is left unwritten
+                    self.out[z0 : z0 + block.shape[0], y0 : y0 + step_y, x0 : x0 + step_x] = block
 
 
 @dataclass(frozen=True)
