@@ -113,3 +113,13 @@ def test_datamodule_holds_out_validation(tmp_path) -> None:
     assert batch["raw"].shape == (2, 1, 8, 16, 16)
     val = next(iter(dm.val_dataloader()))
     assert set(val) == {"raw", "box", "target"}
+
+
+def test_worker_processes_draw_the_same_patches(small_zarr) -> None:
+    dataset = patch_dataset(small_zarr, length=4)
+    loaders = [
+        torch.utils.data.DataLoader(dataset, batch_size=2, sampler=EpochSampler(4), num_workers=n)
+        for n in (0, 2)
+    ]
+    serial, parallel = (torch.cat([b["raw"] for b in loader]) for loader in loaders)
+    torch.testing.assert_close(serial, parallel)
