@@ -167,7 +167,7 @@ class SegmentationModule(pl.LightningModule):
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> Any:
-        return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
+        return self.predict_step(batch, batch_idx, dataloader_idx)
 
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
