@@ -123,3 +123,17 @@ def test_worker_processes_draw_the_same_patches(small_zarr) -> None:
     ]
     serial, parallel = (torch.cat([b["raw"] for b in loader]) for loader in loaders)
     torch.testing.assert_close(serial, parallel)
+
+
+def test_foreground_patches_always_show_foreground(tmp_path) -> None:
+    labels = np.zeros((24, 48, 56), np.uint32)
+    labels[20:22, 3:5, 30:33] = 7  # one tiny object
+    raw = np.zeros(labels.shape, np.uint8)
+    io.write_volume(tmp_path / "raw.zarr", raw, chunks=(8, 16, 16))
+    io.write_volume(tmp_path / "labels.zarr", labels, chunks=(8, 16, 16))
+    paths = (tmp_path / "raw.zarr", tmp_path / "labels.zarr")
+    dataset = patch_dataset(paths, augment=None, foreground_prob=1.0, length=30)
+    assert all(dataset[i]["target"].sum() > 0 for i in range(30))
+    assert [b.offset for b in dataset._blocks] == [(16, 0, 16), (16, 0, 32)]
+    uniform = patch_dataset(paths, augment=None, foreground_prob=0.0, length=30)
+    assert sum(uniform[i]["target"].sum() > 0 for i in range(30)) < 15

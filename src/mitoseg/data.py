@@ -8,6 +8,7 @@ once, in ``prepare_data``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class PatchDataset(Dataset):
         self.target, self.augment = target, augment
         self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
         self._arrays: tuple[Any, Any] | None = None
+        self._blocks: list[Box] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -190,18 +192,42 @@ class PatchDataset(Dataset):
         return {**self.__dict__, "_arrays": None}
 
     def _draw_box(self, rng: np.random.Generator, labels: Any) -> Box:
-        want_foreground = rng.random() < self.foreground_prob
-        for _ in range(8 if want_foreground else 1):
-            offset = tuple(
-                int(o + rng.integers(0, r - p + 1))
-                for o, r, p in zip(
-                    self.region.offset, self.region.shape, self.patch_shape, strict=True
+        region, patch = self.region, self.patch_shape
+        if rng.random() < self.foreground_prob and self.foreground_blocks(labels):
+            # A random foreground voxel of a random block that holds foreground, at a random
+            # place inside the patch: every such patch shows foreground, at one block read.
+            block = self._blocks[int(rng.integers(len(self._blocks)))]
+            voxels = np.flatnonzero(np.asarray(labels[block.slices]))
+            voxel = np.unravel_index(voxels[rng.integers(len(voxels))], block.shape)
+            offset = [
+                int(np.clip(o + v - rng.integers(0, p), ro, ro + rs - p))
+                for o, v, p, ro, rs in zip(
+                    block.offset, voxel, patch, region.offset, region.shape, strict=True
                 )
-            )
-            box = Box(offset, self.patch_shape)  # type: ignore[arg-type]
-            if not want_foreground or np.any(labels[box.slices]):
-                break
-        return box
+            ]
+        else:
+            offset = [
+                int(o + rng.integers(0, r - p + 1))
+                for o, r, p in zip(region.offset, region.shape, patch, strict=True)
+            ]
+        return Box(tuple(offset), patch)  # type: ignore[arg-type]
+
+    def foreground_blocks(self, labels: Any) -> list[Box]:
+        """Chunk-sized blocks of the region holding foreground; found once, one block in memory."""
+        if self._blocks is None:
+            chunks = getattr(labels, "chunks", self.patch_shape)
+            starts = [
+                range(o, o + s, c)
+                for o, s, c in zip(self.region.offset, self.region.shape, chunks, strict=True)
+            ]
+            stop = self.region.stop
+            self._blocks = []
+            for start in itertools.product(*starts):
+                shape = tuple(min(c, e - b) for b, c, e in zip(start, chunks, stop, strict=True))
+                block = Box(start, shape)  # type: ignore[arg-type]
+                if np.any(labels[block.slices]):
+                    self._blocks.append(block)
+        return self._blocks
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         raw_array, label_array = self._open()
