@@ -498,21 +498,22 @@ def test_chunk_writer_stores_what_zarr_stores_one_chunk_per_write(tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    "slab",
+    "slab,expected",
     [
-        np.zeros((2, 3, 3), np.uint8),
-        np.array([[[0, 255]], [[255, 0]]], np.uint8),
-        np.array([[[0, 1]], [[0, 0]]], np.uint16),
-        np.array([[[0, 1]], [[0, 255]]], np.uint8),  # binary in each slice, not in the slab
-        np.array([[[0, 7]], [[0, 0]]], np.uint8),
-        np.array([[[-1, 0]], [[1, 0]]], np.int8),
-        np.array([[[True, False]], [[False, False]]]),
-        np.array([[[0.0, np.nan]], [[1.0, 0.0]]]),
-        np.zeros((0, 2, 2), np.uint8),
+        (np.zeros((2, 3, 3), np.uint8), 0),
+        (np.array([[[0, 255]], [[255, 0]]], np.uint8), 255),
+        (np.array([[[0, 1]], [[0, 0]]], np.uint16), 1),
+        (np.array([[[0, 1]], [[0, 255]]], np.uint8), None),  # binary in each slice, not the slab
+        (np.array([[[0, 7]], [[0, 0]]], np.uint8), None),
+        (np.array([[[-1, 0]], [[1, 0]]], np.int8), None),
+        (np.array([[[True, False]], [[False, False]]]), 1),
+        (np.array([[[0.0, np.nan]], [[1.0, 0.0]]]), None),
+        (np.zeros((0, 2, 2), np.uint8), 0),
+        (np.array([[0, 255], [255, 0]], np.uint8), 255),  # a single 2D slice
     ],
 )
-def test_slicewise_binary_encoding_matches_normalize(slab):
-    assert io_conversion._binary_encoding(slab) == binary_encoding(slab)
+def test_binary_encoding_by_hand(slab, expected):
+    assert binary_encoding(slab) == expected
 
 
 def test_mask_of_1_and_255_in_different_chunks_of_one_slab(tmp_path):

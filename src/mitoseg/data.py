@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mitoseg import io
 from mitoseg.augment import Augmenter
 from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
+from mitoseg.io.sources import is_zarr
 from mitoseg.synthetic import make_volume
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ class VolumePaths:
 
     raw: Path
     labels: Path | None = None
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists())
 
 
 class FileVolumes:
@@ -83,7 +80,7 @@ class FileVolumes:
         path = Path(src).expanduser()
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
-        if _is_zarr(path):
+        if is_zarr(path):
             return path
         if not path.exists():
             raise io.VolumeError(f"input volume not found: {path}")
@@ -91,7 +88,7 @@ class FileVolumes:
         key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
-        if not _is_zarr(dst):
+        if not is_zarr(dst):
             log.info("converting %s -> %s", path, dst)
             io.convert(path, dst, labels=labels, dataset=dataset, voxel_size_nm=self.voxel_size_nm)
         return dst
@@ -118,7 +115,7 @@ class SyntheticVolumes:
         )
         folder = Path(cache_dir) / f"synthetic-{name}"
         paths = VolumePaths(folder / "raw.zarr", folder / "labels.zarr")
-        if not (_is_zarr(paths.raw) and _is_zarr(paths.labels)):
+        if not (is_zarr(paths.raw) and is_zarr(paths.labels)):
             raw, labels = make_volume(self.shape, seed=self.seed, voxel_size_nm=self.voxel_size_nm)
             attrs = {"axes": list(io.AXES), "voxel_size_nm": list(self.voxel_size_nm)}
             io.write_volume(paths.labels, labels, attrs={**attrs, "kind": "labels"}, overwrite=True)
@@ -148,7 +145,30 @@ class EpochSampler(Sampler[int]):
         return iter(range(start, start + self.length))
 
 
-class PatchDataset(Dataset):
+class _ZarrDataset(Dataset):
+    """Opens ``paths.raw`` and (when ``_with_labels``) ``paths.labels`` on first use, i.e. inside
+    each data-loader worker; open arrays are never pickled."""
+
+    paths: VolumePaths
+    _arrays: tuple[Any, Any] | None = None
+
+    def _with_labels(self) -> bool:
+        return self.paths.labels is not None
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._arrays is None:
+            labels = self.paths.labels if self._with_labels() else None
+            self._arrays = (
+                io.open_volume(self.paths.raw),
+                io.open_volume(labels) if labels is not None else None,
+            )
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+
+class PatchDataset(_ZarrDataset):
     """Random training patches from a region of a zarr volume.
 
     Sample ``i`` is drawn with ``np.random.default_rng([seed, i])``, independent of workers
@@ -176,20 +196,10 @@ class PatchDataset(Dataset):
             )
         self.target, self.augment = target, augment
         self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
-        self._arrays: tuple[Any, Any] | None = None
         self._blocks: list[Box] | None = None
 
     def __len__(self) -> int:
         return self.length
-
-    def _open(self) -> tuple[Any, Any]:
-        # Opened on first use, i.e. inside each worker process, never pickled open.
-        if self._arrays is None:
-            self._arrays = (io.open_volume(self.paths.raw), io.open_volume(self.paths.labels))
-        return self._arrays
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": None}
 
     def _draw_box(self, rng: np.random.Generator, labels: Any) -> Box:
         region, patch = self.region, self.patch_shape
@@ -243,7 +253,7 @@ class PatchDataset(Dataset):
         }
 
 
-class TileDataset(Dataset):
+class TileDataset(_ZarrDataset):
     """Inference tiles over a region of a raw volume, in z-major order.
 
     Items: ``raw`` float32 (1, tz, ty, tx), padded by reflection where the region is smaller than
@@ -263,7 +273,6 @@ class TileDataset(Dataset):
         self.tile_shape = tuple(int(t) for t in tile_shape)
         self.region = region
         self.target = target
-        self._arrays: tuple[Any, Any] | None = None
         shape = self.region.shape if region is not None else io.open_volume(paths.raw).shape
         self.shape = tuple(int(s) for s in shape)
         self.tiles = tile_grid(
@@ -273,17 +282,8 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": None}
-
-    def _open(self) -> tuple[Any, Any]:
-        if self._arrays is None:
-            labels = self.paths.labels if self.target is not None else None
-            self._arrays = (
-                io.open_volume(self.paths.raw),
-                io.open_volume(labels) if labels is not None else None,
-            )
-        return self._arrays
+    def _with_labels(self) -> bool:
+        return self.target is not None and self.paths.labels is not None
 
     def _read(self, array: Any, box: Box) -> np.ndarray:
         if self.region is not None:

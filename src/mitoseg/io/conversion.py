@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.normalize import (
+    binary_encoding,
     instance_dtype,
     labels_to_mask_slices,
     normalize_labels,
@@ -194,17 +195,6 @@ def _write_raw(job: _Job) -> None:
             raise
 
 
-def _binary_encoding(slab: np.ndarray) -> int | None:
-    """``normalize.binary_encoding(slab)``, with temporaries of one slice, not of the slab."""
-    top = slab.max() if slab.size else 0
-    if top == 0:
-        return 0
-    if top not in (1, 255):
-        return None
-    n_binary = sum(np.count_nonzero(s == 0) + np.count_nonzero(s == top) for s in slab)
-    return int(top) if n_binary == slab.size else None
-
-
 def _valid_ids(slab: np.ndarray) -> bool:
     try:
         normalize_labels(slab, binary=False)
@@ -250,8 +240,8 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
         if binary is None:
             if not slab.any():
                 continue  # all background: the array's fill value 0 already holds it
-            binary = _binary_encoding(slab) is not None
-        elif binary and _binary_encoding(slab) is None:
+            binary = binary_encoding(slab) is not None
+        elif binary and binary_encoding(slab) is None:
             # A mask must be binary over the slab as a whole, not only chunk by chunk: this
             # raises, naming the slice at fault.
             _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)

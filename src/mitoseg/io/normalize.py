@@ -115,8 +115,10 @@ def binary_encoding(slab: np.ndarray) -> int | None:
         return 0
     if top not in (1, 255):
         return None
-    # Two counts, not one (slab != 0) & (slab != top): one temporary mask at a time.
-    n_binary = np.count_nonzero(slab == 0) + np.count_nonzero(slab == top)
+    # Two counts per slice, not one (slab != 0) & (slab != top) over the slab: temporaries
+    # stay the size of one slice.
+    slices = slab if slab.ndim > 2 else [slab]
+    n_binary = sum(np.count_nonzero(s == 0) + np.count_nonzero(s == top) for s in slices)
     return int(top) if n_binary == slab.size else None
 
 
