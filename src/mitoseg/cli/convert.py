@@ -8,6 +8,14 @@ Raw and labels together, shapes checked first, written to ``DIR/raw.zarr`` and
 ``DIR/labels.zarr``::
 
     mitoseg-convert --raw SRC --labels-src SRC2 --out DIR [--voxel-size-nm Z Y X]
+
+A whole MitoEM release (``im/``, ``mito_train/``, ``mito_val/`` and / or JSON listings) into
+``DIR/train/{raw,labels}.zarr``, ``DIR/val/{raw,labels}.zarr`` and ``DIR/test/raw.zarr``::
+
+    mitoseg-convert --mitoem ROOT --out DIR [--voxel-size-nm 30 8 8]
+
+SRC may be a JSON slice listing (``im_train.json``); ``--z-range Z0 Z1`` picks slices, e.g.
+``--z-range 400 500`` of a MitoEM ``im`` folder for the validation part.
 """
 
 from __future__ import annotations
@@ -20,7 +28,14 @@ from typing import Any
 
 import zarr
 
-from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
+from mitoseg.io import (
+    DEFAULT_CHUNKS,
+    MITOEM_VOXEL_SIZE_NM,
+    VolumeError,
+    check_same_shape,
+    convert,
+    convert_release,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mitoseg-convert",
         usage="%(prog)s SRC DST [--labels] [options]\n"
-        "       %(prog)s --raw SRC --labels-src SRC2 --out DIR [options]",
-        description="Convert an EM volume (folder of 2D slices, multi-page/3D TIFF, HDF5, zarr) "
-        "into a chunked, compressed zarr array.",
+        "       %(prog)s --raw SRC --labels-src SRC2 --out DIR [options]\n"
+        "       %(prog)s --mitoem ROOT --out DIR [options]",
+        description="Convert an EM volume (folder of 2D slices, JSON slice listing, "
+        "multi-page/3D TIFF, HDF5, zarr) into a chunked, compressed zarr array.",
     )
     _add_single_args(p)
     _add_pair_args(p)
+    p.add_argument(
+        "--mitoem",
+        type=Path,
+        metavar="ROOT",
+        help="convert a MitoEM release into --out DIR/{train,val,test}/ (slices or JSON listings)",
+    )
     _add_common_args(p)
     return p
 
@@ -66,7 +88,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     pair = p.add_argument_group("pair mode (raw and labels together)")
     pair.add_argument("--raw", type=Path, help="raw source")
     pair.add_argument("--labels-src", type=Path, help="labels source")
-    pair.add_argument("--out", type=Path, help="output folder for raw.zarr and labels.zarr")
+    pair.add_argument(
+        "--out", type=Path, help="output folder for raw.zarr and labels.zarr (or --mitoem splits)"
+    )
     pair.add_argument("--raw-dataset", help="dataset of the raw source")
     pair.add_argument("--labels-dataset", help="dataset of the labels source")
 
@@ -77,8 +101,7 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("Z", "Y", "X"),
-        default=(1.0, 1.0, 1.0),
-        help="voxel size in nm (default: 1 1 1)",
+        help="voxel size in nm (default: 1 1 1; 30 8 8 with --mitoem)",
     )
     p.add_argument(
         "--chunks",
@@ -101,8 +124,21 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
 
 
-def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
-    """True for pair mode; exits with a usage error on a mix of the two modes."""
+def _check_mitoem(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    others = (args.src, args.dst, args.raw, args.labels_src, args.raw_dataset, args.labels_dataset)
+    if any(a is not None for a in others) or args.labels or args.dataset:
+        p.error("--mitoem takes --out DIR only, not SRC DST, --raw, --labels-src or --dataset")
+    if args.out is None:
+        p.error("--mitoem needs --out DIR")
+    if args.z_range is not None or args.binary is not None:
+        p.error("--z-range, --binary and --instances do not apply to --mitoem")
+    return "mitoem"
+
+
+def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """ "single", "pair" or "mitoem"; exits with a usage error on a mix of modes."""
+    if args.mitoem is not None:
+        return _check_mitoem(p, args)
     single = args.src is not None or args.dst is not None
     pair_args = (args.raw, args.labels_src, args.out)
     if any(a is not None for a in pair_args) or args.raw_dataset or args.labels_dataset:
@@ -110,27 +146,31 @@ def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
             p.error("give either SRC DST [--labels --dataset] or --raw/--labels-src/--out")
         if any(a is None for a in pair_args):
             p.error("pair mode needs all of --raw, --labels-src and --out")
-        return True
+        return "pair"
     if args.src is None or args.dst is None:
         p.error("give SRC and DST, or --raw, --labels-src and --out")
     if args.binary is not None and not args.labels:
         p.error("--binary / --instances need --labels")
-    return False
+    return "single"
 
 
 def _summary(array: zarr.Array, path: Path) -> str:
     return f"{path}: shape {array.shape} {array.dtype} chunks {array.chunks}"
 
 
-def _run(args: argparse.Namespace, pair: bool) -> list[str]:
+def _run(args: argparse.Namespace, mode: str) -> list[str]:
+    voxel_size_nm = args.voxel_size_nm or (MITOEM_VOXEL_SIZE_NM if mode == "mitoem" else (1, 1, 1))
     common: dict[str, Any] = {
-        "voxel_size_nm": tuple(args.voxel_size_nm),
+        "voxel_size_nm": tuple(voxel_size_nm),
         "chunks": tuple(args.chunks),
         "overwrite": args.overwrite,
         "progress": sys.stderr.isatty() if args.progress is None else args.progress,
-        "z_range": tuple(args.z_range) if args.z_range else None,
     }
-    if not pair:
+    if mode == "mitoem":
+        written = convert_release(args.mitoem, args.out, **common)
+        return [_summary(array, path) for path, array in written.items()]
+    common["z_range"] = tuple(args.z_range) if args.z_range else None
+    if mode == "single":
         out = convert(
             args.src,
             args.dst,
@@ -161,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mitoseg-convert``; returns 0 on success, 2 on a bad input volume."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    pair = _check_mode(parser, args)
+    mode = _check_mode(parser, args)
+    # A release takes long: its per-array progress is always logged.
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or mode == "mitoem" else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        lines = _run(args, pair)
+        lines = _run(args, mode)
     except VolumeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,11 +1,14 @@
 """Volume I/O: open and create zarr arrays, convert slices / TIFF / HDF5 / zarr into zarr.
 
+JSON slice listings and whole MitoEM releases are read by :mod:`mitoseg.io.mitoem`.
+
 Every volume is a ``(Z, Y, X)`` zarr v3 array (Blosc zstd), with attributes ``axes``,
 ``voxel_size_nm``, ``kind`` and ``source``. Bad input raises :class:`VolumeError`.
 """
 
 from mitoseg.io.conversion import convert
 from mitoseg.io.errors import VolumeError
+from mitoseg.io.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release, find_release, read_listing
 from mitoseg.io.normalize import normalize_labels
 from mitoseg.io.sources import check_same_shape, natural_key, open_source, volume_shape
 from mitoseg.io.store import (
@@ -21,16 +24,20 @@ from mitoseg.io.store import (
 __all__ = [
     "AXES",
     "DEFAULT_CHUNKS",
+    "MITOEM_VOXEL_SIZE_NM",
     "VolumeError",
     "atomic_dir",
     "check_same_shape",
     "clip_chunks",
     "convert",
+    "convert_release",
     "create_volume",
+    "find_release",
     "natural_key",
     "normalize_labels",
     "open_source",
     "open_volume",
+    "read_listing",
     "volume_shape",
     "write_volume",
 ]

@@ -21,7 +21,7 @@ from mitoseg.io.normalize import (
     normalize_labels,
     normalize_raw,
 )
-from mitoseg.io.sources import FolderSource, Source, TiffPagesSource, open_source
+from mitoseg.io.sources import SliceFilesSource, Source, TiffPagesSource, open_source
 from mitoseg.io.store import (
     AXES,
     DEFAULT_CHUNKS,
@@ -90,7 +90,7 @@ class _SlabReader:
 
     def __init__(self, source: Source, depth: int) -> None:
         self.source, self.depth = source, depth
-        self._by_slice = isinstance(source, (TiffPagesSource, FolderSource))
+        self._by_slice = isinstance(source, (TiffPagesSource, SliceFilesSource))
         self._buffer: np.ndarray | None = None
 
     def read(self, z0: int, z1: int) -> np.ndarray:
@@ -277,8 +277,9 @@ def convert(
     to ``dst`` and renamed at the end: an interrupted conversion leaves no ``dst``.
 
     Args:
-        src: a folder of 2D slices (.png .tif .tiff .jpg, natural file-name order), a multi-page
-            or 3D TIFF, an HDF5 file (.h5 .hdf5 .hdf) or a zarr array / group.
+        src: a folder of 2D slices (.png .tif .tiff .jpg, natural file-name order), a JSON
+            slice listing (.json, MitoEM style), a multi-page or 3D TIFF, an HDF5 file
+            (.h5 .hdf5 .hdf) or a zarr array / group. 16- and 32-bit slices keep their ids.
         dst: directory of the new zarr array.
         labels: store a label volume (see below) instead of raw intensities.
         voxel_size_nm: physical voxel size (z, y, x) in nanometres, stored as an attribute.
@@ -286,7 +287,7 @@ def convert(
         chunks: zarr chunk shape (z, y, x), clipped to the volume shape.
         overwrite: replace an existing ``dst`` (only once the new array is complete).
         progress: show a tqdm bar over slabs.
-        z_range: convert only slices ``[z0, z1)``.
+        z_range: convert only slices ``[z0, z1)`` (e.g. (0, 400) of a MitoEM ``im`` folder).
         binary: labels only. None decides from the first slab with foreground: values within
             {0, 255} or {0, 1} make a binary mask. True / False force mask / instance ids.
 

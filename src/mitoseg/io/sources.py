@@ -18,6 +18,8 @@ from mitoseg.io.errors import VolumeError
 SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+LISTING_SUFFIX = ".json"
+_NO_DATASETS = (*TIFF_SUFFIXES, LISTING_SUFFIX)
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 # PIL modes that numpy cannot take as they are, and what to convert them to first.
 _PIL_CONVERT = {
@@ -108,22 +110,18 @@ def _slice_size(path: Path) -> tuple[int, int]:
         raise VolumeError(f"cannot read slice {path}: {err}") from err
 
 
-class FolderSource(Source):
-    """A folder of 2D slices (PNG, TIFF, JPEG), in natural order of the file names."""
+class SliceFilesSource(Source):
+    """2D slice files (PNG, TIFF, JPEG), one per z slice, decoded one at a time.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.files = sorted(
-            (
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLICE_SUFFIXES
-            ),
-            key=lambda p: natural_key(p.name),
-        )
-        if not self.files:
-            raise VolumeError(f"no image slices ({' '.join(SLICE_SUFFIXES)}) in folder {path}")
-        self.shape = (len(self.files), *_slice_size(self.files[0]))
+    Every slice must have the ``(Y, X)`` of ``shape`` and the shape and dtype of the first slice
+    decoded; ``shape_origin`` says where ``shape`` came from, for error messages.
+    """
+
+    def __init__(
+        self, path: Path, files: list[Path], slice_shape: tuple[int, int], shape_origin: str
+    ) -> None:
+        self.path, self.files, self.shape_origin = path, files, shape_origin
+        self.shape = (len(files), *slice_shape)
         # (file, shape, dtype) of the first slice decoded: the others must match it.
         self._ref: tuple[Path, tuple[int, ...], np.dtype] | None = None
 
@@ -141,8 +139,8 @@ class FolderSource(Source):
         path, image = self.files[z], _decode_slice(self.files[z])
         if image.shape[:2] != self.shape[1:]:
             raise VolumeError(
-                f"slice {path} has shape {image.shape}, but the first slice "
-                f"{self.files[0].name} has shape {self.shape[1:]}"
+                f"slice {path} has shape {image.shape}, but {self.shape_origin} "
+                f"has shape {self.shape[1:]}"
             )
         if self._ref is None:
             self._ref = (path, image.shape, image.dtype)
@@ -161,6 +159,23 @@ class FolderSource(Source):
         for z in range(z0 + 1, z1):
             out[z - z0] = self._decode(z)
         return out
+
+
+class FolderSource(SliceFilesSource):
+    """A folder of 2D slices (PNG, TIFF, JPEG), in natural order of the file names."""
+
+    def __init__(self, path: Path) -> None:
+        files = sorted(
+            (
+                p
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLICE_SUFFIXES
+            ),
+            key=lambda p: natural_key(p.name),
+        )
+        if not files:
+            raise VolumeError(f"no image slices ({' '.join(SLICE_SUFFIXES)}) in folder {path}")
+        super().__init__(path, files, _slice_size(files[0]), f"the first slice {files[0].name}")
 
 
 class TiffPagesSource(Source):
@@ -307,13 +322,7 @@ def _open_hdf5(path: Path, dataset: str | None) -> Source:
     except Exception as err:
         raise VolumeError(f"cannot read HDF5 {path}: {err}") from err
     try:
-        found: dict[str, tuple[int, ...]] = {}
-        h5.visititems(
-            lambda name, obj: (
-                found.update({name: obj.shape}) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-        key = _pick_dataset(path, found, dataset)
+        key = _pick_dataset(path, _h5_datasets(h5), dataset)
         return ArraySource(path, h5[key], closer=h5)
     except BaseException:
         h5.close()
@@ -345,7 +354,9 @@ def open_source(src: str | Path, dataset: str | None = None) -> Source:
     """Open any supported volume for slab-wise reading (use as a context manager).
 
     Args:
-        src: a folder of 2D slices, a multi-page or 3D TIFF, an HDF5 file or a zarr array/group.
+        src: a folder of 2D slices, a JSON slice listing (MitoEM ``im_train.json`` style, see
+            :func:`mitoseg.io.mitoem.read_listing`), a multi-page or 3D TIFF, an HDF5 file or a
+            zarr array / group.
         dataset: dataset / array key inside an HDF5 file or zarr group; None picks the only
             3D one.
 
@@ -357,7 +368,7 @@ def open_source(src: str | Path, dataset: str | None = None) -> Source:
         raise VolumeError(f"source {path} does not exist")
     if is_zarr(path):
         return _open_zarr(path, dataset)
-    if dataset is not None and (path.is_dir() or path.suffix.lower() in TIFF_SUFFIXES):
+    if dataset is not None and (path.is_dir() or path.suffix.lower() in _NO_DATASETS):
         raise VolumeError(f"dataset={dataset!r} applies to HDF5 and zarr only, not to {path}")
     if path.is_dir():
         return FolderSource(path)
@@ -366,7 +377,12 @@ def open_source(src: str | Path, dataset: str | None = None) -> Source:
         return _open_tiff(path)
     if suffix in HDF5_SUFFIXES:
         return _open_hdf5(path, dataset)
-    supported = " ".join(TIFF_SUFFIXES + HDF5_SUFFIXES)
+    if suffix == LISTING_SUFFIX:
+        # Imported here: mitoem builds on this module (its listing source is a SliceFilesSource).
+        from mitoseg.io.mitoem import open_listing
+
+        return open_listing(path)
+    supported = " ".join((*TIFF_SUFFIXES, *HDF5_SUFFIXES, LISTING_SUFFIX))
     raise VolumeError(
         f"unsupported source {path}: expected a folder of slices, a zarr array or {supported}"
     )
