@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from mitoseg.synthetic import ellipsoid_mask, make_volume, membrane_profile, smooth_noise
+from mitoseg.synthetic import (
+    ellipsoid_mask,
+    make_instance_volume,
+    make_volume,
+    membrane_profile,
+    smooth_noise,
+)
 
 FULL = np.ones((3, 3, 3), dtype=bool)
 SIX = ndimage.generate_binary_structure(3, 1)
@@ -20,6 +28,24 @@ def iso() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def aniso() -> tuple[np.ndarray, np.ndarray]:
     return make_volume((32, 160, 160), seed=1, voxel_size_nm=(30.0, 8.0, 8.0))
+
+
+@pytest.fixture(scope="module")
+def instance() -> tuple[np.ndarray, np.ndarray]:
+    return make_instance_volume(seed=0)  # (32, 256, 256) at (30, 8, 8) nm
+
+
+@pytest.fixture(scope="module")
+def chains_only() -> tuple[np.ndarray, np.ndarray]:
+    """Three necked chains and nothing else (n_objects leaves no room for other objects)."""
+    return make_volume(
+        (32, 192, 192),
+        seed=2,
+        voxel_size_nm=(30.0, 8.0, 8.0),
+        n_objects=3,
+        touching_pairs=0,
+        necked_chains=3,
+    )
 
 
 def face_touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -162,8 +188,125 @@ def test_membranes_are_thin_sheets_in_unit_range():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"shape": (8, 8)}, {"voxel_size_nm": (0.0, 5.0, 5.0)}, {"n_objects": -1}, {"noise": -0.1}],
+    [
+        {"shape": (8, 8)},
+        {"voxel_size_nm": (0.0, 5.0, 5.0)},
+        {"n_objects": -1},
+        {"noise": -0.1},
+        {"necked_chains": -1},
+    ],
 )
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         make_volume(**kwargs)
+
+
+def test_make_instance_volume_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        make_instance_volume((8, 8))  # type: ignore[arg-type]
+
+
+def test_defaults_without_chains_give_the_volumes_recorded_before_chains_existed():
+    # sha256 prefixes of the labels, recorded before ``necked_chains`` existed.
+    labels = make_volume((24, 80, 80), seed=7)[1]
+    assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == "71dcd4abae135d7f"
+    labels = make_volume((32, 128, 128), seed=1, voxel_size_nm=(30.0, 8.0, 8.0))[1]
+    assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == "4f0063e18dcebe45"
+
+
+def in_plane_distance_nm(mask: np.ndarray, vs: tuple[float, float, float]) -> np.ndarray:
+    """Per z-slice Euclidean distance in nm from each voxel of ``mask`` to the background."""
+    return np.stack([ndimage.distance_transform_edt(m, sampling=vs[1:]) for m in mask])
+
+
+def objects(labels: np.ndarray):
+    """Per id: (id, its box, its mask on the box padded by one voxel, whether it is cut by the
+    volume border)."""
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            cut = any(s.start == 0 or s.stop == n for s, n in zip(box, labels.shape, strict=True))
+            yield i, box, np.pad(labels[box] == i, 1), cut
+
+
+def is_chain(mask: np.ndarray) -> bool:
+    """Whether keeping voxels more than 44 nm in-plane from the background (at (30, 8, 8) nm)
+    splits ``mask``: that removes the necks (radius <= 32 nm), not the bodies (short semi-axes
+    >= 59 nm)."""
+    core = mask & (in_plane_distance_nm(mask, (30.0, 8.0, 8.0)) > 44.0)
+    return ndimage.label(core, structure=FULL)[1] >= 2
+
+
+def test_necked_chains_are_one_component_whose_necks_are_narrower_than_the_bodies(chains_only):
+    _, labels = chains_only
+    assert labels.max() == 3
+    inner = 0
+    for _, _, mask, cut in objects(labels):
+        assert ndimage.label(mask, structure=FULL)[1] == 1
+        if not cut:
+            inner += 1
+            core = mask & (in_plane_distance_nm(mask, (30.0, 8.0, 8.0)) > 44.0)
+            assert 2 <= ndimage.label(core, structure=FULL)[1] <= 3  # the 2 or 3 bodies
+    assert inner >= 2
+
+
+def test_a_four_voxel_contour_band_does_not_sever_a_chain(chains_only, instance):
+    checked = 0
+    for _, labels in (chains_only, instance):
+        high = ndimage.maximum_filter(labels, (1, 5, 5), mode="nearest")
+        low = ndimage.minimum_filter(labels, (1, 5, 5), mode="nearest")
+        band = high != low  # Chebyshev radius 2 in-plane: 2 voxels each side of every border
+        for i, box, mask, cut in objects(labels):
+            if not cut and is_chain(mask):
+                checked += 1
+                pieces = ndimage.label(mask & ~np.pad(band[box], 1), structure=FULL)[1]
+                assert pieces == 1, f"id {i} severed into {pieces}"
+    assert checked >= 4
+
+
+def test_chains_are_deterministic_and_seed_dependent():
+    kwargs = dict(voxel_size_nm=(30.0, 8.0, 8.0), necked_chains=2, n_objects=6)
+    a = make_volume((16, 128, 128), seed=11, **kwargs)
+    b = make_volume((16, 128, 128), seed=11, **kwargs)
+    c = make_volume((16, 128, 128), seed=12, **kwargs)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_instance_volume_has_pairs_chains_and_border_objects(instance):
+    raw, labels = instance
+    assert raw.shape == labels.shape == (32, 256, 256)
+    assert raw.dtype == np.uint8 and labels.dtype == np.uint32
+    ids = np.unique(labels)
+    assert np.array_equal(ids[1:], np.arange(1, labels.max() + 1))
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        assert ndimage.label(labels[box] == i, structure=FULL)[1] == 1, f"id {i} is split"
+    assert len(face_touching_pairs(labels)) == 3  # 0.75 per um**3 of about 4 um**3
+    assert sum(not cut and is_chain(mask) for _, _, mask, cut in objects(labels)) >= 2
+    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+    assert sum(len(np.unique(face)) - 1 for face in faces) >= 3
+    assert 0.05 <= np.mean(labels > 0) <= 0.2
+    assert 100 < raw.mean() < 200
+
+
+def test_instance_volume_is_deterministic_and_takes_its_arguments():
+    a = make_instance_volume((16, 96, 96), seed=3)
+    b = make_instance_volume((16, 96, 96), seed=3)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    c = make_instance_volume((16, 96, 96), seed=3, noise=0.0)
+    np.testing.assert_array_equal(c[1], a[1])
+    assert c[0].std() < a[0].std()
+    assert len(face_touching_pairs(a[1])) == 1  # at least one pair in a small volume
+
+
+def test_anisotropic_objects_have_their_physical_z_extent(aniso, instance):
+    # Randomly oriented objects are as long in z as in y and x when measured in nm.
+    for _, labels in (aniso, instance):
+        extents = np.array(
+            [[s.stop - s.start for s in box] for _, box, _, cut in objects(labels) if not cut]
+        )
+        nm = extents * np.array([30.0, 8.0, 8.0])
+        assert len(nm) > 20
+        assert 0.7 < nm[:, 0].mean() / nm[:, 1:].mean() < 1.4
+        assert nm[:, 0].min() >= 60.0  # no object thinner than two sections

@@ -10,6 +10,13 @@ rotations in the planes of equal size. Flips and transposes alone already reach 
 orientation group (48 elements for a cube, 16 = z-flip x the 8 y-x symmetries for anisotropic
 patches with Y == X) with equal probability; rotations keep that distribution and are what
 remains when ``flip`` or ``transpose`` is switched off.
+
+Section artefacts of serial-section EM act along z (the section axis) after orientation, elastic
+deformation and intensity: missing sections (raw slices replaced by their mean grey, labels
+kept), a misalignment step (raw and labels of all sections from a random z on shifted together
+in y-x) and motion blur (a line blur on a few raw slices). They are off by default, and a
+disabled option draws nothing from the generator, so configs without them give the same patches
+as before they existed.
 """
 
 from __future__ import annotations
@@ -136,6 +143,104 @@ def adjust_intensity(
     return out
 
 
+def fill_sections(raw: np.ndarray, sections: Sequence[int]) -> np.ndarray:
+    """Missing sections: each listed z-slice replaced by its own mean grey.
+
+    A lost or blank section shows no structure; filling it with its mean (rather than
+    interpolating the neighbours) keeps the patch's brightness and hides every edge, so the
+    labels, which are kept, must be inferred from the sections around it.
+
+    Args:
+        raw: float32 (Z, Y, X) in [0, 1].
+        sections: distinct z indices in [0, Z).
+
+    Returns:
+        float32 (Z, Y, X) in [0, 1], a new array.
+    """
+    if any(not 0 <= z < raw.shape[0] for z in sections):
+        raise ValueError(f"sections must lie in [0, {raw.shape[0]}), got {list(sections)}")
+    out = np.array(raw, dtype=np.float32, order="C", copy=True)
+    for z in sections:
+        out[z] = out[z].mean(dtype=np.float64)
+    return out
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Integer indices folded into [0, n) by half-sample symmetric reflection (..., 1, 0 | 0, 1)."""
+    folded = np.mod(index, 2 * n)
+    return np.where(folded < n, folded, 2 * n - 1 - folded)
+
+
+def shift_sections(array: np.ndarray, start: int, shift: tuple[int, int]) -> np.ndarray:
+    """Misalignment step: the slices from ``start`` on moved by ``shift`` voxels in y-x.
+
+    ``out[z, y, x] = array[z, y - dy, x - dx]`` for ``z >= start``; the strip that the shift
+    reveals is the image mirrored at its edge (half-sample symmetric, as ``mode="reflect"`` of the
+    elastic deformation), so raw and labels stay consistent and no new ids appear.
+
+    Args:
+        array: (Z, Y, X) of any dtype, raw or labels.
+        start: first shifted slice, in [0, Z].
+        shift: (dy, dx) in voxels.
+
+    Returns:
+        A new C-contiguous array of the input's shape and dtype.
+    """
+    if array.ndim != 3 or not 0 <= start <= array.shape[0]:
+        raise ValueError(f"need a 3D array and start in [0, Z], got {array.shape}, {start}")
+    out = np.array(array, order="C", copy=True)
+    ys = reflect_index(np.arange(array.shape[1]) - int(shift[0]), array.shape[1])
+    xs = reflect_index(np.arange(array.shape[2]) - int(shift[1]), array.shape[2])
+    out[start:] = array[start:, ys[:, None], xs[None, :]]
+    return out
+
+
+def line_kernel(length: int, angle: float) -> np.ndarray:
+    """Motion-blur kernel: a centred line segment of ``length`` voxels, normalised to sum 1.
+
+    The segment is sampled finely and each sample goes to its nearest voxel, so an axis-aligned
+    segment of odd length is a box filter of that length (even: half weights at both ends).
+
+    Args:
+        length: segment length in voxels, >= 1.
+        angle: direction in the y-x plane in radians; 0 is along x, pi / 2 along y.
+
+    Returns:
+        float64 (K, K) with K = 2 * (length // 2) + 1, non-negative, summing to 1.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    half, samples = length // 2, 16 * length
+    t = -length / 2.0 + (np.arange(samples) + 0.5) / 16.0
+    ys = half + np.rint(t * np.sin(angle)).astype(int)
+    xs = half + np.rint(t * np.cos(angle)).astype(int)
+    kernel = np.zeros((2 * half + 1, 2 * half + 1))
+    np.add.at(kernel, (ys, xs), 1.0 / samples)
+    return kernel
+
+
+def motion_blur(
+    raw: np.ndarray, sections: Sequence[int], angles: Sequence[float], length: int
+) -> np.ndarray:
+    """Line blur of ``length`` voxels on the listed z-slices, each along its own direction.
+
+    Args:
+        raw: float32 (Z, Y, X) in [0, 1].
+        sections: distinct z indices in [0, Z).
+        angles: one in-plane direction per section, radians (see ``line_kernel``).
+        length: kernel length in voxels.
+
+    Returns:
+        float32 (Z, Y, X) in [0, 1], a new array; other slices are unchanged.
+    """
+    if len(sections) != len(angles) or any(not 0 <= z < raw.shape[0] for z in sections):
+        raise ValueError(f"need one angle per section in [0, {raw.shape[0]}): {sections}")
+    out = np.array(raw, dtype=np.float32, order="C", copy=True)
+    for z, angle in zip(sections, angles, strict=True):
+        ndimage.convolve(raw[z], line_kernel(length, angle), output=out[z], mode="reflect")
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def _validate_inputs(raw: np.ndarray, labels: np.ndarray) -> None:
     if raw.ndim != 3 or raw.shape != labels.shape:
         raise ValueError(f"need raw and labels of one 3D shape, got {raw.shape} and {labels.shape}")
@@ -165,6 +270,31 @@ class Orientation:
         return np.flip(array, self.flips) if self.flips else array
 
 
+_PROBABILITIES = ("elastic_prob", "intensity_prob") + tuple(
+    f"{a}_prob" for a in ("missing_section", "misalignment", "motion_blur")
+)
+_COUNTS = ("missing_sections", "misalignment_max_shift", "motion_blur_sections", "motion_blur_size")
+
+
+def _happens(prob: float, rng: np.random.Generator) -> bool:
+    """A Bernoulli draw that draws nothing when ``prob`` is 0 (keeps older random streams)."""
+    return prob > 0.0 and rng.random() < prob
+
+
+def _some_sections(depth: int, most: int, rng: np.random.Generator) -> list[int]:
+    """Between 1 and ``min(most, depth)`` distinct z indices, sorted."""
+    n = int(rng.integers(1, min(most, depth) + 1))
+    return sorted(int(z) for z in rng.choice(depth, n, replace=False))
+
+
+def _nonzero_shift(most: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Uniform integer (dy, dx) in [-most, most]^2 without (0, 0)."""
+    side = 2 * most + 1
+    k = int(rng.integers(side * side - 1))
+    k += k >= side * side // 2  # skip the centre, (0, 0)
+    return k // side - most, k % side - most
+
+
 @dataclass(frozen=True, kw_only=True)
 class Augmenter:
     """Joint raw + labels augmentation with parameters fixed and randomness passed per call.
@@ -182,6 +312,16 @@ class Augmenter:
         brightness: see ``adjust_intensity``.
         contrast: see ``adjust_intensity``.
         gamma: see ``adjust_intensity``.
+        missing_section_prob: probability of missing sections (``fill_sections``).
+        missing_sections: most z-slices blanked, at least one (capped at Z).
+        misalignment_prob: probability of a misalignment step (``shift_sections``): all slices
+            from a random z in [1, Z) on, raw and labels alike, move by a random non-zero
+            integer (dy, dx); patches with one slice are never misaligned.
+        misalignment_max_shift: largest |dy| and |dx| in voxels.
+        motion_blur_prob: probability of motion blur (``motion_blur``) on some raw slices.
+        motion_blur_sections: most z-slices blurred, at least one (capped at Z), each along a
+            uniformly random in-plane direction.
+        motion_blur_size: length of the line kernel in voxels.
     """
 
     isotropic: bool = True
@@ -195,11 +335,21 @@ class Augmenter:
     brightness: float = 0.1
     contrast: float = 0.1
     gamma: float = 0.2
+    missing_section_prob: float = 0.0
+    missing_sections: int = 2
+    misalignment_prob: float = 0.0
+    misalignment_max_shift: int = 8
+    motion_blur_prob: float = 0.0
+    motion_blur_sections: int = 2
+    motion_blur_size: int = 9
 
     def __post_init__(self) -> None:
-        for name in ("elastic_prob", "intensity_prob"):
+        for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
+        for name in _COUNTS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if self.elastic_sigma <= 0 or min(self.elastic_alpha, self.brightness) < 0:
             raise ValueError("elastic_sigma must be > 0; elastic_alpha, brightness >= 0")
         if not 0.0 <= self.contrast < 1.0 or self.gamma < 0:
@@ -246,4 +396,30 @@ class Augmenter:
             labels_out = np.array(labels_v, order="C", copy=True)
         if rng.random() < self.intensity_prob:
             raw_out = adjust_intensity(raw_out, rng, self.brightness, self.contrast, self.gamma)
-        return raw_out, labels_out
+        return self.section_artefacts(raw_out, labels_out, rng)
+
+    def section_artefacts(
+        self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Misalignment, missing sections, then motion blur, each with its probability.
+
+        Args:
+            raw: float32 (Z, Y, X) in [0, 1].
+            labels: integer (Z, Y, X).
+            rng: random generator; nothing is drawn for an option of probability 0.
+
+        Returns:
+            ``(raw, labels)`` of the input shapes and dtypes; the inputs when nothing happens.
+        """
+        depth = raw.shape[0]
+        if depth > 1 and _happens(self.misalignment_prob, rng):
+            start = int(rng.integers(1, depth))
+            shift = _nonzero_shift(self.misalignment_max_shift, rng)
+            raw, labels = shift_sections(raw, start, shift), shift_sections(labels, start, shift)
+        if _happens(self.missing_section_prob, rng):
+            raw = fill_sections(raw, _some_sections(depth, self.missing_sections, rng))
+        if _happens(self.motion_blur_prob, rng):
+            sections = _some_sections(depth, self.motion_blur_sections, rng)
+            angles = rng.uniform(0.0, np.pi, len(sections)).tolist()
+            raw = motion_blur(raw, sections, angles, self.motion_blur_size)
+        return raw, labels

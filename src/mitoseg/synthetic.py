@@ -3,8 +3,10 @@
 The default data for demos and tests. A volume holds mid-grey cytoplasm with smooth texture, thin
 dark cell membranes (the zero level set of smooth noise), clear vesicles and dark dense bodies as
 distractors, and mitochondria: randomly oriented ellipsoids with a dark double-membrane rim, a
-slightly darker matrix and cristae-like stripes. Some mitochondria touch in pairs and at least one
-is cut by the volume border. The image is blurred by a point-spread function and made noisy.
+slightly darker matrix and cristae-like stripes. Some mitochondria touch in pairs, some (on
+request) form necked chains, and at least one is cut by the volume border; the shapes are in
+:mod:`mitoseg.synthetic_shapes`. The image is blurred by a point-spread function and made noisy.
+``make_instance_volume`` gives the recommended instance data with all of these hard cases.
 
 All sizes are physical (nm) and converted with ``voxel_size_nm``, so anisotropic voxels such as
 (30, 8, 8) give objects that are flat in z when counted in voxels. Voxel ``i`` has its centre at
@@ -13,13 +15,36 @@ All sizes are physical (nm) and converted with ``voxel_size_nm``, so anisotropic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
 
-Box = tuple[slice, ...]
+from mitoseg.synthetic_shapes import (
+    ELONGATION,
+    RADIUS_NM,
+    Ellipsoid,
+    PlacedObject,
+    box_of,
+    box_shape,
+    ellipsoid_mask,
+    offsets_nm,
+    random_ellipsoid,
+    try_chain,
+    try_pair,
+    try_single,
+)
+
+__all__ = [
+    "ellipsoid_mask",
+    "make_instance_volume",
+    "make_volume",
+    "membrane_profile",
+    "smooth_noise",
+]
+
+_T = TypeVar("_T")
 
 # Grey levels in [0, 1] before blur and noise.
 _CYTOPLASM = 0.64
@@ -28,8 +53,6 @@ _RIM_OUTER, _RIM_INNER = 0.18, 0.30  # outermost rim voxel, the rest of the rim
 _CRISTAE_DEPTH = 0.14
 _MEMBRANE_DEPTH = 0.30
 # Geometry in nm.
-_RADIUS_NM = (45.0, 110.0)  # first short semi-axis; the second is 0.75-1 times it
-_ELONGATION = (1.2, 3.0)  # long semi-axis / first short semi-axis
 _CRISTAE_PERIOD_NM = (40.0, 70.0)
 _RIM_NM = 10.0
 _MEMBRANE_SIGMA_NM = 4.0
@@ -38,198 +61,19 @@ _PSF_SIGMA_NM = 5.0
 # Counts.
 _TARGET_FRACTION = 0.10  # foreground fraction aimed at when n_objects is None
 _MAX_FRACTION = 0.15
-_MIN_VOXELS = 64  # smaller objects (slivers at the border) are not placed
 _VESICLES_PER_UM3 = 60.0
 _DENSE_BODIES_PER_UM3 = 6.0
-
-
-@dataclass(frozen=True)
-class _Ellipsoid:
-    center_nm: np.ndarray  # (3,) z, y, x
-    semi_axes_nm: np.ndarray  # (3,) long axis first
-    rotation: np.ndarray  # (3, 3); column j is the direction of semi-axis j in (z, y, x)
-
-
-@dataclass(frozen=True)
-class _Object:
-    box: Box
-    mask: np.ndarray  # bool, the box's shape
-    keep_out: np.ndarray  # bool, the ellipsoid grown by a gap: no other object, membrane, vesicle
-    ellipsoid: _Ellipsoid
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-def _box(ell: _Ellipsoid, vs: np.ndarray, shape: Sequence[int], scale: float = 1.0) -> Box:
-    """Voxel bounding box of the ellipsoid scaled by ``scale``, cropped to the volume."""
-    half = scale * np.sqrt(((ell.rotation * ell.semi_axes_nm[None, :]) ** 2).sum(axis=1))
-    lo = np.clip(np.floor((ell.center_nm - half) / vs).astype(int), 0, shape)
-    hi = np.clip(np.ceil((ell.center_nm + half) / vs).astype(int) + 1, 0, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
-def _union(a: Box, b: Box) -> Box:
-    return tuple(
-        slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b, strict=True)
-    )
-
-
-def _box_shape(box: Box) -> tuple[int, ...]:
-    return tuple(max(sl.stop - sl.start, 0) for sl in box)
-
-
-def _offsets_nm(box: Box, center_nm: np.ndarray, vs: np.ndarray) -> list[np.ndarray]:
-    """Broadcastable float32 (z, y, x) offsets in nm of the voxel centres of ``box``."""
-    out = []
-    for axis, sl in enumerate(box):
-        d = np.arange(sl.start, sl.stop) * vs[axis] - center_nm[axis]
-        shape = [1, 1, 1]
-        shape[axis] = d.size
-        out.append(d.reshape(shape).astype(np.float32))
-    return out
-
-
-def _quadric(ell: _Ellipsoid, box: Box, vs: np.ndarray) -> np.ndarray:
-    """float32 q on the box's voxel centres: q <= 1 inside, q <= s**2 inside the ellipsoid x s."""
-    d = _offsets_nm(box, ell.center_nm, vs)
-    q = np.zeros(_box_shape(box), dtype=np.float32)
-    for j in range(3):
-        r = ell.rotation[:, j].astype(np.float32) / np.float32(ell.semi_axes_nm[j])
-        q += (r[0] * d[0] + r[1] * d[1] + r[2] * d[2]) ** 2
-    return q
-
-
-def ellipsoid_mask(
-    center_nm: Sequence[float],
-    semi_axes_nm: Sequence[float],
-    rotation: np.ndarray,
-    voxel_size_nm: Sequence[float],
-    shape: Sequence[int],
-) -> tuple[Box, np.ndarray]:
-    """Rasterise a rotated ellipsoid on its bounding box only.
-
-    Args:
-        center_nm: (3,) centre in nm, (z, y, x); voxel i has its centre at i * voxel_size_nm.
-        semi_axes_nm: (3,) semi-axes in nm.
-        rotation: float (3, 3); column j is the unit direction of semi-axis j in (z, y, x).
-        voxel_size_nm: (3,) voxel size in nm.
-        shape: (Z, Y, X) of the volume that the box is cropped to.
-
-    Returns:
-        ``(box, mask)``: three slices into the volume and a bool mask of the box's shape
-        (possibly empty when the ellipsoid lies outside the volume).
-    """
-    vs = np.asarray(voxel_size_nm, dtype=float)
-    ell = _Ellipsoid(np.asarray(center_nm, float), np.asarray(semi_axes_nm, float), rotation)
-    box = _box(ell, vs, shape)
-    return box, _quadric(ell, box, vs) <= 1.0
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random rotation matrix, from a random unit quaternion."""
-    w, x, y, z = rng.standard_normal(4)
-    n = np.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def _random_ellipsoid(rng: np.random.Generator, center_nm: np.ndarray) -> _Ellipsoid:
-    b = rng.uniform(*_RADIUS_NM)
-    axes = np.array([b * rng.uniform(*_ELONGATION), b, b * rng.uniform(0.75, 1.0)])
-    return _Ellipsoid(np.asarray(center_nm, float), axes, _random_rotation(rng))
-
-
-def _reach_nm(ell: _Ellipsoid, direction: np.ndarray) -> float:
-    """Distance from the centre to the surface along the unit vector ``direction``."""
-    u = ell.rotation.T @ direction
-    return float(1.0 / np.sqrt(((u / ell.semi_axes_nm) ** 2).sum()))
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a bool mask."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return mask
-    return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
-
-
-def _face_adjacent(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether a voxel of bool mask ``a`` shares a face with a voxel of bool mask ``b``."""
-    for axis in range(3):
-        lo, hi = [slice(None)] * 3, [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        if (a[tuple(lo)] & b[tuple(hi)]).any() or (a[tuple(hi)] & b[tuple(lo)]).any():
-            return True
-    return False
+_HARD_CASES_PER_UM3 = 0.75  # touching pairs and necked chains in make_instance_volume
 
 
 # --------------------------------------------------------------------------- placement
 
 
-def _gap_scale(ell: _Ellipsoid, gap_nm: float) -> float:
-    return 1.0 + gap_nm / float(ell.semi_axes_nm.min())
-
-
-def _try_single(
-    labels: np.ndarray, ell: _Ellipsoid, vs: np.ndarray, gap_nm: float
-) -> _Object | None:
-    """An ``_Object`` for ``ell`` if it fits with a gap to all placed objects, else None."""
-    s = _gap_scale(ell, gap_nm)
-    box = _box(ell, vs, labels.shape, s)
-    if min(_box_shape(box)) == 0:
-        return None
-    q = _quadric(ell, box, vs)
-    keep_out = q <= s * s
-    if labels[box][keep_out].any():
-        return None
-    mask = _largest_component(q <= 1.0)
-    if mask.sum() < _MIN_VOXELS:
-        return None
-    return _Object(box, mask, keep_out, ell)
-
-
-def _try_pair(
-    labels: np.ndarray,
-    rng: np.random.Generator,
-    center_nm: np.ndarray,
-    vs: np.ndarray,
-    gap_nm: float,
-) -> tuple[_Object, _Object] | None:
-    """Two ellipsoids pressed together: the second loses the voxels of the first, so they share
-    a face. Returns two ``_Object`` on a common box, or None if they do not fit."""
-    a = _random_ellipsoid(rng, center_nm)
-    b = _random_ellipsoid(rng, center_nm)
-    u = rng.standard_normal(3)
-    u /= np.linalg.norm(u)
-    dist = (_reach_nm(a, u) + _reach_nm(b, -u)) * rng.uniform(0.7, 0.85)
-    b = replace(b, center_nm=a.center_nm + dist * u)
-    sa, sb = _gap_scale(a, gap_nm), _gap_scale(b, gap_nm)
-    box = _union(_box(a, vs, labels.shape, sa), _box(b, vs, labels.shape, sb))
-    if min(_box_shape(box)) == 0:
-        return None
-    qa, qb = _quadric(a, box, vs), _quadric(b, box, vs)
-    keep_a, keep_b = qa <= sa * sa, qb <= sb * sb
-    if labels[box][keep_a | keep_b].any():
-        return None
-    mask_a = _largest_component(qa <= 1.0)
-    mask_b = _largest_component((qb <= 1.0) & ~mask_a)
-    if min(mask_a.sum(), mask_b.sum()) < _MIN_VOXELS or not _face_adjacent(mask_a, mask_b):
-        return None
-    return _Object(box, mask_a, keep_a, a), _Object(box, mask_b, keep_b, b)
-
-
 def _expected_count(shape: Sequence[int], vs: np.ndarray) -> float:
     """Number of objects of mean size that make ``_TARGET_FRACTION`` of the volume."""
-    lo, hi = _RADIUS_NM
+    lo, hi = RADIUS_NM
     mean_cube = (hi**4 - lo**4) / (4 * (hi - lo))  # E[b**3] for b uniform in [lo, hi]
-    mean_nm3 = 4 / 3 * np.pi * mean_cube * np.mean(_ELONGATION) * 0.875
+    mean_nm3 = 4 / 3 * np.pi * mean_cube * np.mean(ELONGATION) * 0.875
     return _TARGET_FRACTION * float(np.prod(shape)) * float(np.prod(vs)) / mean_nm3
 
 
@@ -241,48 +85,64 @@ def _border_point(rng: np.random.Generator, extent_nm: np.ndarray) -> np.ndarray
     return point
 
 
+def _first_fit(tries: int, attempt: Callable[[], _T | None]) -> _T | None:
+    """The first non-None result of up to ``tries`` calls of ``attempt``."""
+    for _ in range(tries):
+        found = attempt()
+        if found is not None:
+            return found
+    return None
+
+
 def _place_objects(
     labels: np.ndarray,
     vs: np.ndarray,
     rng: np.random.Generator,
     n_objects: int | None,
     touching_pairs: int,
-) -> list[_Object]:
+    necked_chains: int = 0,
+) -> list[PlacedObject]:
     """Place objects without overlap, writing ids 1..N into ``labels`` (uint32, zeros on entry).
 
-    Order: one object on the border, then the touching pairs, then single objects until
-    ``n_objects`` are placed or (for None) the foreground fraction reaches ``_TARGET_FRACTION``.
+    Order: one object on the border, then the touching pairs, the necked chains, then single
+    objects until ``n_objects`` are placed or (for None) the foreground fraction reaches
+    ``_TARGET_FRACTION``.
     """
     extent = (np.array(labels.shape) - 1) * vs
     gap_nm = max(15.0, 1.2 * float(np.linalg.norm(vs)))  # > a voxel diagonal: no accidental touch
     total = n_objects if n_objects is not None else np.inf
     pairs = int(min(touching_pairs, total // 2))
-    objects: list[_Object] = []
+    chains = int(min(necked_chains, total - 2 * pairs))
+    objects: list[PlacedObject] = []
     foreground = 0
 
-    def add(obj: _Object) -> None:
+    def add(obj: PlacedObject) -> None:
         nonlocal foreground
         objects.append(obj)
         labels[obj.box][obj.mask] = len(objects)
         foreground += int(obj.mask.sum())
 
-    for _ in range(20 if total - 2 * pairs >= 1 else 0):
-        obj = _try_single(labels, _random_ellipsoid(rng, _border_point(rng, extent)), vs, gap_nm)
-        if obj is not None:
+    def anywhere() -> np.ndarray:
+        return rng.uniform(0.0, 1.0, 3) * extent
+
+    border = _first_fit(
+        20 if total - 2 * pairs - chains >= 1 else 0,
+        lambda: try_single(labels, random_ellipsoid(rng, _border_point(rng, extent)), vs, gap_nm),
+    )
+    if border is not None:
+        add(border)
+    for _ in range(pairs):  # each placed before the next is tried: they must not overlap
+        for obj in _first_fit(30, lambda: try_pair(labels, rng, anywhere(), vs, gap_nm)) or ():
             add(obj)
-            break
-    for _ in range(pairs):
-        for _ in range(30):
-            pair = _try_pair(labels, rng, rng.uniform(0.0, 1.0, 3) * extent, vs, gap_nm)
-            if pair is not None:
-                add(pair[0])
-                add(pair[1])
-                break
+    for _ in range(chains):
+        chain = _first_fit(30, lambda: try_chain(labels, rng, anywhere(), vs, gap_nm))
+        if chain is not None:
+            add(chain)
     target, limit = _TARGET_FRACTION * labels.size, _MAX_FRACTION * labels.size
     for _ in range(50 + 5 * int(min(total, _expected_count(labels.shape, vs)))):
         if len(objects) >= total or (n_objects is None and foreground >= target):
             break
-        obj = _try_single(labels, _random_ellipsoid(rng, rng.uniform(0, 1, 3) * extent), vs, gap_nm)
+        obj = try_single(labels, random_ellipsoid(rng, rng.uniform(0, 1, 3) * extent), vs, gap_nm)
         if obj is not None and (n_objects is not None or foreground + obj.mask.sum() <= limit):
             add(obj)
     return objects
@@ -393,11 +253,11 @@ def _paint_blobs(
     for density, radii, dense in kinds:
         for _ in range(int(rng.poisson(density * volume_um3))):
             center, radius = rng.uniform(0, 1, 3) * extent, rng.uniform(*radii)
-            ell = _Ellipsoid(center, np.full(3, radius + 2 * vs.max()), np.eye(3))
-            box = _box(ell, vs, raw.shape)
-            if min(_box_shape(box)) == 0 or occupied[box].any():
+            ell = Ellipsoid(center, np.full(3, radius + 2 * vs.max()), np.eye(3))
+            box = box_of(ell, vs, raw.shape)
+            if min(box_shape(box)) == 0 or occupied[box].any():
                 continue
-            d = _offsets_nm(box, center, vs)
+            d = offsets_nm(box, center, vs)
             r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2) + np.float32(1e-6)
             sheet = _shell_profile(r - radius, [c / r for c in d], 3.0, vs)
             inside = 1.0 / (1.0 + np.exp(np.clip((r - radius) / 3.0, -30, 30)))
@@ -405,7 +265,7 @@ def _paint_blobs(
 
 
 def _paint_mitochondrion(
-    raw: np.ndarray, obj: _Object, vs: np.ndarray, rng: np.random.Generator
+    raw: np.ndarray, obj: PlacedObject, vs: np.ndarray, rng: np.random.Generator
 ) -> None:
     """Matrix grey level, some of the cytoplasm texture and cristae-like stripes inside the mask."""
     ell = obj.ellipsoid
@@ -413,7 +273,7 @@ def _paint_mitochondrion(
     direction = (direction / np.linalg.norm(direction)).astype(np.float32)
     period, phase = rng.uniform(*_CRISTAE_PERIOD_NM), rng.uniform(0, 2 * np.pi)
     level = rng.uniform(*_MATRIX)
-    d = _offsets_nm(obj.box, ell.center_nm, vs)
+    d = offsets_nm(obj.box, ell.center_nm, vs)
     s = direction[0] * d[0] + direction[1] * d[1] + direction[2] * d[2]
     stripes = np.clip(np.sin(2 * np.pi * s / period + phase), 0, 1) ** 6
     region = raw[obj.box]
@@ -461,33 +321,45 @@ def make_volume(
     voxel_size_nm: tuple[float, float, float] = (5.0, 5.0, 5.0),
     touching_pairs: int = 2,
     noise: float = 0.08,
+    necked_chains: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An EM-like volume with mitochondria of known instance ids.
 
     Args:
         shape: (Z, Y, X) in voxels.
         seed: seed of ``np.random.default_rng``; the same arguments give identical arrays.
-        n_objects: number of mitochondria, pair members included; None places objects until
+        n_objects: number of mitochondria, pair members included, a necked chain counted
+            once; None places objects until
             about 10 % of the voxels are foreground. Fewer are placed when the volume is full.
         voxel_size_nm: (z, y, x) voxel size. Object sizes are physical: short diameters of
             70-220 nm, lengths up to 660 nm; a volume much smaller than that holds few objects
             and can exceed 15 % foreground, since the border object and pairs are always placed.
         touching_pairs: number of pairs of objects that share a face (different ids).
         noise: standard deviation of the additive Gaussian noise as a fraction of 255.
+        necked_chains: number of "mitochondria on a string", each one id: two or three
+            ellipsoid bodies (short diameters 120-220 nm) joined by tubes 40-60 nm wide and
+            60-200 nm long. Constraint: a neck is widened where needed so that every section
+            through it is at least 7 in-plane voxels wide (at (30, 8, 8) nm: 64 nm), so that a
+            contour band of 2 voxels on each side of a border (4 wide) leaves a connected core
+            even on a diagonal neck; with in-plane voxels coarser than 8 nm necks are wider
+            still. All body centres lie in the volume, so every neck is visible. 0 (the
+            default) draws nothing extra from the generator: volumes without chains are the
+            same as before the option existed.
 
     Returns:
         ``(raw, labels)``: raw uint8 (Z, Y, X), mid-grey cytoplasm and darker mitochondria;
         labels uint32 (Z, Y, X), 0 = background, ids 1..N consecutive, each id one 26-connected
-        component. One object is cut by the volume border (when n_objects allows it).
+        component. One object is cut by the volume border (unless n_objects is used up by the
+        pairs and chains).
     """
     if len(shape) != 3 or min(shape) < 1 or len(voxel_size_nm) != 3 or min(voxel_size_nm) <= 0:
         raise ValueError(f"need a 3D shape and positive voxel sizes: {shape}, {voxel_size_nm}")
-    if (n_objects is not None and n_objects < 0) or touching_pairs < 0 or noise < 0:
-        raise ValueError("n_objects, touching_pairs and noise must be >= 0")
+    if min(touching_pairs, necked_chains, noise, 0 if n_objects is None else n_objects) < 0:
+        raise ValueError("n_objects, touching_pairs, necked_chains and noise must be >= 0")
     rng = np.random.default_rng(seed)
     vs = np.asarray(voxel_size_nm, dtype=float)
     labels = np.zeros(shape, dtype=np.uint32)
-    objects = _place_objects(labels, vs, rng, n_objects, touching_pairs)
+    objects = _place_objects(labels, vs, rng, n_objects, touching_pairs, necked_chains)
     occupied = np.zeros(shape, dtype=bool)
     for obj in objects:
         occupied[obj.box] |= obj.keep_out
@@ -501,3 +373,40 @@ def make_volume(
     raw[_rim(labels, widths)] = _RIM_INNER
     raw[_rim(labels, [min(w, 1) for w in widths])] = _RIM_OUTER
     return _image_formation(raw, vs, noise, rng), labels
+
+
+def make_instance_volume(
+    shape: tuple[int, int, int] = (32, 256, 256),
+    *,
+    seed: int = 0,
+    voxel_size_nm: tuple[float, float, float] = (30.0, 8.0, 8.0),
+    noise: float = 0.08,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The recommended data for instance segmentation: MitoEM's hard cases, anisotropic.
+
+    ``make_volume`` with touching pairs (different ids sharing a face), necked chains (one id
+    across thin necks) and an object cut by the border, at serial-section voxel sizes by default.
+    Pairs and chains each number ``round(0.75 * volume in um**3)``, at least one: three each for
+    the default 0.96 x 2.05 x 2.05 um.
+
+    Args:
+        shape: (Z, Y, X) in voxels.
+        seed: seed of ``np.random.default_rng``; the same arguments give identical arrays.
+        voxel_size_nm: (z, y, x) voxel size.
+        noise: standard deviation of the additive Gaussian noise as a fraction of 255.
+
+    Returns:
+        ``(raw, labels)``: raw uint8 (Z, Y, X) and labels uint32 (Z, Y, X), as ``make_volume``.
+    """
+    if len(shape) != 3 or len(voxel_size_nm) != 3:
+        raise ValueError(f"need a 3D shape and voxel size: {shape}, {voxel_size_nm}")
+    volume_um3 = float(np.prod(np.asarray(shape) * np.asarray(voxel_size_nm))) * 1e-9
+    count = max(1, round(_HARD_CASES_PER_UM3 * volume_um3))
+    return make_volume(
+        shape,
+        seed=seed,
+        voxel_size_nm=voxel_size_nm,
+        touching_pairs=count,
+        necked_chains=count,
+        noise=noise,
+    )
