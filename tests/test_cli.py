@@ -21,7 +21,7 @@ TINY = [
     "trainer.max_steps=6",
     "data.samples_per_epoch=6",
     "trainer.enable_progress_bar=false",
-    "evaluate.thresholds=[0.3,0.5]",
+    "evaluate.sweep.threshold=[0.3,0.5]",
     "hydra.run.dir=run",
 ]
 
@@ -40,15 +40,16 @@ def run(tool: str, *args: str, cwd: Path, ok: bool = True) -> subprocess.Complet
 def trained(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("train")
     result = run("mitoseg-train", *TINY, cwd=cwd)
-    assert "foreground IoU" in result.stdout
+    assert "test fg_iou" in result.stdout and "chosen on validation" in result.stdout
     return cwd
 
 
 def test_train_writes_metrics_probs_mask_checkpoint_and_logs(trained: Path) -> None:
     out = trained / "run"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["selected_threshold"] in (0.3, 0.5)
+    assert metrics["selected"]["threshold"] in (0.3, 0.5) and metrics["swept"] == ["threshold"]
     assert set(metrics) >= {"val", "test", "final"} and metrics["final"]["set"] == "test"
+    assert [row["threshold"] for row in metrics["val"]] == [0.3, 0.5]
     probs = io.open_volume(out / "test_probs.zarr")
     assert probs.shape == (1, 32, 64, 64) and probs.dtype == np.uint8
     assert set(np.unique(io.open_volume(out / "test_mask.zarr")[:])) <= {0, 1}
@@ -105,6 +106,7 @@ def test_segment_sweep_reuses_probabilities_and_writes_one_table(trained: Path) 
     assert sum(r["best"] == "*" for r in rows) == 1
     # Equal to the scores the training run computed at the same thresholds.
     metrics = json.loads((trained / "run" / "metrics.json").read_text())
+    by_threshold = {row["threshold"]: row for row in metrics["test"]}
     for row in rows:
-        expected = metrics["test"][f"{float(row['threshold']):g}"]["fg_iou"]
+        expected = by_threshold[float(row["threshold"])]["fg_iou"]
         assert float(row["fg_iou"]) == pytest.approx(expected)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -11,13 +12,15 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import CONFIG_PATH, build_datamodule
 
 CONF = Path(CONFIG_PATH)
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 NEEDS = {
     "lucchipp": ["data.root=/data"],
+    "mitoem_r": ["data.root=/data"],
+    "mitoem_h": ["data.root=/data"],
     "files": ["data.train.raw=r", "data.train.labels=l", "data.test.raw=t", "data.test.labels=u"],
 }
 
@@ -32,7 +35,7 @@ def compose_train(overrides: list[str], tmp_path: Path):
 
 
 def build(cfg):
-    datamodule = instantiate(cfg.data, target=instantiate(cfg.target.transform))
+    datamodule = build_datamodule(cfg)
     net = instantiate(cfg.model)
     module = instantiate(cfg.module, net=net, loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -58,10 +61,14 @@ def test_every_model_builds_with_the_target_channel_count(model: str, tmp_path: 
     assert net(torch.zeros(1, 1, 16, 32, 32)).shape[1] == len(cfg.target.channels)
 
 
-@pytest.mark.parametrize("data", ["synthetic", "lucchipp", "files"])
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml") if p.stem != "base")
+TARGETS = sorted(p.stem for p in (CONF / "target").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", DATA)
 def test_every_data_config_composes(data: str, tmp_path: Path) -> None:
     cfg = compose_train([f"data={data}", *NEEDS.get(data, [])], tmp_path)
-    assert instantiate(cfg.data, target=instantiate(cfg.target.transform)).batch_size > 0
+    assert build_datamodule(cfg).batch_size > 0
 
 
 def test_misspelt_keys_are_rejected(tmp_path: Path) -> None:
@@ -76,3 +83,36 @@ def test_predict_and_segment_configs_compose() -> None:
         predict = compose("predict", overrides=["ckpt=a", "input=b", "output=c"])
         segment = compose("segment", overrides=["probs=p", "postprocess.threshold=0.7"])
     assert predict.overlap is None and segment.postprocess.threshold == 0.7
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_agrees_with_its_model_loss_and_decoder(target: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"target={target}", "data.patch_shape=[8,32,32]"], tmp_path)
+    transform, loss = instantiate(cfg.target.transform), instantiate(cfg.target.loss)
+    assert list(transform.channels) == list(cfg.target.channels)
+    labels = np.zeros((8, 32, 32), dtype=np.uint32)
+    labels[2:6, 4:20, 4:12], labels[2:6, 4:20, 12:24] = 1, 2  # two touching objects
+    target_array = torch.from_numpy(transform(labels))[None]
+    net = instantiate(cfg.model)
+    logits = net(torch.zeros(1, 1, 8, 32, 32))
+    assert logits.shape == target_array.shape
+    assert torch.isfinite(loss(logits, target_array))
+    decoder = instantiate(cfg.postprocess)
+    probs = np.nan_to_num(target_array[0].numpy(), nan=1.0)
+    assert decoder(probs).shape == labels.shape
+
+
+def test_offsets_drive_affinity_channels_model_and_decoder(tmp_path: Path) -> None:
+    offsets = "[[-1,0,0],[0,-1,0],[0,0,-1],[0,-4,0],[0,0,-4]]"
+    cfg = compose_train(["target=ac", f"target.offsets={offsets}"], tmp_path)
+    assert len(cfg.target.channels) == 6 and cfg.target.channels[-1] == "contour"
+    assert cfg.model.out_channels == 6
+    assert instantiate(cfg.target.loss).sizes == [5, 1]
+    assert len(instantiate(cfg.postprocess).offsets) == 5
+
+
+def test_anisotropic_data_gives_in_plane_targets_and_no_z_transposes(tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=synthetic_bc"], tmp_path)
+    assert cfg.target.transform.in_plane is True and cfg.data.augment.isotropic is False
+    cfg = compose_train(["target=bc"], tmp_path)
+    assert cfg.target.transform.in_plane is False and cfg.data.augment.isotropic is True

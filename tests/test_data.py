@@ -137,3 +137,43 @@ def test_foreground_patches_always_show_foreground(tmp_path) -> None:
     assert [b.offset for b in dataset._blocks] == [(16, 0, 16), (16, 0, 32)]
     uniform = patch_dataset(paths, augment=None, foreground_prob=0.0, length=30)
     assert sum(uniform[i]["target"].sum() > 0 for i in range(30)) < 15
+
+
+def test_separate_validation_volume_and_unlabelled_test_volume(tmp_path, small_volume) -> None:
+    raw, labels = small_volume
+    for name, part in (("train", slice(0, 16)), ("val", slice(16, 24))):
+        io.write_volume(tmp_path / f"{name}_raw.zarr", raw[part], chunks=(8, 32, 32))
+        io.write_volume(tmp_path / f"{name}_labels.zarr", labels[part], chunks=(8, 32, 32))
+    io.write_volume(tmp_path / "test_raw.zarr", raw, chunks=(8, 32, 32))
+    module = VolumeDataModule(
+        FileVolumes("train_raw.zarr", "train_labels.zarr"),
+        test=FileVolumes("test_raw.zarr"),
+        val=FileVolumes("val_raw.zarr", "val_labels.zarr"),
+        target=Semantic(),
+        root=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        patch_shape=(8, 16, 16),
+    )
+    module.setup("fit")
+    # The whole training volume trains; validation is the other volume, test has no labels.
+    assert module.train_region == Box((0, 0, 0), (16, 48, 56))
+    assert [s.name for s in module.eval_sets] == ["val", "test"]
+    assert module.eval_sets[0].region.shape == (8, 48, 56)
+    assert module.eval_sets[1].paths.labels is None
+    batch = next(iter(module.val_dataloader()))
+    assert batch["target"].shape[1:] == (1, 8, 16, 16)
+
+
+def test_file_volumes_select_z_ranges_of_raw_and_labels(tmp_path, small_volume) -> None:
+    raw, labels = small_volume
+    io.write_volume(tmp_path / "raw.zarr", raw, chunks=(8, 32, 32))
+    io.write_volume(tmp_path / "part_labels.zarr", labels[4:12], chunks=(8, 32, 32))
+    volumes = FileVolumes("raw.zarr", "part_labels.zarr", raw_z_range=[4, 12])
+    paths = volumes.prepare(tmp_path / "cache", root=tmp_path)
+    np.testing.assert_array_equal(io.open_volume(paths.raw)[:], raw[4:12])
+    np.testing.assert_array_equal(io.open_volume(paths.labels)[:], labels[4:12])
+    with pytest.raises(ValueError, match=r"raw_z_range must be \[start, stop\)"):
+        FileVolumes("raw.zarr", raw_z_range=[5, 5])
+    mismatch = FileVolumes("raw.zarr", "part_labels.zarr", raw_z_range=[0, 10])
+    with pytest.raises(io.VolumeError, match=r"\(10, 48, 56\).*\(8, 48, 56\)"):
+        mismatch.prepare(tmp_path / "cache", root=tmp_path)

@@ -6,6 +6,11 @@ import sys
 NUMPY_ONLY = (
     "io",
     "synthetic",
+    "synthetic_shapes",
+    "watershed",
+    "instance_metrics",
+    "decode",
+    "baselines",
     "augment",
     "geometry",
     "targets",

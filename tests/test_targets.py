@@ -51,6 +51,12 @@ def brute_contour(labels: np.ndarray, width: int, in_plane: bool) -> np.ndarray:
             q = tuple(a + s for a, s in zip(p, d, strict=True))
             if all(0 <= a < n for a, n in zip(q, labels.shape, strict=True)):
                 out[p] |= bool(labels[q] != labels[p])
+        if in_plane:  # plus object-object contacts across z
+            for dz in (-1, 1):
+                z = p[0] + dz
+                if 0 <= z < labels.shape[0]:
+                    other = labels[(z, *p[1:])]
+                    out[p] |= bool(other != labels[p] and other != 0 and labels[p] != 0)
     return out
 
 
@@ -178,3 +184,11 @@ def test_bad_labels_raise() -> None:
         Affinity()(np.zeros((6, 7), dtype=np.int32))
     with pytest.raises(ValueError, match="dtype"):
         BinaryContour()(np.zeros(SHAPE, dtype=np.float32))
+
+
+def test_in_plane_contour_separates_objects_stacked_in_z() -> None:
+    labels = np.zeros((4, 9, 9), dtype=np.uint32)
+    labels[:2, 2:7, 2:7], labels[2:, 2:7, 2:7] = 1, 2  # object 2 sits on top of object 1
+    contour = instance_contour(labels, width=2, in_plane=True)
+    assert contour[1, 4, 4] and contour[2, 4, 4]  # both sides of the z-contact
+    assert not contour[0, 4, 4] and not contour[3, 4, 4]  # the background above/below is not

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
-from mitoseg import io
+from mitoseg import decode, io
 from mitoseg.data import boxes_from_batch
-from mitoseg.evaluate import best_threshold, evaluate_thresholds
 from mitoseg.geometry import BoxView
-from mitoseg.postprocess import BinarizeMedian, decode_slabwise
-from mitoseg.report import jsonable_scores, mask_output, write_json_atomic
+from mitoseg.report import write_json_atomic
 from mitoseg.stitch import Stitcher
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,17 @@ class ConfigInCheckpoint(pl.Callback):
         checkpoint[CHECKPOINT_KEY] = {"config": self.config}
 
 
-def create_probs(path: Path, channels: int, shape: tuple[int, ...], dtype: str) -> Any:
+def create_probs(path: Path, channels: Sequence[str], shape: tuple[int, ...], dtype: str) -> Any:
     """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there)."""
-    chunks = (channels, min(32, shape[0]), min(256, shape[1]), min(256, shape[2]))
+    n = len(channels)
+    chunks = (n, min(32, shape[0]), min(256, shape[1]), min(256, shape[2]))
     attrs = {
         "axes": ["c", *io.AXES],
         "kind": "probabilities",
+        "channels": list(channels),
         "scale": 255 if dtype == "uint8" else 1,
     }
-    return io.create_volume(
-        path, (channels, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True
-    )
+    return io.create_volume(path, (n, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True)
 
 
 class TilePredictionWriter(pl.Callback):
@@ -57,7 +57,7 @@ class TilePredictionWriter(pl.Callback):
 
     Args:
         outputs: one zarr path per data loader.
-        channels: probability channels.
+        channels: names of the probability channels (the target's).
         tile_shape: full tile (z, y, x).
         dtype: ``uint8`` (p x 255) or ``float16`` / ``float32``.
         blend: ``gaussian`` or ``constant``.
@@ -66,13 +66,14 @@ class TilePredictionWriter(pl.Callback):
     def __init__(
         self,
         outputs: list[Path],
-        channels: int,
+        channels: Sequence[str],
         tile_shape: tuple[int, int, int],
         dtype: str = "uint8",
         blend: str = "gaussian",
     ) -> None:
         self.outputs = [Path(p) for p in outputs]
-        self.channels, self.tile_shape, self.dtype, self.blend = channels, tile_shape, dtype, blend
+        self.channels = list(channels)
+        self.tile_shape, self.dtype, self.blend = tile_shape, dtype, blend
         self._stitchers: list[Stitcher] = []
 
     def _tmp(self, path: Path) -> Path:
@@ -115,32 +116,34 @@ class TilePredictionWriter(pl.Callback):
 
 
 class TestEvaluation(TilePredictionWriter):
-    """At ``trainer.test``: predict the validation part and the test volume, pick the threshold
-    on validation, score the test volume at every threshold and write ``metrics.json`` and the
-    test mask.
+    """At ``trainer.test``: predict the validation part and the test volume, sweep the decoder's
+    parameters on validation, pick the best, decode the test volume with it, and write
+    ``metrics.json`` and the decoded test output (``test_mask.zarr`` or ``test_instances.zarr``).
 
     Args:
-        output_dir: where ``val_probs.zarr``, ``test_probs.zarr``, ``test_mask.zarr`` and
-            ``metrics.json`` go.
-        thresholds: probabilities to score.
-        postprocess: the semantic decoder; its threshold is replaced by the selected one.
-        select_metric: validation score that picks the threshold.
+        output_dir: where ``{val,test}_probs.zarr``, the decoded output and ``metrics.json`` go.
+        channels: names of the probability channels (the target's).
+        tile_shape: full tile (z, y, x).
+        postprocess: the target's decoder; swept parameters replace its values.
+        sweep: {decoder parameter: values} tried on validation (every combination).
+        select_metric: validation score that picks the combination (e.g. fg_iou, ap75).
     """
 
     def __init__(
         self,
         output_dir: str,
-        channels: int,
+        channels: Sequence[str],
         tile_shape: tuple[int, int, int],
-        thresholds: list[float],
-        postprocess: BinarizeMedian,
+        postprocess: Any,
+        sweep: Mapping[str, Sequence[Any]],
         dtype: str = "uint8",
         blend: str = "gaussian",
         select_metric: str = "fg_iou",
     ) -> None:
         super().__init__([], channels, tuple(tile_shape), dtype, blend)  # type: ignore[arg-type]
         self.output_dir = Path(output_dir)
-        self.thresholds, self.postprocess = list(thresholds), postprocess
+        self.postprocess = postprocess
+        self.grid = {str(k): list(v) for k, v in sweep.items()}
         self.select_metric = select_metric
         self.metrics: dict[str, Any] = {}
 
@@ -151,38 +154,44 @@ class TestEvaluation(TilePredictionWriter):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finish()
-        sets = trainer.datamodule.eval_sets
-        scores = {}
-        for eval_set, path in zip(sets, self.outputs, strict=True):
-            labels = BoxView(io.open_volume(eval_set.paths.labels), eval_set.region)
-            scores[eval_set.name] = evaluate_thresholds(
-                io.open_volume(path), labels, self.thresholds, self.postprocess.median_size
-            )
-        selected = best_threshold(scores["val"], self.select_metric)
-        self.metrics = {
-            "selected_threshold": selected,
-            "selected_on": f"val/{self.select_metric}",
-            "median_size": self.postprocess.median_size,
-            **{name: jsonable_scores(s) for name, s in scores.items()},
+        sets = {s.name: s for s in trainer.datamodule.eval_sets}
+        probs = {name: io.open_volume(self.output_dir / f"{name}_probs.zarr") for name in sets}
+        labels = {
+            name: BoxView(io.open_volume(s.paths.labels), s.region)
+            for name, s in sets.items()
+            if s.paths.labels is not None
         }
-        final = scores.get("test", scores["val"])[selected]
-        self.metrics["final"] = {"set": "test" if "test" in scores else "val", **final}
+        if "val" not in labels:
+            raise io.VolumeError("the validation volume needs labels to select the decoder")
+        val_rows = decode.sweep(self.postprocess, self.grid, probs["val"], labels["val"])
+        chosen = decode.best(val_rows, self.select_metric)
+        decoder = dataclasses.replace(self.postprocess, **{k: chosen[k] for k in self.grid})
+        final_set = "test" if "test" in sets else "val"
+        self.metrics = {
+            "decoder": type(decoder).__name__,
+            "selected": decode.params(decoder),
+            "selected_on": f"val/{self.select_metric}",
+            "swept": list(self.grid),
+            "val": val_rows,
+        }
+        if final_set == "test" and "test" in labels and decode.is_semantic(decoder):
+            # Cheap for masks: the whole threshold table on test, for comparison with papers.
+            self.metrics["test"] = decode.sweep(decoder, self.grid, probs["test"], labels["test"])
+        name = decode.output_name(decoder)
+        scores = decode.decode_and_score(
+            decoder,
+            probs[final_set],
+            labels.get(final_set),
+            self.output_dir / f"{final_set}_{name}.zarr",
+        )
+        self.metrics["final"] = {"set": final_set, **decode.params(decoder), **(scores or {})}
         write_json_atomic(self.output_dir / "metrics.json", self.metrics)
-        self._write_mask(selected)
-        self._write_val_labels(sets[0])
-        if trainer.logger is not None:
+        self._write_val_labels(sets["val"])
+        if trainer.logger is not None and scores:
             trainer.logger.log_metrics(
-                {f"test/{k}": v for k, v in final.items()}, trainer.global_step
+                {f"{final_set}/{k}": float(v) for k, v in scores.items()}, trainer.global_step
             )
         log.info("metrics written to %s", self.output_dir / "metrics.json")
-
-    def _write_mask(self, threshold: float) -> None:
-        name = "test" if "test" in self.sets else "val"
-        probs = io.open_volume(self.output_dir / f"{name}_probs.zarr")
-        decoder = BinarizeMedian(threshold, self.postprocess.median_size)
-        with mask_output(self.output_dir / f"{name}_mask.zarr", probs, threshold) as out:
-            for _ in decode_slabwise(decoder, probs, out):
-                pass
 
     def _write_val_labels(self, eval_set: Any) -> None:
         """The validation part's labels beside ``val_probs.zarr``, for later threshold sweeps."""

@@ -47,7 +47,9 @@ class VolumePaths:
 class FileVolumes:
     """A raw volume and optional labels on disk, in any format ``mitoseg-convert`` reads.
 
-    Relative paths are resolved against the data module's ``root``.
+    Relative paths are resolved against the data module's ``root``. ``raw_z_range`` /
+    ``labels_z_range`` ([start, stop) slices) select part of a source, e.g. slices 0-399 of the
+    MitoEM ``im`` folder for training and 400-499 for validation.
     """
 
     def __init__(
@@ -57,16 +59,29 @@ class FileVolumes:
         raw_dataset: str | None = None,
         labels_dataset: str | None = None,
         voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+        raw_z_range: Sequence[int] | None = None,
+        labels_z_range: Sequence[int] | None = None,
     ) -> None:
         self.raw, self.labels = raw, labels
         self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
         self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+        self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
+        self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
 
     def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
-        raw = self._zarr(self.raw, self.raw_dataset, cache_dir, root, labels=False)
+        raw = self._zarr(
+            self.raw, self.raw_dataset, cache_dir, root, labels=False, z_range=self.raw_z_range
+        )
         if self.labels is None:
             return VolumePaths(raw)
-        labels = self._zarr(self.labels, self.labels_dataset, cache_dir, root, labels=True)
+        labels = self._zarr(
+            self.labels,
+            self.labels_dataset,
+            cache_dir,
+            root,
+            labels=True,
+            z_range=self.labels_z_range,
+        )
         raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
         if raw_shape != label_shape:
             raise io.VolumeError(
@@ -75,23 +90,44 @@ class FileVolumes:
         return VolumePaths(raw, labels)
 
     def _zarr(
-        self, src: str, dataset: str | None, cache_dir: Path, root: Path | None, labels: bool
+        self,
+        src: str,
+        dataset: str | None,
+        cache_dir: Path,
+        root: Path | None,
+        labels: bool,
+        z_range: tuple[int, int] | None,
     ) -> Path:
         path = Path(src).expanduser()
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
-        if is_zarr(path):
+        if is_zarr(path) and z_range is None:
             return path
         if not path.exists():
             raise io.VolumeError(f"input volume not found: {path}")
         stat = path.stat()
-        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
+        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
         if not is_zarr(dst):
             log.info("converting %s -> %s", path, dst)
-            io.convert(path, dst, labels=labels, dataset=dataset, voxel_size_nm=self.voxel_size_nm)
+            io.convert(
+                path,
+                dst,
+                labels=labels,
+                dataset=dataset,
+                voxel_size_nm=self.voxel_size_nm,
+                z_range=z_range,
+            )
         return dst
+
+
+def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if len(value) != 2 or not 0 <= int(value[0]) < int(value[1]):
+        raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {list(value)}")
+    return int(value[0]), int(value[1])
 
 
 class SyntheticVolumes:
@@ -102,10 +138,13 @@ class SyntheticVolumes:
         shape: Sequence[int] = (64, 192, 192),
         seed: int = 0,
         voxel_size_nm: Sequence[float] = (5.0, 5.0, 5.0),
+        touching_pairs: int = 2,
+        necked_chains: int = 0,
     ) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.seed = int(seed)
         self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+        self.touching_pairs, self.necked_chains = int(touching_pairs), int(necked_chains)
 
     def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
         name = (
@@ -113,10 +152,19 @@ class SyntheticVolumes:
             + f"-seed{self.seed}-vs"
             + "x".join(f"{v:g}" for v in self.voxel_size_nm)
         )
+        if (self.touching_pairs, self.necked_chains) != (2, 0):
+            name += f"-pairs{self.touching_pairs}-chains{self.necked_chains}"
         folder = Path(cache_dir) / f"synthetic-{name}"
         paths = VolumePaths(folder / "raw.zarr", folder / "labels.zarr")
         if not (is_zarr(paths.raw) and is_zarr(paths.labels)):
-            raw, labels = make_volume(self.shape, seed=self.seed, voxel_size_nm=self.voxel_size_nm)
+            extra = {"necked_chains": self.necked_chains} if self.necked_chains else {}
+            raw, labels = make_volume(
+                self.shape,
+                seed=self.seed,
+                voxel_size_nm=self.voxel_size_nm,
+                touching_pairs=self.touching_pairs,
+                **extra,
+            )
             attrs = {"axes": list(io.AXES), "voxel_size_nm": list(self.voxel_size_nm)}
             io.write_volume(paths.labels, labels, attrs={**attrs, "kind": "labels"}, overwrite=True)
             io.write_volume(paths.raw, raw, attrs={**attrs, "kind": "raw"}, overwrite=True)
@@ -323,12 +371,17 @@ class EvalSet:
 class VolumeDataModule(pl.LightningDataModule):
     """Training patches, validation tiles and test tiles from zarr-backed volumes.
 
-    The training volume is split along ``val_axis``: the last ``val_fraction`` is the
-    validation part, never sampled for training; the test volume is only used by ``test``.
+    Validation is either a separate volume (``val``, e.g. MitoEM's official slices 400-499) or,
+    without one, the last ``val_fraction`` of the training volume along ``val_axis``, never sampled
+    for training. The test volume is only used by ``test``; without labels it is predicted and
+    decoded but not scored (e.g. MitoEM's hidden test labels).
 
     Args:
         train: the training volume (:class:`FileVolumes` or :class:`SyntheticVolumes`).
+        val: a separate validation volume with labels, or None to split ``train``.
         test: the test volume, or None.
+        isotropic: whether voxels are (about) isotropic; False for e.g. 30 x 8 x 8 nm data. The
+            configs derive the augmentation and the target's in-plane contours from it.
         target: labels -> target callable (the target config's transform).
         root: folder that relative paths of ``train`` and ``test`` are resolved against.
         cache_dir: where converted and synthetic volumes are written once.
@@ -341,7 +394,9 @@ class VolumeDataModule(pl.LightningDataModule):
         self,
         train: FileVolumes | SyntheticVolumes,
         test: FileVolumes | SyntheticVolumes | None = None,
+        val: FileVolumes | SyntheticVolumes | None = None,
         *,
+        isotropic: bool = True,
         target: Callable[[np.ndarray], np.ndarray],
         root: str | None = None,
         cache_dir: str = "data_cache",
@@ -360,6 +415,7 @@ class VolumeDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_volumes, self.test_volumes, self.target = train, test, target
+        self.val_volumes, self.isotropic = val, isotropic
         self.root = Path(root) if root else None
         self.cache_dir = Path(cache_dir)
         self.patch_shape = tuple(int(p) for p in patch_shape)
@@ -372,19 +428,27 @@ class VolumeDataModule(pl.LightningDataModule):
         self.eval_sets: list[EvalSet] = []
 
     def prepare_data(self) -> None:
-        self.train_volumes.prepare(self.cache_dir, self.root)
-        if self.test_volumes is not None:
-            self.test_volumes.prepare(self.cache_dir, self.root)
+        for volumes in (self.train_volumes, self.val_volumes, self.test_volumes):
+            if volumes is not None:
+                volumes.prepare(self.cache_dir, self.root)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_paths = self.train_volumes.prepare(self.cache_dir, self.root)
         if self.train_paths.labels is None:
             raise io.VolumeError(f"training volume {self.train_paths.raw} has no labels")
         shape = io.open_volume(self.train_paths.raw).shape
-        self.train_region, self.val_region = split_axis(
-            Box.whole(shape), self.val_axis, self.val_fraction
-        )
-        self.eval_sets = [EvalSet("val", self.train_paths, self.val_region)]
+        if self.val_volumes is None:
+            self.train_region, self.val_region = split_axis(
+                Box.whole(shape), self.val_axis, self.val_fraction
+            )
+            self.val_paths = self.train_paths
+        else:
+            self.val_paths = self.val_volumes.prepare(self.cache_dir, self.root)
+            if self.val_paths.labels is None:
+                raise io.VolumeError(f"validation volume {self.val_paths.raw} has no labels")
+            self.train_region = Box.whole(shape)
+            self.val_region = Box.whole(io.open_volume(self.val_paths.raw).shape)
+        self.eval_sets = [EvalSet("val", self.val_paths, self.val_region)]
         if self.test_volumes is not None:
             test_paths = self.test_volumes.prepare(self.cache_dir, self.root)
             test_shape = io.open_volume(test_paths.raw).shape
@@ -414,7 +478,7 @@ class VolumeDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = TileDataset(
-            self.train_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
+            self.val_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
         )
         return self._loader(dataset, self.batch_size)
 

@@ -6,6 +6,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Shape3 = tuple[int, int, int]
 
 
@@ -103,3 +105,11 @@ class BoxView:
         start, stop, _ = key.indices(self.shape[0])
         z = slice(self.box.offset[0] + start, self.box.offset[0] + stop)
         return self.array[(z, *self.box.slices[1:])]  # type: ignore[index]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        """The whole box as a numpy array (``np.asarray(view)``)."""
+        return np.asarray(self[:], dtype=dtype)

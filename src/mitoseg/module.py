@@ -6,7 +6,7 @@ No file I/O here: stitching and writing happen in :mod:`mitoseg.callbacks`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -53,6 +53,27 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per channel (tp, fp, fn, tn) of sigmoid(logits) > threshold against target > 0.5.
+
+    Args:
+        logits: (N, C, Z, Y, X).
+        target: (N, C, Z, Y, X) in [0, 1]; NaN voxels (undefined) are not counted.
+
+    Returns:
+        float64 (C, 4).
+    """
+    pred = torch.sigmoid(logits.float()) > threshold
+    truth = target > 0.5
+    defined = ~torch.isnan(target)
+    dims = (0, 2, 3, 4)
+    tp = (pred & truth).sum(dims)
+    fp = (pred & ~truth & defined).sum(dims)
+    fn = (~pred & truth).sum(dims)
+    tn = (~pred & ~truth & defined).sum(dims)
+    return torch.stack([tp, fp, fn, tn], dim=1).double()
+
+
 class SegmentationModule(pl.LightningModule):
     """Trains a network on (raw, target) patches; predicts probabilities of tiles.
 
@@ -64,6 +85,8 @@ class SegmentationModule(pl.LightningModule):
         tta: test-time augmentation for ``test_step`` and ``predict_step``.
         channels_last: use the channels-last 3D memory format (faster on CPU and on GPUs).
         val_threshold: probability threshold of the validation scores.
+        channels: names of the output channels (the target's); validation logs the IoU of each
+            at ``val_threshold`` as ``val/iou_<name>`` and their mean as ``val/iou``.
     """
 
     def __init__(
@@ -75,6 +98,7 @@ class SegmentationModule(pl.LightningModule):
         tta: TTA | str = TTA.NONE,
         channels_last: bool = False,
         val_threshold: float = 0.5,
+        channels: Sequence[str] = ("foreground",),
     ) -> None:
         super().__init__()
         if channels_last:
@@ -84,7 +108,8 @@ class SegmentationModule(pl.LightningModule):
         self.tta = TTA(tta)
         self.channels_last = channels_last
         self.val_threshold = val_threshold
-        self._val_counts = torch.zeros(4, dtype=torch.float64)
+        self.channels = tuple(channels)
+        self._val_counts = torch.zeros(len(self.channels), 4, dtype=torch.float64)
         self._val_losses: list[float] = []
         self._panel: dict[str, torch.Tensor] | None = None
 
@@ -99,22 +124,20 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self._val_counts = torch.zeros(
+            len(self.channels), 4, dtype=torch.float64, device=self.device
+        )
         self._val_losses, self._panel = [], None
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["raw"])
         self._val_losses.append(float(self.loss(logits, batch["target"])))
-        pred = torch.sigmoid(logits[:, :1].float()) > self.val_threshold
-        truth = batch["target"][:, :1] > 0.5
-        tp = (pred & truth).sum()
-        fp, fn = (pred & ~truth).sum(), (~pred & truth).sum()
-        self._val_counts += torch.stack([tp, fp, fn, pred.numel() - tp - fp - fn]).double()
+        self._val_counts += confusion_counts(logits, batch["target"], self.val_threshold)
         self._keep_panel(batch, logits)
 
     def _keep_panel(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
         """Keep the validation slice with the most foreground seen so far for the image panel."""
-        per_slice = batch["target"][:, 0].flatten(2).sum(-1)  # (N, Z)
+        per_slice = batch["target"][:, 0].nan_to_num(0.0).flatten(2).sum(-1)  # (N, Z)
         best = int(per_slice.argmax())
         sample, z = divmod(best, per_slice.shape[1])
         score = float(per_slice.flatten()[best])
@@ -123,21 +146,21 @@ class SegmentationModule(pl.LightningModule):
         self._panel = {
             "score": torch.tensor(score),
             "raw": batch["raw"][sample, 0, z],
-            "target": batch["target"][sample, 0, z].float(),
+            "target": batch["target"][sample, 0, z].float().nan_to_num(0.0),
             "probs": torch.sigmoid(logits[sample, 0, z].float()),
         }
 
     def on_validation_epoch_end(self) -> None:
         counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
-        tp, fp, fn, tn = (float(c) for c in counts)
-        fg_iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-        bg_iou = tn / (tn + fp + fn) if tn + fp + fn else 1.0
+        ious = []
+        for name, (tp, fp, fn, _) in zip(self.channels, counts.tolist(), strict=True):
+            ious.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
+            self.log(f"val/iou_{name}", ious[-1])
         loss = torch.tensor(
             sum(self._val_losses) / max(1, len(self._val_losses)), device=self.device
         )
         self.log("val/loss", loss, sync_dist=True)
-        self.log("val/fg_iou", fg_iou, prog_bar=True)
-        self.log("val/mean_iou", (fg_iou + bg_iou) / 2.0)
+        self.log("val/iou", sum(ious) / len(ious), prog_bar=True)
         self._log_panel()
 
     def _log_panel(self) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from mitoseg import io
 from mitoseg.evaluate import format_table
 
-SCORE_COLUMNS = ("fg_iou", "mean_iou", "precision", "recall", "f1")
+SEMANTIC_COLUMNS = ("fg_iou", "mean_iou", "precision", "recall", "f1")
+INSTANCE_COLUMNS = ("ap75", "ap50", "accuracy75", "are", "voi_split", "voi_merge", "n_pred")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -37,28 +38,27 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def score_rows(
-    scores: Mapping[str, Mapping[float, Mapping[str, float]]], selected: float | None = None
-) -> list[dict[str, Any]]:
-    """Rows (set, threshold, scores) of {set: {threshold: scores}}; '*' marks ``selected``."""
+def columns_of(scores: Mapping[str, Any]) -> tuple[str, ...]:
+    """The main score columns of a row: semantic (fg_iou, ...) or instance (ap75, ...)."""
+    return SEMANTIC_COLUMNS if "fg_iou" in scores else INSTANCE_COLUMNS
+
+
+def results_table(metrics: Mapping[str, Any]) -> str:
+    """The test-time sweep of ``metrics.json``: one row per set and parameter combination, the
+    selected combination marked with '*', then the final row."""
+    swept, selected = metrics["swept"], metrics["selected"]
     rows = []
-    for name, by_threshold in scores.items():
-        for threshold in sorted(by_threshold):
-            mark = "*" if selected is not None and threshold == selected else ""
-            row: dict[str, Any] = {"set": name, "threshold": f"{threshold:g}{mark}"}
-            row.update({k: by_threshold[threshold][k] for k in SCORE_COLUMNS})
-            rows.append(row)
-    return rows
-
-
-def scores_table(
-    scores: Mapping[str, Mapping[float, Mapping[str, float]]], selected: float | None = None
-) -> str:
-    return format_table(score_rows(scores, selected), ("set", "threshold", *SCORE_COLUMNS))
-
-
-def jsonable_scores(scores: Mapping[float, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    return {f"{t:g}": dict(v) for t, v in sorted(scores.items())}
+    for name in ("val", "test"):
+        for row in metrics.get(name, []):
+            mark = "*" if all(row[k] == selected[k] for k in swept) else ""
+            cells = {"set": f"{name}{mark}", **{k: row[k] for k in swept}}
+            rows.append(cells | {k: row.get(k, "") for k in columns_of(row)})
+    final = metrics["final"]
+    rows.append(
+        {"set": f"final: {final['set']}", **{k: final[k] for k in swept}}
+        | {k: final.get(k, "") for k in columns_of(final)}
+    )
+    return format_table(rows, list(rows[0]))
 
 
 @contextmanager

@@ -149,6 +149,10 @@ def instance_contour(labels: np.ndarray, width: int = 4, in_plane: bool = False)
     object voxels and the background voxels next to an object, and both sides of a face where two
     objects touch. Voxels near the array border compare only to voxels inside the array.
 
+    With ``in_plane`` (anisotropic data) the band is computed per slice, and in addition a voxel
+    whose z-neighbour (one slice up or down) holds a *different object* is contour: without it,
+    two objects stacked in z would get no border at all and their seeds would merge.
+
     Args:
         labels: integer (Z, Y, X) instance ids, 0 = background.
         width: even integer >= 2, the band width in voxels.
@@ -168,7 +172,13 @@ def instance_contour(labels: np.ndarray, width: int = 4, in_plane: bool = False)
     # padding only repeats values already inside the array, so border voxels see nothing else.
     high = ndimage.maximum_filter(labels, size=size, mode="nearest")
     low = ndimage.minimum_filter(labels, size=size, mode="nearest")
-    return high != low
+    band = high != low
+    if in_plane and labels.shape[0] > 1:
+        below, above = labels[:-1], labels[1:]
+        stacked = (below != above) & (below != 0) & (above != 0)
+        band[:-1] |= stacked
+        band[1:] |= stacked
+    return band
 
 
 @dataclass(frozen=True)

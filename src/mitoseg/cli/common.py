@@ -47,8 +47,27 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
     return config, weights
 
 
+def check_target(stored: DictConfig, source: str, target: Any | None = None) -> None:
+    """Refuse a checkpoint whose model does not fit its target, or does not fit ``target`` (the
+    target config of the current run, e.g. when resuming training)."""
+    channels = list(stored.target.channels)
+    out = stored.model.get("out_channels")
+    if out is not None and int(out) != len(channels):
+        raise CheckpointError(
+            f"checkpoint {source}: model.out_channels={out} but target "
+            f"'{stored.target.get('name')}' has {len(channels)} channels {channels}"
+        )
+    if target is not None and list(target.channels) != channels:
+        raise CheckpointError(
+            f"checkpoint {source} was trained for target '{stored.target.get('name')}' "
+            f"(channels {channels}), but this run's target '{target.get('name')}' has channels "
+            f"{list(target.channels)}: choose target={stored.target.get('name')} or start fresh"
+        )
+
+
 def build_net(config: DictConfig, weights: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Instantiate ``config.model`` and load ``weights`` strictly."""
+    check_target(config, source)
     net = instantiate(config.model)
     result = net.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -57,6 +76,15 @@ def build_net(config: DictConfig, weights: dict[str, torch.Tensor], source: str)
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return net
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """The data module of ``cfg.data`` with the target's transform.
+
+    The transform goes in after instantiation (``_partial_``): Hydra would otherwise turn a
+    dataclass argument back into a config.
+    """
+    return instantiate(cfg.data, _partial_=True)(target=instantiate(cfg.target.transform))
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def predict(cfg: DictConfig) -> Path:
     module = SegmentationModule(net, loss=None, optimizer=None, tta=settings.tta)
     writer = TilePredictionWriter(
         [output],
-        len(stored.target.channels),
+        list(stored.target.channels),
         tuple(settings.tile_shape),
         settings.dtype,
         settings.blend,

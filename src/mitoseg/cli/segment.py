@@ -15,12 +15,11 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mitoseg import io
+from mitoseg import decode, io
 from mitoseg.cli.common import CONFIG_PATH
 from mitoseg.data import FileVolumes
-from mitoseg.evaluate import Confusion, format_table, semantic_scores
-from mitoseg.postprocess import decode_slabwise
-from mitoseg.report import SCORE_COLUMNS, mask_output, write_json_atomic, write_text_atomic
+from mitoseg.evaluate import format_table
+from mitoseg.report import columns_of, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +27,8 @@ log = logging.getLogger(__name__)
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
     probs = io.open_volume(cfg.probs)
-    if probs.ndim != 4:
-        raise io.VolumeError(
-            f"{cfg.probs}: expected (C, Z, Y, X) probabilities, got shape {probs.shape}"
-        )
     decoder = instantiate(cfg.postprocess)
+    decode.check_channels(decoder, probs, str(cfg.probs))
     labels = None
     if cfg.labels is not None:
         paths = FileVolumes(cfg.labels, raw_dataset=cfg.labels_dataset).prepare(Path(cfg.cache_dir))
@@ -43,33 +39,32 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
                 f"{cfg.probs} have (Z, Y, X) {tuple(probs.shape[1:])}"
             )
     output_dir = Path(cfg.output_dir)
-    confusion = Confusion()
-    with mask_output(output_dir / "mask.zarr", probs, decoder.threshold, cfg.save_mask) as out:
-        for z, mask in decode_slabwise(decoder, probs, out, slab=cfg.slab):
-            if labels is not None:
-                confusion += Confusion.from_masks(mask, labels[z] > 0)
+    output = output_dir / f"{decode.output_name(decoder)}.zarr" if cfg.save_output else None
+    scores = decode.decode_and_score(decoder, probs, labels, output, slab=cfg.slab)
     result: dict[str, Any] = {
         "probs": str(cfg.probs),
         "labels": None if cfg.labels is None else str(cfg.labels),
-        "postprocess": {"threshold": decoder.threshold, "median_size": decoder.median_size},
+        "decoder": type(decoder).__name__,
+        "postprocess": decode.params(decoder),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
-    if labels is not None:
-        result["scores"] = semantic_scores(confusion)
+    if scores is not None:
+        result["scores"] = scores
     write_json_atomic(output_dir / "metrics.json", result)
     return result
 
 
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per run of a sweep: its overrides and scores."""
+    """One row per run of a sweep: its overrides, decoder parameters and main scores."""
     rows = []
     for path in sorted(
         sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)
     ):
         result = json.loads(path.read_text())
         row: dict[str, Any] = {"run": path.parent.name, "overrides": " ".join(result["overrides"])}
-        row.update(result["postprocess"])
-        row.update({k: result.get("scores", {}).get(k, "") for k in SCORE_COLUMNS})
+        row.update({k: v for k, v in result["postprocess"].items() if not isinstance(v, list)})
+        scores = result.get("scores", {})
+        row.update({k: scores.get(k, "") for k in columns_of(scores)})
         rows.append(row)
     return rows
 
@@ -82,8 +77,11 @@ def drop_shared_overrides(rows: list[dict[str, Any]]) -> None:
         row["overrides"] = " ".join(i for i in items if i not in shared)
 
 
-def mark_best(rows: list[dict[str, Any]], metric: str) -> None:
-    scored = [r for r in rows if isinstance(r.get(metric), float)]
+def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
+    """Mark the row with the highest ``metric`` (None: fg_iou for masks, ap75 for instances)."""
+    if metric is None:
+        metric = "fg_iou" if rows and "fg_iou" in rows[0] else "ap75"
+    scored = [r for r in rows if isinstance(r.get(metric), float) and r[metric] == r[metric]]
     for row in rows:
         row["best"] = ""
     if scored:
@@ -99,7 +97,7 @@ class SweepSummary(Callback):
         if not rows:
             return
         drop_shared_overrides(rows)
-        mark_best(rows, config.get("select_metric", "fg_iou"))
+        mark_best(rows, config.get("select_metric"))
         buffer = text_io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -115,10 +113,12 @@ def _main(cfg: DictConfig) -> float | None:
     result = segment(cfg)
     scores = result.get("scores")
     if scores is None:
-        print(f"wrote {Path(cfg.output_dir) / 'mask.zarr'} (no labels given: no scores)")
+        print(f"wrote {Path(cfg.output_dir)} (no labels given: no scores)")
         return None
-    print(format_table([{**result["postprocess"], **{k: scores[k] for k in SCORE_COLUMNS}}]))
-    return float(scores[cfg.select_metric])
+    decoder_params = {k: v for k, v in result["postprocess"].items() if not isinstance(v, list)}
+    print(format_table([{**decoder_params, **{k: scores[k] for k in columns_of(scores)}}]))
+    metric = cfg.select_metric or ("fg_iou" if "fg_iou" in scores else "ap75")
+    return float(scores[metric])
 
 
 def main() -> None:

@@ -11,8 +11,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mitoseg.callbacks import ConfigInCheckpoint, TestEvaluation
-from mitoseg.cli.common import CONFIG_PATH, resolved
-from mitoseg.report import scores_table
+from mitoseg.cli.common import (
+    CONFIG_PATH,
+    build_datamodule,
+    check_target,
+    load_checkpoint,
+    resolved,
+)
+from mitoseg.report import results_table
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +28,10 @@ STORED_KEYS = ("model", "target", "postprocess", "predict", "evaluate", "seed")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, target=instantiate(cfg.target.transform))
+    if cfg.ckpt is not None:
+        stored, _ = load_checkpoint(cfg.ckpt)
+        check_target(stored, str(cfg.ckpt), cfg.target)
+    datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     stored = resolved(cfg)
@@ -44,22 +53,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    if metrics:
-        scores = {
-            name: {float(t): s for t, s in metrics[name].items()}
-            for name in ("val", "test")
-            if name in metrics
-        }
-        print(scores_table(scores, metrics["selected_threshold"]))
-        final = metrics["final"]
-        print(
-            f"{final['set']} foreground IoU {final['fg_iou']:.4f}, "
-            f"mean IoU {final['mean_iou']:.4f} "
-            f"at threshold {metrics['selected_threshold']:g} (chosen on validation); "
-            f"outputs in {cfg.output_dir}"
-        )
-        return float(final["fg_iou"])
-    return None
+    if not metrics:
+        return None
+    print(results_table(metrics))
+    final = metrics["final"]
+    chosen = ", ".join(f"{k}={final[k]:g}" for k in metrics["swept"])
+    metric = cfg.evaluate.select_metric
+    if metric not in final:  # a test volume without labels: predicted and decoded only
+        print(f"decoded {final['set']} with {chosen} (chosen on validation); see {cfg.output_dir}")
+        return None
+    print(
+        f"{final['set']} {metric} {final[metric]:.4f} with {chosen} (chosen on validation); "
+        f"outputs in {cfg.output_dir}"
+    )
+    return float(final[metric])
 
 
 def main() -> None:
