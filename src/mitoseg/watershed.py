@@ -46,6 +46,8 @@ TIE_BITS = 37  # raster indices below 2**37 (137 Gvox); 65535 levels * 2**37 < 2
 _NON_SEED = float(2**TIE_BITS - 1)
 FLOAT_LEVELS = 65535
 _SLAB_VOXELS = 1 << 22
+# cc3d's 6-connected voxel-graph bits per axis of a C-ordered (Z, Y, X) array: (+1 step, -1 step)
+_DIRECTION_BITS = ((1, 2), (4, 8), (16, 32))
 
 
 class _Settings(NamedTuple):
@@ -158,21 +160,54 @@ def _first_voxels(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
     return where[first]
 
 
+def _graph_components(seed_map: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
+    """Components of the strong-edge graph among ``seed_map`` voxels, numbered in raster order.
+
+    Voxels without a strong edge to another ``seed_map`` voxel are not seeds.
+    """
+    graph = np.where(seed_map, edges, np.uint8(0))
+    for axis, (plus, minus) in enumerate(_DIRECTION_BITS):
+        head = [slice(None)] * 3
+        tail = [slice(None)] * 3
+        head[axis], tail[axis] = slice(0, -1), slice(1, None)
+        # keep p -> p+1 only if p+1 is a seed voxel, and p+1 -> p only if p is
+        graph[tuple(head)] &= np.where(seed_map[tuple(tail)], np.uint8(255), np.uint8(255 - plus))
+        graph[tuple(tail)] &= np.where(seed_map[tuple(head)], np.uint8(255), np.uint8(255 - minus))
+        edge = [slice(None)] * 3
+        edge[axis] = slice(-1, None)
+        graph[tuple(edge)] &= np.uint8(255 - plus)  # nothing beyond the crop
+        edge[axis] = slice(0, 1)
+        graph[tuple(edge)] &= np.uint8(255 - minus)
+    parts = np.ascontiguousarray(cc3d.color_connectivity_graph(graph, connectivity=6))
+    parts[graph == 0] = 0
+    # Same partition, renumbered in raster order as every other seed labelling here.
+    labels, n = cc3d.connected_components(parts, connectivity=6, return_N=True, out_dtype=np.uint32)
+    return np.ascontiguousarray(labels), n
+
+
 def _crop_seeds(
-    inside: np.ndarray, score: np.ndarray, contour: np.ndarray | None, s: _Settings
+    inside: np.ndarray,
+    score: np.ndarray,
+    contour: np.ndarray | None,
+    s: _Settings,
+    edges: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds of one component's crop.
+    """Seeds of one component's crop: components of the seed map, or with ``edges`` (the strong
+    affinity graph) components of that graph among the component's voxels.
 
     Returns:
         seeds uint32 (crop) numbered 1..k in raster order of their first voxels, small seeds
         cleared; int64 (k,) local flat index of each seed's first voxel.
     """
-    seed_map = inside & _above(score, s.seed_threshold)
+    seed_map = inside.copy() if edges is not None else inside & _above(score, s.seed_threshold)
     if contour is not None:
         seed_map &= _below(contour, s.contour_threshold)
-    seeds, n = cc3d.connected_components(
-        seed_map, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
-    )
+    if edges is not None:
+        seeds, n = _graph_components(seed_map, edges)
+    else:
+        seeds, n = cc3d.connected_components(
+            seed_map, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
+        )
     if n == 0:
         return seeds, np.zeros(0, dtype=np.int64)
     flat = seeds.reshape(-1)
@@ -203,6 +238,7 @@ def _split_component(
     contour: np.ndarray | None,
     s: _Settings,
     next_id: int,
+    edges: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode one mask component in place in ``comps``.
 
@@ -218,7 +254,9 @@ def _split_component(
     if np.count_nonzero(inside) < max(s.min_size, 1):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     crop_score = score[box]
-    seeds, first = _crop_seeds(inside, crop_score, None if contour is None else contour[box], s)
+    crop_contour = None if contour is None else contour[box]
+    crop_edges = None if edges is None else edges[box]
+    seeds, first = _crop_seeds(inside, crop_score, crop_contour, s, crop_edges)
     first = _to_global(first, box, comps.shape)
     if first.size <= 1:
         return np.full(first.size, comp, dtype=np.int64), first
@@ -233,11 +271,22 @@ def _split_component(
     return ids[big + 1].astype(np.int64), first[big]
 
 
-def _decode(score: np.ndarray, contour: np.ndarray | None, s: _Settings) -> np.ndarray:
+def _decode(
+    score: np.ndarray,
+    contour: np.ndarray | None,
+    s: _Settings,
+    edges: np.ndarray | None = None,
+    region_edges: np.ndarray | None = None,
+) -> np.ndarray:
+    """Decode component by component. Components are those of the mask on the grid or, with
+    ``region_edges`` (affinity decoders), of the graph of mask voxels joined by those edges."""
     mask = np.ascontiguousarray(_above(score, s.mask_threshold))
-    comps, n = cc3d.connected_components(
-        mask, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
-    )
+    if region_edges is None:
+        comps, n = cc3d.connected_components(
+            mask, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
+        )
+    else:
+        comps, n = _graph_components(mask, region_edges)
     del mask
     if n == 0:
         return comps
@@ -246,7 +295,7 @@ def _decode(score: np.ndarray, contour: np.ndarray | None, s: _Settings) -> np.n
     for comp, box in enumerate(ndimage.find_objects(comps), start=1):
         if box is None or math.prod(sl.stop - sl.start for sl in box) < s.min_size:
             continue  # an instance never outgrows its component, nor the component its box
-        comp_ids, first = _split_component(comps, comp, box, score, contour, s, next_id)
+        comp_ids, first = _split_component(comps, comp, box, score, contour, s, next_id, edges)
         next_id += int(np.count_nonzero(comp_ids > n))
         ids.append(comp_ids)
         firsts.append(first)
@@ -381,6 +430,36 @@ def affinity_inside(affs: np.ndarray, offsets: tuple[Offset, ...] = DEFAULT_OFFS
     return out
 
 
+def strong_edges(
+    affs: np.ndarray, threshold: float, offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+) -> np.ndarray:
+    """The graph of nearest-neighbour edges with affinity > threshold, as voxel bits.
+
+    Args:
+        affs: (C, Z, Y, X) uint8 in [0, 255] or float in [0, 1]; channel i belongs to offsets[i].
+        threshold: probability in [0, 1].
+        offsets: C distinct (dz, dy, dx) offsets; only one-step offsets make edges.
+
+    Returns:
+        uint8 (Z, Y, X) bitfield in cc3d's 6-connected voxel-graph convention: bits 1 / 2 for the
+        edge to z + 1 / z - 1, 4 / 8 for y, 16 / 32 for x. 1 byte per voxel.
+    """
+    offsets = normalize_offsets(offsets)
+    affs = check_probs(affs, len(offsets), f"({len(offsets)}, Z, Y, X) (one channel per offset)")
+    graph = np.zeros(affs.shape[1:], dtype=np.uint8)
+    for channel, axis, step in _nearest_neighbour_channels(offsets):
+        lower = [slice(None)] * 3  # p with p + step in the volume
+        upper = [slice(None)] * 3  # p + step
+        lower[axis] = slice(max(0, -step), graph.shape[axis] - max(0, step))
+        upper[axis] = slice(max(0, step), graph.shape[axis] - max(0, -step))
+        strong = _above(affs[channel][tuple(lower)], threshold)
+        plus, minus = _DIRECTION_BITS[axis]
+        forward, backward = (plus, minus) if step > 0 else (minus, plus)
+        graph[tuple(lower)] |= strong * np.uint8(forward)
+        graph[tuple(upper)] |= strong * np.uint8(backward)
+    return graph
+
+
 # --------------------------------------------------------------------------- decoders
 
 
@@ -437,7 +516,10 @@ class AffinityWatershed(_Decoder):
         return len(self.offsets)
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
-        return _decode(affinity_inside(probs, self.offsets), None, self._settings)
+        edges = strong_edges(probs, self.seed_threshold, self.offsets)
+        regions = strong_edges(probs, self.mask_threshold, self.offsets)
+        inside = affinity_inside(probs, self.offsets)
+        return _decode(inside, None, self._settings, edges, regions)
 
 
 @dataclass(frozen=True)
@@ -460,7 +542,11 @@ class ACWatershed(_Decoder):
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         layout = f"({self.n_channels}, Z, Y, X) (affinities, contour)"
         probs = check_probs(probs, self.n_channels, layout)
-        return _decode(affinity_inside(probs[:-1], self.offsets), probs[-1], self._settings)
+        affs = probs[:-1]
+        edges = strong_edges(affs, self.seed_threshold, self.offsets)
+        regions = strong_edges(affs, self.mask_threshold, self.offsets)
+        inside = affinity_inside(affs, self.offsets)
+        return _decode(inside, probs[-1], self._settings, edges, regions)
 
 
 def bc_watershed(

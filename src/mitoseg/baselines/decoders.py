@@ -156,6 +156,84 @@ def affinity_inside(affs: np.ndarray, offsets: Sequence[Sequence[int]]) -> np.nd
     return mean.astype(np.float32)
 
 
+def _graph_labels(
+    affs: np.ndarray, offsets: Sequence[Sequence[int]], threshold: float, voxels: np.ndarray
+) -> np.ndarray:
+    """Components of ``voxels`` joined by nearest-neighbour edges with affinity > threshold,
+    by union-find over the whole volume (int64 labels, 0 where a voxel has no such edge)."""
+    shape = voxels.shape
+    parent = np.arange(voxels.size, dtype=np.int64)
+    has_edge = np.zeros(voxels.size, dtype=bool)
+
+    def find(i: np.ndarray) -> np.ndarray:
+        while True:
+            up = parent[i]
+            if np.array_equal(up, i):
+                return i
+            i = up
+
+    index = np.arange(voxels.size, dtype=np.int64).reshape(shape)
+    pairs = []
+    for channel, offset in enumerate(offsets):
+        if sorted(abs(v) for v in offset) != [0, 0, 1]:
+            continue
+        axis = int(np.flatnonzero(offset)[0])
+        step = int(offset[axis])
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis] = slice(max(0, -step), shape[axis] - max(0, step))
+        upper[axis] = slice(max(0, step), shape[axis] - max(0, -step))
+        keep = _above(affs[channel][tuple(lower)], threshold)
+        keep &= voxels[tuple(lower)] & voxels[tuple(upper)]
+        pairs.append((index[tuple(lower)][keep], index[tuple(upper)][keep]))
+    for a, b in pairs:
+        has_edge[a] = has_edge[b] = True
+    changed = True
+    while changed:  # label propagation: every voxel takes the smallest root of its edges
+        changed = False
+        for a, b in pairs:
+            ra, rb = find(a), find(b)
+            low = np.minimum(ra, rb)
+            if np.any(ra != low) or np.any(rb != low):
+                changed = True
+                np.minimum.at(parent, ra, low)
+                np.minimum.at(parent, rb, low)
+    roots = find(np.arange(voxels.size, dtype=np.int64))
+    roots[~has_edge] = -1
+    labels = np.zeros(voxels.size, dtype=np.int64)
+    kept = roots >= 0
+    _, labels[kept] = np.unique(roots[kept], return_inverse=True)
+    labels[kept] += 1
+    return label(labels.reshape(shape), connectivity=1)  # renumbered in raster order
+
+
+def _affinity_decode(
+    affs: np.ndarray,
+    contour: np.ndarray | None,
+    offsets: Sequence[Sequence[int]],
+    settings: dict,
+    tie_break: bool,
+) -> np.ndarray:
+    """Graph seeds and regions, one whole-volume watershed per region (see mitoseg.watershed)."""
+    rank = _RANK[settings["connectivity"]]
+    inside = affinity_inside(affs, offsets)
+    mask = _above(inside, settings["mask_threshold"])
+    regions = _graph_labels(affs, offsets, settings["mask_threshold"], mask)
+    seed_voxels = mask if contour is None else mask & _below(contour, settings["contour_threshold"])
+    seeds = _remove_small(
+        _graph_labels(affs, offsets, settings["seed_threshold"], seed_voxels),
+        settings["min_seed_size"],
+    )
+    height = _height(inside, seeds, tie_break)
+    instances = np.zeros(inside.shape, dtype=np.int64)
+    for region in range(1, int(regions.max()) + 1):
+        where = regions == region
+        flooded = watershed(height, np.where(where, seeds, 0), mask=where, connectivity=rank)
+        instances[where] = flooded[where]
+    instances = _remove_small(instances, settings["min_size"])
+    return relabel_sequential(instances)[0].astype(np.uint32)
+
+
 def affinity_watershed(
     affs: np.ndarray,
     seed_threshold: float = 0.9,
@@ -166,16 +244,16 @@ def affinity_watershed(
     offsets: Sequence[Sequence[int]] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1)),
     tie_break: bool = True,
 ) -> np.ndarray:
-    """Seeded watershed of the affinity inside map; affs (len(offsets), Z, Y, X)."""
-    return seeded_watershed(
-        affinity_inside(affs, offsets),
+    """The affinity watershed on whole volumes; affs (len(offsets), Z, Y, X)."""
+    settings = dict(
         seed_threshold=seed_threshold,
         mask_threshold=mask_threshold,
         min_seed_size=min_seed_size,
         min_size=min_size,
         connectivity=connectivity,
-        tie_break=tie_break,
+        contour_threshold=1.0,
     )
+    return _affinity_decode(affs, None, offsets, settings, tie_break)
 
 
 def ac_watershed(
@@ -190,14 +268,12 @@ def ac_watershed(
     tie_break: bool = True,
 ) -> np.ndarray:
     """As ``affinity_watershed`` with a last contour channel gating the seeds."""
-    return seeded_watershed(
-        affinity_inside(probs[:-1], offsets),
-        probs[-1],
+    settings = dict(
         seed_threshold=seed_threshold,
-        contour_threshold=contour_threshold,
         mask_threshold=mask_threshold,
         min_seed_size=min_seed_size,
         min_size=min_size,
         connectivity=connectivity,
-        tie_break=tie_break,
+        contour_threshold=contour_threshold,
     )
+    return _affinity_decode(probs[:-1], probs[-1], offsets, settings, tie_break)
