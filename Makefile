@@ -6,6 +6,8 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LUCCHI ?= ../shared/data/lucchi_pp
+# Volume size (Gvox) of the decoder and metric benchmarks; BENCHMARKS.md lists the larger runs.
+BENCH_GVOX ?= 0.05
 
 .PHONY: help install demo test test-all lint bench clean
 
@@ -39,6 +41,8 @@ lint: install  ## ruff check and format check
 bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(BIN)/python benchmarks/postprocess_speed.py
 	$(BIN)/python benchmarks/convert_memory.py --data $(LUCCHI)
+	$(BIN)/python benchmarks/decode_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
+	$(BIN)/python benchmarks/metrics_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
 
 clean:  ## remove outputs and caches (not the venv)
 	rm -rf outputs multirun data_cache .pytest_cache .ruff_cache

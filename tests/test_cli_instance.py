@@ -137,3 +137,24 @@ def test_synthetic_instance_experiments_train_and_score_ap(target: str, tmp_path
     final = metrics["final"]
     assert final["set"] == "test" and {"ap75", "ap50", "accuracy75", "are"} <= set(final)
     assert io.open_volume(tmp_path / "run" / "test_instances.zarr").shape == (4, 64, 64)
+
+
+def test_predict_with_an_instance_checkpoint_gives_the_test_probabilities(
+    mitoem_run: Path,
+) -> None:
+    ckpt = next((mitoem_run / "run" / "checkpoints").glob("step*.ckpt"))  # the one tested
+    listing = mitoem_run / "MitoEM-R" / "im"
+    raw = mitoem_run / "test_raw.zarr"
+    run("mitoseg-convert", str(listing), str(raw), "--z-range", "12", "20", cwd=mitoem_run)
+    run(
+        "mitoseg-predict",
+        f"ckpt={ckpt}",
+        f"input={raw}",
+        "output=probs.zarr",
+        "trainer.enable_progress_bar=false",
+        cwd=mitoem_run,
+    )
+    probs = io.open_volume(mitoem_run / "probs.zarr")
+    assert probs.attrs["channels"] == ["foreground", "contour"]
+    expected = io.open_volume(mitoem_run / "run" / "test_probs.zarr")[:]
+    np.testing.assert_array_equal(probs[:], expected)

@@ -22,8 +22,15 @@ level = 255 - S (uint8) or 65535 - rint(65535 S) (float), tie = raster index on 
 2**37 - 1 elsewhere: the order of -S, with equal-height seed voxels in C order and before non-seed
 voxels of that height (as skimage does). Thresholds compare exact values.
 
-Peak memory beyond the input: about 5 bytes per voxel (bool mask + uint32 components), plus the
-A/AC inside map (1 byte per voxel for uint8, 4 for float), plus ~40 bytes per voxel of the largest
+The affinity decoders (A, AC) differ in two places: seeds are components of the graph of
+nearest-neighbour edges with affinity > seed_threshold (cc3d's voxel-graph labelling), and the
+components decoded one by one are those of the graph of edges > mask_threshold, so two touching
+objects whose shared edges are weak are never flooded into each other. Perfect affinities thus
+decode exactly.
+
+Peak memory beyond the input: about 5 bytes per voxel (bool mask + uint32 components), plus for
+A/AC the inside map (1 byte per voxel for uint8, 4 for float) and two edge bitfields (1 byte per
+voxel each), plus ~40 bytes per voxel of the largest
 multi-seed component's bounding box (skimage's copies).
 """
 
@@ -584,7 +591,8 @@ def affinity_watershed(
     connectivity: int = 6,
     offsets: tuple[Offset, ...] = DEFAULT_OFFSETS,
 ) -> np.ndarray:
-    """The A decoder: ``seeded_watershed`` of ``affinity_inside(affs, offsets)``, no contour.
+    """The A decoder: seeds = components of the edges > seed_threshold, flood of
+    ``affinity_inside(affs, offsets)`` within the components of the edges > mask_threshold.
 
     Args:
         affs: (len(offsets), Z, Y, X) uint8 in [0, 255] or float in [0, 1].
@@ -592,7 +600,8 @@ def affinity_watershed(
 
     Returns:
         uint32 (Z, Y, X) instance ids 1..N. Peak memory beyond the input: the inside map (1 byte
-        per voxel for uint8, 4 for float) plus about 5, plus ~40 per voxel of the largest
+        per voxel for uint8, 4 for float), two edge bitfields (2 bytes) plus about 5, plus ~40
+        per voxel of the largest
         multi-seed crop.
     """
     return AffinityWatershed(
