@@ -10,6 +10,7 @@ NUMPY_ONLY = (
     "watershed",
     "instance_metrics",
     "decode",
+    "measure",
     "baselines",
     "augment",
     "geometry",

@@ -13,6 +13,9 @@ from typing import Any
 from mitoseg import io
 from mitoseg.evaluate import format_table
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 SEMANTIC_COLUMNS = ("fg_iou", "mean_iou", "precision", "recall", "f1")
 INSTANCE_COLUMNS = ("ap75", "ap50", "accuracy75", "are", "voi_split", "voi_merge", "n_pred")
 
@@ -22,6 +25,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -1,0 +1,237 @@
+"""``mitoseg-measure``: an instance volume -> one table row per mitochondrion, and a summary.
+
+::
+
+    mitoseg-measure INSTANCES.zarr --out DIR [--voxel-size-nm Z Y X] [--slab N]
+                    [--min-voxels N] [--overwrite]
+
+Writes, each atomically (temporary name, then rename), into DIR:
+
+- ``objects.csv``: the columns of :data:`mitoseg.measure.COLUMNS`, units in the names;
+- ``objects.parquet``: the same table, when ``pyarrow`` is installed (``mitoseg[parquet]``);
+- ``volume_histogram.png``: the distribution of object volumes in um^3;
+- ``summary.json``: count, density per um^3, volume statistics and the histogram (written last).
+
+The voxel size comes from ``--voxel-size-nm`` or else the array's ``voxel_size_nm`` attribute.
+DIR may hold other files (e.g. the instances themselves); only these outputs are refused unless
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as stdio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mitoseg import measure
+from mitoseg.io import VolumeError, open_volume
+from mitoseg.report import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+CSV_NAME = "objects.csv"
+PARQUET_NAME = "objects.parquet"
+PNG_NAME = "volume_histogram.png"
+SUMMARY_NAME = "summary.json"
+OUTPUTS = (CSV_NAME, PARQUET_NAME, PNG_NAME, SUMMARY_NAME)
+
+
+def table_csv(table: dict[str, np.ndarray]) -> str:
+    """CSV text of a table of :func:`mitoseg.measure.measure_objects`: a header of
+    ``COLUMNS``, integers as integers, floats round-trip exact, booleans ``true`` / ``false``."""
+    out = stdio.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(measure.COLUMNS)
+    columns = [table[name].tolist() for name in measure.COLUMNS]
+    for row in zip(*columns, strict=True):
+        writer.writerow(["true" if v is True else "false" if v is False else repr(v) for v in row])
+    return out.getvalue()
+
+
+def write_bytes_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet(table: dict[str, np.ndarray], path: Path) -> bool:
+    """Write the table as Parquet when ``pyarrow`` imports; returns whether it was written."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        logger.info("pyarrow is not installed: %s skipped (pip install mitoseg[parquet])", path)
+        return False
+    arrow = pa.table({name: table[name] for name in measure.COLUMNS})
+    write_bytes_atomic(path, lambda tmp: pq.write_table(arrow, str(tmp)))
+    return True
+
+
+def write_histogram_png(summary: dict[str, Any], path: Path, title: str) -> Path:
+    """Bar plot of ``summary["histogram"]`` (object volumes in um^3), log x when log-spaced."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    hist = summary["histogram"]
+    edges, counts = np.asarray(hist["volume_um3_edges"]), np.asarray(hist["counts"])
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if counts.size:
+        ax.stairs(counts, edges, fill=True)
+        if hist["log_scale"]:
+            ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no objects", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("object volume (um^3)")
+    ax.set_ylabel("objects")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{title}: {summary['count']} objects, {summary['density_per_um3']:.3g} / um^3")
+    fig.tight_layout()
+    return write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def resolve_voxel_size(given: Sequence[float] | None, attrs: Any, source: Path) -> np.ndarray:
+    """The voxel size given on the command line, else the ``voxel_size_nm`` attribute."""
+    stored = attrs.get("voxel_size_nm")
+    if given is not None:
+        size = measure.check_voxel_size(given, "--voxel-size-nm")
+        if stored is not None and not np.allclose(np.asarray(stored, dtype=float), size):
+            logger.warning("%s: --voxel-size-nm %s overrides stored %s", source, size, stored)
+        return size
+    if stored is None:
+        raise measure.MeasureError(
+            f"{source} has no 'voxel_size_nm' attribute: pass --voxel-size-nm Z Y X"
+        )
+    return measure.check_voxel_size(stored, f"{source} attribute 'voxel_size_nm'")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse outputs of an earlier run in ``out`` unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise measure.MeasureError(f"--out {out} exists and is not a directory")
+    found = [name for name in OUTPUTS if (out / name).exists()]
+    if found and not overwrite:
+        raise measure.MeasureError(f"{out} already holds {found}; pass --overwrite to replace")
+
+
+def run(
+    labels_path: Path,
+    out: Path,
+    *,
+    voxel_size_nm: Sequence[float] | None = None,
+    slab: int | None = None,
+    min_voxels: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Measure ``labels_path`` and write the outputs into ``out``; returns the summary."""
+    check_out(out, overwrite)
+    labels = open_volume(labels_path)
+    if labels.ndim != 3:
+        raise measure.MeasureError(f"{labels_path}: need a (Z, Y, X) array, got {labels.shape}")
+    size = resolve_voxel_size(voxel_size_nm, labels.attrs, labels_path)
+    if slab is not None and slab < 1:
+        raise measure.MeasureError(f"--slab must be >= 1, got {slab}")
+    block = None if slab is None else (slab, *labels.shape[1:])
+    table = measure.measure_objects(labels, size, block=block, min_voxels=min_voxels)
+    summary = measure.summarize(table, labels.shape, size)
+    summary |= {"labels": str(labels_path), "min_voxels": int(min_voxels)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / CSV_NAME, table_csv(table))
+    summary["parquet"] = write_parquet(table, out / PARQUET_NAME)
+    if not summary["parquet"]:
+        (out / PARQUET_NAME).unlink(missing_ok=True)  # never leave a stale table beside the csv
+    write_histogram_png(summary, out / PNG_NAME, labels_path.name)
+    write_json_atomic(out / SUMMARY_NAME, summary)
+    return summary
+
+
+def report_lines(summary: dict[str, Any], out: Path) -> list[str]:
+    """The short report printed at the end."""
+    zyx = " x ".join(str(s) for s in summary["shape"])
+    nm = " x ".join(f"{v:g}" for v in summary["voxel_size_nm"])
+    lines = [
+        f"{summary['count']} objects in {summary['labels']} ({zyx} voxels of {nm} nm, "
+        f"{summary['dataset_volume_um3']:.4g} um^3)",
+        f"density {summary['density_per_um3']:.4g} / um^3, {summary['voxel_fraction']:.2%} of "
+        f"voxels, {summary['touching_border']} touching the border",
+    ]
+    if summary["count"]:
+        lines.append(
+            f"volume (um^3): mean {summary['mean_volume_um3']:.4g}, median "
+            f"{summary['median_volume_um3']:.4g}, total {summary['total_volume_um3']:.4g}"
+        )
+    written = [n for n in OUTPUTS if n != PARQUET_NAME or summary["parquet"]]
+    skipped = "" if summary["parquet"] else f" ({PARQUET_NAME} skipped: pyarrow not installed)"
+    return [*lines, f"wrote {', '.join(str(out / n) for n in written)}{skipped}"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mitoseg-measure``."""
+    p = argparse.ArgumentParser(
+        prog="mitoseg-measure",
+        description="Measure every mitochondrion of an instance volume (uint32 zarr, 0 = "
+        "background): a CSV (and Parquet) table, a summary JSON and a volume histogram PNG.",
+    )
+    p.add_argument("labels", type=Path, help="instance volume, a (Z, Y, X) zarr array")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--voxel-size-nm",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in nm (default: the array's voxel_size_nm attribute)",
+    )
+    p.add_argument(
+        "--slab",
+        type=int,
+        metavar="N",
+        help="z-slices per block of the first pass (default: blocks of the storage chunks)",
+    )
+    p.add_argument("--min-voxels", type=int, default=1, metavar="N", help="skip smaller objects")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mitoseg-measure``; returns 0 on success, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        summary = run(
+            args.labels,
+            args.out,
+            voxel_size_nm=args.voxel_size_nm,
+            slab=args.slab,
+            min_voxels=args.min_voxels,
+            overwrite=args.overwrite,
+        )
+    except (VolumeError, measure.MeasureError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(report_lines(summary, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
