@@ -11,6 +11,7 @@ NUMPY_ONLY = (
     "instance_metrics",
     "decode",
     "measure",
+    "export",
     "baselines",
     "augment",
     "geometry",
