@@ -12,6 +12,7 @@ NUMPY_ONLY = (
     "decode",
     "measure",
     "export",
+    "download",
     "baselines",
     "augment",
     "geometry",
