@@ -66,8 +66,9 @@ class _Handler(BaseHTTPRequestHandler):
         if server.cut_after is not None:  # promise the whole body, send part, hang up
             body, server.cut_after = body[: server.cut_after], None
             self.close_connection = True
-        self.wfile.write(body)
+        # Recorded before writing: the client may finish reading before this thread resumes.
         server.served.append(len(body))
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
