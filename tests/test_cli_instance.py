@@ -38,7 +38,7 @@ def mitoem_run(tmp_path_factory) -> Path:
         "data.root=MitoEM-R",
         "data.train.raw_z_range=[0,8]",
         "data.val.raw_z_range=[8,12]",
-        "data.test={_target_:mitoseg.data.FileVolumes,raw:im,raw_z_range:[12,20]}",
+        "data.test={_target_:mitoseg.data.FileVolumes,raw:im,raw_z_range:[12,20],voxel_size_nm:[30,8,8]}",
         "evaluate.sweep.seed_threshold=[0.5,0.7]",
         "evaluate.sweep.contour_threshold=[0.6]",
         "evaluate.sweep.mask_threshold=[0.3]",
@@ -158,3 +158,10 @@ def test_predict_with_an_instance_checkpoint_gives_the_test_probabilities(
     assert probs.attrs["channels"] == ["foreground", "contour"]
     expected = io.open_volume(mitoem_run / "run" / "test_probs.zarr")[:]
     np.testing.assert_array_equal(probs[:], expected)
+
+
+def test_outputs_carry_the_voxel_size_and_open_as_ome_zarr(mitoem_run: Path) -> None:
+    out = mitoem_run / "run"
+    for name in ("val_probs.zarr", "test_probs.zarr", "test_instances.zarr"):
+        assert io.open_volume(out / name).attrs["voxel_size_nm"] == [30.0, 8.0, 8.0]
+        assert (out / name / "0").is_dir()  # NGFF group, full resolution at "0"

@@ -465,9 +465,14 @@ def test_page_sources_are_read_into_one_reused_slab_buffer(tmp_path):
 
 
 def _chunk_files(array: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(array)): p.read_bytes() for p in (array / "c").rglob("*") if p.is_file()
+    level0 = array / "0"  # OME-Zarr group: full resolution at "0"
+    files = {
+        str(p.relative_to(level0)): p.read_bytes()
+        for p in (level0 / "c").rglob("*")
+        if p.is_file()
     }
+    assert files, f"no chunk files under {level0}"
+    return files
 
 
 def test_chunk_writer_stores_what_zarr_stores_one_chunk_per_write(tmp_path, monkeypatch):

@@ -37,16 +37,24 @@ class ConfigInCheckpoint(pl.Callback):
         checkpoint[CHECKPOINT_KEY] = {"config": self.config}
 
 
-def create_probs(path: Path, channels: Sequence[str], shape: tuple[int, ...], dtype: str) -> Any:
+def create_probs(
+    path: Path,
+    channels: Sequence[str],
+    shape: tuple[int, ...],
+    dtype: str,
+    voxel_size_nm: Sequence[float] | None = None,
+) -> Any:
     """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there)."""
     n = len(channels)
     chunks = (n, min(32, shape[0]), min(256, shape[1]), min(256, shape[2]))
-    attrs = {
+    attrs: dict[str, Any] = {
         "axes": ["c", *io.AXES],
         "kind": "probabilities",
         "channels": list(channels),
         "scale": 255 if dtype == "uint8" else 1,
     }
+    if voxel_size_nm is not None:
+        attrs["voxel_size_nm"] = [float(v) for v in voxel_size_nm]
     return io.create_volume(path, (n, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True)
 
 
@@ -84,7 +92,10 @@ class TilePredictionWriter(pl.Callback):
         loaders = loaders if isinstance(loaders, list) else [loaders]
         self._stitchers = []
         for path, loader in zip(self.outputs, loaders, strict=True):
-            out = create_probs(self._tmp(path), self.channels, loader.dataset.shape, self.dtype)
+            voxel_size = io.open_volume(loader.dataset.paths.raw).attrs.get("voxel_size_nm")
+            out = create_probs(
+                self._tmp(path), self.channels, loader.dataset.shape, self.dtype, voxel_size
+            )
             self._stitchers.append(Stitcher(out, self.tile_shape, self.blend))
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -106,6 +117,7 @@ class TilePredictionWriter(pl.Callback):
     def finish(self) -> None:
         for stitcher, path in zip(self._stitchers, self.outputs, strict=True):
             stitcher.finalize()
+            io.finalize_volume(self._tmp(path))  # the pyramid, before the output appears
             if path.exists():
                 shutil.rmtree(path)
             self._tmp(path).rename(path)

@@ -21,7 +21,7 @@ from mitoseg import io
 from mitoseg.evaluate import Confusion, evaluate_thresholds, semantic_scores
 from mitoseg.instance_metrics import instance_scores
 from mitoseg.postprocess import BinarizeMedian, decode_slabwise
-from mitoseg.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS, mask_output
+from mitoseg.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS, mask_output, voxel_size_of
 
 
 def is_semantic(decoder: Any) -> bool:
@@ -87,6 +87,7 @@ def decode_and_score(
     instances = decoder(np.asarray(probs))
     if output is not None:
         attrs = {"axes": list(io.AXES), "kind": "instances", "decoder": params(decoder)}
+        attrs |= voxel_size_of(probs)
         chunks = tuple(getattr(probs, "chunks", (1, *io.DEFAULT_CHUNKS)))[1:]
         io.write_volume(output, instances, chunks=chunks, attrs=attrs, overwrite=True)
     if labels is None:

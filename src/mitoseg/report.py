@@ -65,6 +65,12 @@ def results_table(metrics: Mapping[str, Any]) -> str:
     return format_table(rows, list(rows[0]))
 
 
+def voxel_size_of(volume: Any) -> dict[str, Any]:
+    """``{"voxel_size_nm": [...]}`` of a volume that has it, else ``{}`` (to pass it on)."""
+    voxel_size = dict(getattr(volume, "attrs", {})).get("voxel_size_nm")
+    return {} if voxel_size is None else {"voxel_size_nm": list(voxel_size)}
+
+
 @contextmanager
 def mask_output(path: Path, probs: Any, threshold: float, enabled: bool = True) -> Iterator[Any]:
     """A uint8 (Z, Y, X) mask zarr shaped like ``probs`` (C, Z, Y, X), written under a temporary
@@ -74,4 +80,5 @@ def mask_output(path: Path, probs: Any, threshold: float, enabled: bool = True) 
         return
     with io.atomic_dir(Path(path), overwrite=True) as tmp:
         attrs = {"axes": list(io.AXES), "kind": "mask", "threshold": threshold}
+        attrs |= voxel_size_of(probs)
         yield io.create_volume(tmp, probs.shape[1:], "uint8", chunks=probs.chunks[1:], attrs=attrs)

@@ -19,6 +19,7 @@ from mitoseg import decode, io
 from mitoseg.cli.common import CONFIG_PATH
 from mitoseg.data import FileVolumes
 from mitoseg.evaluate import format_table
+from mitoseg.plots import sweep_plot, unit_score_columns
 from mitoseg.report import columns_of, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,12 @@ class SweepSummary(Callback):
         write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
         table = format_table(rows)
         write_text_atomic(sweep_dir / "sweep_summary.md", table + "\n")
-        print(f"sweep summary ({sweep_dir}/sweep_summary.csv):\n{table}")
+        written = f"{sweep_dir}/sweep_summary.csv"
+        scores = unit_score_columns(rows)
+        if scores:  # runs without labels have nothing to plot
+            sweep_plot(sweep_dir / "sweep_plot.png", rows, scores)
+            written += ", sweep_plot.png"
+        print(f"sweep summary ({written}):\n{table}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="segment")

@@ -1,9 +1,12 @@
-"""Volume I/O: open and create zarr arrays, convert slices / TIFF / HDF5 / zarr into zarr.
+"""Volume I/O: open and create zarr volumes, convert slices / TIFF / HDF5 / zarr into zarr.
 
 JSON slice listings and whole MitoEM releases are read by :mod:`mitoseg.io.mitoem`.
 
-Every volume is a ``(Z, Y, X)`` zarr v3 array (Blosc zstd), with attributes ``axes``,
-``voxel_size_nm``, ``kind`` and ``source``. Bad input raises :class:`VolumeError`.
+Every volume written is an OME-Zarr group (NGFF 0.5 on zarr v3, see :mod:`mitoseg.io.ome`): the
+``(Z, Y, X)`` or ``(C, Z, Y, X)`` array at ``0`` (Blosc zstd) with attributes ``axes``,
+``voxel_size_nm``, ``kind`` and ``source``, and a downsampled pyramid at ``1``, ``2``, ... that
+napari and neuroglancer open. :func:`open_volume` returns level 0 (or a plain zarr array).
+Bad input raises :class:`VolumeError`.
 """
 
 from mitoseg.io.conversion import convert
@@ -17,6 +20,8 @@ from mitoseg.io.store import (
     atomic_dir,
     clip_chunks,
     create_volume,
+    finalize_volume,
+    open_levels,
     open_volume,
     write_volume,
 )
@@ -32,9 +37,11 @@ __all__ = [
     "convert",
     "convert_release",
     "create_volume",
+    "finalize_volume",
     "find_release",
     "natural_key",
     "normalize_labels",
+    "open_levels",
     "open_source",
     "open_volume",
     "read_listing",

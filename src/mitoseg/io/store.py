@@ -1,4 +1,9 @@
-"""Create, open and atomically write zarr v3 arrays."""
+"""Create, open and atomically write volumes: OME-Zarr groups on zarr v3 (see :mod:`.ome`).
+
+A volume written here is a group with the full-resolution array at ``0`` (our attributes on it)
+and, once complete, downsampled levels. :func:`open_volume` returns level 0, and still opens plain
+zarr arrays (older outputs, user inputs).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from mitoseg.io import ome
 from mitoseg.io.errors import VolumeError
 
 logger = logging.getLogger(__name__)
@@ -59,43 +65,77 @@ def create_volume(
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> zarr.Array:
-    """Create an empty (zero-filled) zarr v3 array, Blosc-zstd compressed.
+    """Create an empty (zero-filled) volume: an OME-Zarr group with its level-0 array.
+
+    The group gets NGFF multiscale metadata (scale from ``attrs["voxel_size_nm"]``) listing
+    level 0 only; :func:`finalize_volume` adds the pyramid once the array is written (done by
+    :func:`atomic_dir` and :func:`write_volume`).
 
     Args:
-        path: directory of the new array.
+        path: directory of the new volume.
         shape: array shape, e.g. ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
         dtype: numpy dtype of the voxels.
         chunks: chunk sizes, clipped to ``shape`` (see :func:`clip_chunks`).
-        attrs: JSON-serialisable attributes stored with the array.
-        overwrite: replace an existing array at ``path``.
+        attrs: JSON-serialisable attributes stored with the level-0 array; ``axes`` (else
+            (z, y, x) / (c, z, y, x) by the number of axes) names the NGFF axes.
+        overwrite: replace an existing volume at ``path``.
 
     Returns:
-        The writable array.
+        The writable level-0 array, Blosc-zstd compressed.
 
     Raises:
-        VolumeError: ``path`` exists and ``overwrite`` is False.
+        VolumeError: ``path`` exists and ``overwrite`` is False, or the axes do not fit.
     """
     path = Path(path)
     if not overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise VolumeError(f"{path} already exists; pass overwrite=True / --overwrite")
     dt = np.dtype(dtype)
-    return zarr.create_array(
-        store=str(path),
-        shape=tuple(int(s) for s in shape),
+    shape = tuple(int(s) for s in shape)
+    attrs = dict(attrs or {})
+    try:
+        group_attrs = ome.volume_group_attributes(shape, attrs)
+    except ValueError as err:
+        raise VolumeError(f"{path}: {err}") from err
+    group = zarr.create_group(store=str(path), attributes=group_attrs, overwrite=overwrite)
+    return group.create_array(
+        ome.LEVEL0,
+        shape=shape,
         chunks=clip_chunks(shape, chunks),
         dtype=dt,
         compressors=[_compressor(dt)],
         fill_value=0,
-        attributes=dict(attrs or {}),
-        overwrite=overwrite,
+        attributes=attrs,
+        dimension_names=ome.volume_axes(shape, attrs),
     )
 
 
+def finalize_volume(path: str | Path, min_size: int | None = None) -> int:
+    """Build the multiscale pyramid of a complete volume (see :func:`ome.write_pyramid`).
+
+    Returns:
+        The number of downsampled levels; 0 for a plain array, which is left as it is.
+    """
+    if not ome.is_volume_group(path):
+        return 0
+    return ome.write_pyramid(path, min_size)
+
+
 def open_volume(path: str | Path) -> zarr.Array:
-    """Open an existing zarr array read-only.
+    """Open an existing volume read-only: level 0 of an OME-Zarr group, or a plain array.
 
     Raises:
-        VolumeError: ``path`` is missing, or is not a zarr array (e.g. a group).
+        VolumeError: ``path`` is missing, not zarr, or a group without multiscale metadata.
+    """
+    return open_levels(path)[0]
+
+
+def open_levels(path: str | Path) -> list[zarr.Array]:
+    """Every resolution level of a volume, full resolution first, read-only.
+
+    A plain zarr array is a single level.
+
+    Raises:
+        VolumeError: as :func:`open_volume`.
     """
     path = Path(path)
     if not path.exists():
@@ -104,10 +144,19 @@ def open_volume(path: str | Path) -> zarr.Array:
         node = zarr.open(str(path), mode="r")
     except Exception as err:  # zarr raises several unrelated types for "not zarr"
         raise VolumeError(f"{path} is not a zarr array: {err}") from err
-    if not isinstance(node, zarr.Array):
-        members = sorted(node.array_keys()) if isinstance(node, zarr.Group) else []
+    if isinstance(node, zarr.Array):
+        return [node]
+    members = sorted(node.array_keys()) if isinstance(node, zarr.Group) else []
+    paths = ome.level_paths(node.attrs.asdict()) if isinstance(node, zarr.Group) else []
+    if not paths:
         raise VolumeError(f"{path} is a zarr group, not an array; arrays inside: {members}")
-    return node
+    try:
+        levels = [node[key] for key in paths]
+    except KeyError as err:
+        raise VolumeError(f"{path}: multiscale level {err} is missing; arrays: {members}") from err
+    if not all(isinstance(level, zarr.Array) for level in levels):
+        raise VolumeError(f"{path}: multiscale levels {paths} are not all arrays")
+    return levels
 
 
 def _remove(path: Path) -> None:
@@ -131,7 +180,9 @@ def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
 
     Yields an empty directory ``dst.parent / ".{dst.name}.tmp-<random>"``. On normal exit it
     replaces ``dst`` (removing an old ``dst`` only now, when ``overwrite``); on any exception,
-    including KeyboardInterrupt, it is deleted and ``dst`` is left untouched.
+    including KeyboardInterrupt, it is deleted and ``dst`` is left untouched. When the directory
+    holds a volume (see :func:`create_volume`), its pyramid is built before the rename: the
+    volume is complete then, and readers never see it without its levels.
 
     Raises:
         VolumeError: ``dst`` exists and ``overwrite`` is False.
@@ -143,6 +194,7 @@ def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _sibling(dst, "tmp")
     try:
         yield tmp
+        finalize_volume(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -165,17 +217,17 @@ def write_volume(
     attrs: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> zarr.Array:
-    """Write a small in-memory array to a new zarr array in one go, atomically.
+    """Write a small in-memory array to a new volume in one go, atomically, with its pyramid.
 
     Args:
-        path: directory of the new array.
+        path: directory of the new volume.
         array: any shape and numeric dtype, typically ``(Z, Y, X)``; stored as is.
         chunks: chunk sizes for the trailing axes, clipped to the shape.
         attrs: JSON-serialisable attributes stored with the array.
         overwrite: replace an existing ``path``.
 
     Returns:
-        The written array, opened read-only.
+        The written level-0 array, opened read-only.
     """
     path = Path(path)
     array = np.asarray(array)
