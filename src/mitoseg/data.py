@@ -29,6 +29,106 @@ from mitoseg.synthetic import make_volume
 log = logging.getLogger(__name__)
 
 
+def read_box(array: Any, box: Box, path: Path) -> np.ndarray:
+    """``array[box]`` as numpy; a storage or codec error (e.g. a corrupt chunk) names the file
+    and the box."""
+    try:
+        return np.asarray(array[box.slices])
+    except Exception as err:  # zarr and codecs raise many types (RuntimeError, ValueError, ...)
+        raise io.VolumeError(f"cannot read {path} at {_where(box)}: {err}") from err
+
+
+def _where(box: Box) -> str:
+    return ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", box.slices, strict=True))
+
+
+def _chunk_boxes(region: Box, chunks: Sequence[int]) -> Iterator[Box]:
+    """Chunk-aligned boxes covering ``region`` (each within one chunk), z-major order."""
+    starts = [
+        range(o - o % c, o + s, c)
+        for o, s, c in zip(region.offset, region.shape, chunks, strict=True)
+    ]
+    for start in itertools.product(*starts):
+        lo = [max(b, o) for b, o in zip(start, region.offset, strict=True)]
+        hi = [min(b + c, e) for b, c, e in zip(start, chunks, region.stop, strict=True)]
+        yield Box(tuple(lo), tuple(h - low for low, h in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
+
+
+def check_raw(path: Path) -> None:
+    """Refuse a raw zarr volume that cannot be trained on or predicted.
+
+    Reads chunk by chunk and stops at the first chunk that is not constant, so a real volume
+    costs one chunk; float volumes are read whole (NaN / inf can be anywhere).
+
+    Raises:
+        VolumeError: a dtype that is not integer, bool or float; an empty shape; NaN or inf
+            values (the message names the chunk); every voxel the same value.
+    """
+    array = io.open_volume(path)
+    kind = np.dtype(array.dtype).kind
+    if kind not in "biuf":
+        raise io.VolumeError(
+            f"raw {path} has dtype {array.dtype}; expected integer or float grey values"
+        )
+    if 0 in array.shape:
+        raise io.VolumeError(f"raw {path} is empty: shape {tuple(array.shape)}")
+    low = high = None
+    for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
+        data = read_box(array, box, path)
+        if kind == "f" and not np.isfinite(data).all():
+            raise io.VolumeError(f"raw {path} holds NaN or inf values at {_where(box)}")
+        low = data.min() if low is None else min(low, data.min())
+        high = data.max() if high is None else max(high, data.max())
+        if low != high and kind != "f":
+            return
+    if low == high:
+        raise io.VolumeError(
+            f"raw {path} is constant (every voxel is {low}, shape {tuple(array.shape)}): "
+            "there is nothing to segment"
+        )
+
+
+def check_labels(path: Path) -> None:
+    """Refuse a label zarr volume whose values are not a mask or instance ids.
+
+    Raises:
+        VolumeError: a dtype that is not integer or bool (e.g. float), or negative values (the
+            message names the chunk).
+    """
+    array = io.open_volume(path)
+    kind = np.dtype(array.dtype).kind
+    if kind not in "biu":
+        raise io.VolumeError(
+            f"labels {path} have dtype {array.dtype}; expected a mask or integer instance ids "
+            "(mitoseg-convert --labels converts integral float labels)"
+        )
+    if kind != "i":
+        return
+    for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
+        data = read_box(array, box, path)
+        if data.size and data.min() < 0:
+            raise io.VolumeError(
+                f"labels {path} hold negative values (min {data.min()}) at {_where(box)}"
+            )
+
+
+def has_foreground(path: Path, region: Box) -> bool:
+    """Whether the labels at ``path`` hold a non-zero voxel in ``region`` (stops at the first)."""
+    array = io.open_volume(path)
+    return any(read_box(array, box, path).any() for box in _chunk_boxes(region, array.chunks))
+
+
+def check_patch_fits(patch_shape: Sequence[int], region: Box, path: Path) -> None:
+    """Refuse a training patch that does not fit the training region of the volume at ``path``."""
+    patch = tuple(int(p) for p in patch_shape)
+    if any(p > r for p, r in zip(patch, region.shape, strict=True)):
+        shape = tuple(io.open_volume(path).shape)
+        raise io.VolumeError(
+            f"patch_shape {patch} is larger than the training region {region.shape} (offset "
+            f"{region.offset}) of {path}, shape {shape}; use a smaller data.patch_shape"
+        )
+
+
 def to_float(raw: np.ndarray) -> np.ndarray:
     """Scale integer raw data to float32 [0, 1] by its dtype's range; floats pass through."""
     if np.issubdtype(raw.dtype, np.integer):
@@ -67,11 +167,13 @@ class FileVolumes:
         self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
         self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
         self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
+        self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
 
     def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
         raw = self._zarr(
             self.raw, self.raw_dataset, cache_dir, root, labels=False, z_range=self.raw_z_range
         )
+        self._check(raw, check_raw)
         if self.labels is None:
             return VolumePaths(raw)
         labels = self._zarr(
@@ -87,7 +189,13 @@ class FileVolumes:
             raise io.VolumeError(
                 f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
             )
+        self._check(labels, check_labels)
         return VolumePaths(raw, labels)
+
+    def _check(self, path: Path, check: Callable[[Path], None]) -> None:
+        if path not in self._checked:
+            check(path)
+            self._checked.add(path)
 
     def _zarr(
         self,
@@ -174,23 +282,75 @@ class SyntheticVolumes:
 class EpochSampler(Sampler[int]):
     """Indices ``epoch * length + i``: every training sample of every epoch has its own seed.
 
-    Lightning calls :meth:`set_epoch`, also after resuming, so a resumed run draws the patches
-    that the uninterrupted run would have drawn.
+    Lightning calls :meth:`set_epoch`, also after resuming, and :class:`ResumableLoader` has the
+    resumed epoch start where the interrupted one stopped (:meth:`skip_once`), so a resumed run
+    draws the patches that the uninterrupted run would have drawn.
     """
 
     def __init__(self, length: int) -> None:
         self.length = int(length)
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip_once(self, samples: int) -> None:
+        """Start the next iteration ``samples`` into the epoch (then every epoch is whole)."""
+        self._skip = int(samples)
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self) -> Iterator[int]:
         start = self.epoch * self.length
-        return iter(range(start, start + self.length))
+        skip, self._skip = min(self._skip, self.length), 0
+        return iter(range(start + skip, start + self.length))
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that knows how far into the epoch it is.
+
+    Lightning stores :meth:`state_dict` in each checkpoint and hands it to :meth:`load_state_dict`
+    on resume. The first epoch after that continues after the batches already trained on
+    (without reading them when the sampler is an :class:`EpochSampler`) instead of starting the
+    epoch again, and later epochs follow on. (Resuming from a checkpoint written after
+    validation, Lightning counts one epoch too many; the loader's own epoch is what the sampler
+    gets, so the samples are still those of the uninterrupted run.)
+    """
+
+    _position: tuple[int, int] = (0, 0)  # (epoch, batches yielded in it)
+    _resume: tuple[int, int] | None = None  # where the first iteration after a resume starts
+    _offset = 0  # this loader's epoch minus Lightning's (its set_epoch), fixed at a resume
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        self._resume = (epoch + 1, 0) if batches >= len(self) else (epoch, batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning's set_epoch.
+        epoch, start = int(getattr(self.sampler, "epoch", 0)), 0
+        if self._resume is not None:
+            (resume_epoch, start), self._resume = self._resume, None
+            self._offset = resume_epoch - epoch
+        epoch += self._offset
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        skip = start
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.skip_once(start * int(self.batch_size or 1))
+            skip = 0
+        self._position = (epoch, start)
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip:  # another sampler: read and drop what was trained on
+                continue
+            self._position = (epoch, self._position[1] + 1)
+            yield batch
 
 
 class _ZarrDataset(Dataset):
@@ -215,6 +375,11 @@ class _ZarrDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}
 
+    @property
+    def _labels_path(self) -> Path:
+        assert self.paths.labels is not None
+        return self.paths.labels
+
 
 class PatchDataset(_ZarrDataset):
     """Random training patches from a region of a zarr volume.
@@ -237,11 +402,7 @@ class PatchDataset(_ZarrDataset):
     ) -> None:
         self.paths, self.region = paths, region
         self.patch_shape = tuple(int(p) for p in patch_shape)
-        if any(p > r for p, r in zip(self.patch_shape, region.shape, strict=True)):
-            raise ValueError(
-                f"patch_shape {self.patch_shape} is larger than the training region "
-                f"{region.shape} of {paths.raw}; use a smaller data.patch_shape"
-            )
+        check_patch_fits(self.patch_shape, region, paths.raw)
         self.target, self.augment = target, augment
         self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
         self._blocks: list[Box] | None = None
@@ -255,7 +416,7 @@ class PatchDataset(_ZarrDataset):
             # A random foreground voxel of a random block that holds foreground, at a random
             # place inside the patch: every such patch shows foreground, at one block read.
             block = self._blocks[int(rng.integers(len(self._blocks)))]
-            voxels = np.flatnonzero(np.asarray(labels[block.slices]))
+            voxels = np.flatnonzero(read_box(labels, block, self._labels_path))
             voxel = np.unravel_index(voxels[rng.integers(len(voxels))], block.shape)
             offset = [
                 int(np.clip(o + v - rng.integers(0, p), ro, ro + rs - p))
@@ -283,7 +444,7 @@ class PatchDataset(_ZarrDataset):
             for start in itertools.product(*starts):
                 shape = tuple(min(c, e - b) for b, c, e in zip(start, chunks, stop, strict=True))
                 block = Box(start, shape)  # type: ignore[arg-type]
-                if np.any(labels[block.slices]):
+                if np.any(read_box(labels, block, self._labels_path)):
                     self._blocks.append(block)
         return self._blocks
 
@@ -291,8 +452,8 @@ class PatchDataset(_ZarrDataset):
         raw_array, label_array = self._open()
         rng = np.random.default_rng([self.seed, int(index)])
         box = self._draw_box(rng, label_array)
-        raw = to_float(np.asarray(raw_array[box.slices]))
-        labels = np.asarray(label_array[box.slices])
+        raw = to_float(read_box(raw_array, box, self.paths.raw))
+        labels = read_box(label_array, box, self._labels_path)
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, rng)
         return {
@@ -333,10 +494,10 @@ class TileDataset(_ZarrDataset):
     def _with_labels(self) -> bool:
         return self.target is not None and self.paths.labels is not None
 
-    def _read(self, array: Any, box: Box) -> np.ndarray:
+    def _read(self, array: Any, box: Box, path: Path) -> np.ndarray:
         if self.region is not None:
             box = box.shift(self.region.offset)
-        data = np.asarray(array[box.slices])
+        data = read_box(array, box, path)
         pad = [(0, t - s) for t, s in zip(self.tile_shape, data.shape, strict=True)]
         if any(p[1] for p in pad):
             data = np.pad(data, pad, mode="reflect" if min(data.shape) > 1 else "edge")
@@ -346,11 +507,12 @@ class TileDataset(_ZarrDataset):
         raw_array, label_array = self._open()
         box = self.tiles[index]
         item = {
-            "raw": torch.from_numpy(to_float(self._read(raw_array, box)))[None],
+            "raw": torch.from_numpy(to_float(self._read(raw_array, box, self.paths.raw)))[None],
             "box": torch.tensor(box.offset + box.shape, dtype=torch.int64),
         }
         if self.target is not None and label_array is not None:
-            item["target"] = torch.from_numpy(self.target(self._read(label_array, box)))
+            labels = self._read(label_array, box, self._labels_path)
+            item["target"] = torch.from_numpy(self.target(labels))
         return item
 
 
@@ -436,6 +598,15 @@ class VolumeDataModule(pl.LightningDataModule):
         self.train_paths = self.train_volumes.prepare(self.cache_dir, self.root)
         if self.train_paths.labels is None:
             raise io.VolumeError(f"training volume {self.train_paths.raw} has no labels")
+        self._setup_regions()
+        check_patch_fits(self.patch_shape, self.train_region, self.train_paths.raw)
+        if not has_foreground(self.train_paths.labels, self.train_region):
+            raise io.VolumeError(
+                f"training labels {self.train_paths.labels} hold no foreground in the training "
+                f"region {self.train_region}: there is nothing to learn"
+            )
+
+    def _setup_regions(self) -> None:
         shape = io.open_volume(self.train_paths.raw).shape
         if self.val_volumes is None:
             self.train_region, self.val_region = split_axis(
@@ -454,8 +625,10 @@ class VolumeDataModule(pl.LightningDataModule):
             test_shape = io.open_volume(test_paths.raw).shape
             self.eval_sets.append(EvalSet("test", test_paths, Box.whole(test_shape)))
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, batch_size: int, cls: type[DataLoader] = DataLoader, **kwargs: Any
+    ) -> DataLoader:
+        return cls(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -474,7 +647,8 @@ class VolumeDataModule(pl.LightningDataModule):
             length=self.samples_per_epoch,
             foreground_prob=self.foreground_prob,
         )
-        return self._loader(dataset, self.batch_size, sampler=EpochSampler(len(dataset)))
+        sampler = EpochSampler(len(dataset))
+        return self._loader(dataset, self.batch_size, ResumableLoader, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         dataset = TileDataset(

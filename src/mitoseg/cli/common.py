@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mitoseg.callbacks import CHECKPOINT_KEY
+from mitoseg.checkpoint_io import UnsafeCheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,10 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
     Loads with ``weights_only=True``: a checkpoint that would need to run code is refused.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every failure means "not a usable checkpoint"
-        raise CheckpointError(f"cannot load checkpoint {path} safely: {error}") from error
+        checkpoint = load_weights_only(path)
+    except (FileNotFoundError, UnsafeCheckpointError) as error:
+        raise CheckpointError(str(error)) from error
     if CHECKPOINT_KEY not in checkpoint or "config" not in checkpoint[CHECKPOINT_KEY]:
         raise CheckpointError(
             f"checkpoint {path} has no '{CHECKPOINT_KEY}.config' entry: it was not written by "
@@ -62,6 +61,30 @@ def check_target(stored: DictConfig, source: str, target: Any | None = None) -> 
             f"checkpoint {source} was trained for target '{stored.target.get('name')}' "
             f"(channels {channels}), but this run's target '{target.get('name')}' has channels "
             f"{list(target.channels)}: choose target={stored.target.get('name')} or start fresh"
+        )
+
+
+def _flat(config: Any, prefix: str) -> dict[str, Any]:
+    """``{"model.widths": [4, 8], ...}``: the leaves of a nested config."""
+    if OmegaConf.is_config(config):
+        config = OmegaConf.to_container(config, resolve=True)
+    if not isinstance(config, dict):
+        return {prefix: config}
+    return {
+        k: v for key, value in config.items() for k, v in _flat(value, f"{prefix}.{key}").items()
+    }
+
+
+def check_model(stored: DictConfig, source: str, model: Any) -> None:
+    """Refuse a checkpoint whose network differs from ``model`` (this run's model config), e.g.
+    when resuming training; the message lists the keys that differ."""
+    theirs, ours = _flat(stored.model, "model"), _flat(model, "model")
+    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if differ:
+        details = "; ".join(f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        raise CheckpointError(
+            f"checkpoint {source} holds another model than this run: {details}. Resume with the "
+            "checkpoint's model settings or start fresh"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,9 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mitoseg.callbacks import ConfigInCheckpoint, TestEvaluation
+from mitoseg.checkpoint_io import RngStateInCheckpoint
 from mitoseg.cli.common import (
     CONFIG_PATH,
+    CheckpointError,
     build_datamodule,
+    check_model,
     check_target,
     load_checkpoint,
     resolved,
@@ -25,12 +29,34 @@ log = logging.getLogger(__name__)
 STORED_KEYS = ("model", "target", "postprocess", "predict", "evaluate", "seed")
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, checked against this run's target and model.
+
+    ``ckpt=last`` is ``${output_dir}/checkpoints/last.ckpt``: rerun an interrupted run with its
+    ``hydra.run.dir`` and ``ckpt=last``.
+    """
+    if cfg.ckpt is None:
+        return None
+    if str(cfg.ckpt) == "last":
+        path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"ckpt=last: there is no {path} to resume from; pass the interrupted run's "
+                "hydra.run.dir, or ckpt=<path to a .ckpt>, or leave ckpt out to start fresh"
+            )
+    else:
+        path = Path(cfg.ckpt).expanduser()
+    stored, _ = load_checkpoint(path)
+    check_target(stored, str(path), cfg.target)
+    check_model(stored, str(path), cfg.model)
+    log.info("resuming from %s", path)
+    return str(path)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.ckpt is not None:
-        stored, _ = load_checkpoint(cfg.ckpt)
-        check_target(stored, str(cfg.ckpt), cfg.target)
+    ckpt = resume_checkpoint(cfg)
     datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -38,14 +64,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stored = {k: stored[k] for k in STORED_KEYS} | {
         "data": {"voxel_size_nm": stored["data"]["train"].get("voxel_size_nm")}
     }
-    callbacks.append(ConfigInCheckpoint(stored))
+    callbacks += [ConfigInCheckpoint(stored), RngStateInCheckpoint()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     if not cfg.test:
         return {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
     evaluation = next(c for c in callbacks if isinstance(c, TestEvaluation))
     return evaluation.metrics
 

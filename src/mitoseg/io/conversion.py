@@ -181,6 +181,7 @@ def _max_label(job: _Job) -> int:
 
 def _write_raw(job: _Job) -> None:
     out: _ChunkWriter | None = None
+    low = high = None  # grey range so far, to warn about a constant volume
     for s0, s1 in job.iterate("raw"):
         slab = job.read(s0, s1)
         if out is None and slab.ndim == 4 and slab.shape[-1] > 2:
@@ -193,6 +194,15 @@ def _write_raw(job: _Job) -> None:
         except VolumeError:
             _raise_located(job.source, slab, job.z0 + s0, normalize_raw, "")
             raise
+        if low is None or low == high:  # values are numbers now: normalize_raw accepted them
+            low = slab.min() if low is None else min(low, slab.min())
+            high = slab.max() if high is None else max(high, slab.max())
+    if low == high:
+        logger.warning(
+            "raw %s is constant (every voxel %s): training and prediction will refuse it",
+            job.source.path,
+            low,
+        )
 
 
 def _valid_ids(slab: np.ndarray) -> bool:
@@ -312,6 +322,8 @@ def convert(
         "source": str(src),
     }
     with open_source(src, dataset) as source:
+        if 0 in source.shape:
+            raise VolumeError(f"{src} is empty: shape {source.shape}")
         z0, z1 = _resolve_z_range(z_range, source)
         if z_range is not None:
             attrs["z_range"] = [z0, z1]

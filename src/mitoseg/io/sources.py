@@ -14,6 +14,7 @@ import zarr
 from PIL import Image
 
 from mitoseg.io.errors import VolumeError
+from mitoseg.io.ome import level_paths
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -340,6 +341,9 @@ def _open_zarr(path: Path, dataset: str | None) -> Source:
         if node.ndim != 3:
             raise VolumeError(f"zarr array {path} is not 3D: shape {node.shape}")
         return ArraySource(path, node)
+    levels = level_paths(node.attrs.asdict())
+    if dataset is None and levels:  # an OME-Zarr multiscale: its full resolution
+        dataset = levels[0]
     members = node.members(max_depth=None)
     found = {name: tuple(a.shape) for name, a in members if isinstance(a, zarr.Array)}
     return ArraySource(path, node[_pick_dataset(path, found, dataset)])
