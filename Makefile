@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)  ## create .venv and install torch (CPU) and mitoseg with its test tools
 
 demo: install  ## train briefly on synthetic data, tile-predict, evaluate, print the scores
-	$(BIN)/mitoseg-train experiment=demo hydra.run.dir=outputs/demo
+	$(BIN)/mitoseg-train experiment=demo hydra.run.dir=outputs/demo overwrite=true
 
 test: install  ## the default test suite (no `slow` tests)
 	$(BIN)/python -m pytest

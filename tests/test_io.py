@@ -467,9 +467,7 @@ def test_page_sources_are_read_into_one_reused_slab_buffer(tmp_path):
 def _chunk_files(array: Path) -> dict[str, bytes]:
     level0 = array / "0"  # OME-Zarr group: full resolution at "0"
     files = {
-        str(p.relative_to(level0)): p.read_bytes()
-        for p in (level0 / "c").rglob("*")
-        if p.is_file()
+        str(p.relative_to(level0)): p.read_bytes() for p in (level0 / "c").rglob("*") if p.is_file()
     }
     assert files, f"no chunk files under {level0}"
     return files

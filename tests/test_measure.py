@@ -430,3 +430,19 @@ def test_measure_imports_neither_torch_nor_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_cli_measures_the_components_of_a_mask(tmp_path) -> None:
+    from mitoseg import io as mio
+    from mitoseg.cli.measure import main as measure_main
+
+    mask = np.zeros((6, 20, 20), dtype=np.uint8)
+    mask[1:4, 2:6, 2:6] = 1
+    mask[1:4, 10:15, 10:16] = 1  # a second, separate object with the same value
+    path = tmp_path / "mask.zarr"
+    mio.write_volume(path, mask, attrs={"voxel_size_nm": [5.0, 5.0, 5.0]})
+    assert measure_main([str(path), "--out", str(tmp_path / "m"), "--components"]) == 0
+    rows = (tmp_path / "m" / "objects.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + two objects
+    voxels = sorted(int(r.split(",")[1]) for r in rows[1:])
+    assert voxels == [48, 90]

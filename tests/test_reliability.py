@@ -483,3 +483,13 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the file really runs code when trusted
     assert marker.exists()
+
+
+def test_a_fresh_run_refuses_a_folder_holding_an_earlier_run(tmp_path) -> None:
+    from mitoseg.cli.train import refuse_finished_run
+
+    refuse_finished_run(tmp_path, overwrite=False)  # empty: fine
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds a run.*ckpt=last.*overwrite=true"):
+        refuse_finished_run(tmp_path, overwrite=False)
+    refuse_finished_run(tmp_path, overwrite=True)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cc3d
 import numpy as np
 
 from mitoseg import measure
@@ -139,13 +140,20 @@ def run(
     slab: int | None = None,
     min_voxels: int = 1,
     overwrite: bool = False,
+    components: bool = False,
 ) -> dict[str, Any]:
-    """Measure ``labels_path`` and write the outputs into ``out``; returns the summary."""
+    """Measure ``labels_path`` and write the outputs into ``out``; returns the summary.
+
+    With ``components`` the input is a mask (e.g. a semantic prediction): its 26-connected
+    components are the objects (labelled in memory, 4 bytes per voxel).
+    """
     check_out(out, overwrite)
     labels = open_volume(labels_path)
     if labels.ndim != 3:
         raise measure.MeasureError(f"{labels_path}: need a (Z, Y, X) array, got {labels.shape}")
     size = resolve_voxel_size(voxel_size_nm, labels.attrs, labels_path)
+    if components:
+        labels = cc3d.connected_components(np.asarray(labels) > 0, connectivity=26)
     if slab is not None and slab < 1:
         raise measure.MeasureError(f"--slab must be >= 1, got {slab}")
     block = None if slab is None else (slab, *labels.shape[1:])
@@ -206,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-voxels", type=int, default=1, metavar="N", help="skip smaller objects")
     p.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
+    p.add_argument(
+        "--components",
+        action="store_true",
+        help="the input is a mask (e.g. mask.zarr of a semantic model): measure its "
+        "26-connected components",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
@@ -225,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             slab=args.slab,
             min_voxels=args.min_voxels,
             overwrite=args.overwrite,
+            components=args.components,
         )
     except (VolumeError, measure.MeasureError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -53,10 +53,23 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+def refuse_finished_run(output_dir: Path, overwrite: bool) -> None:
+    """A fresh run must not mix its checkpoints and results with an earlier run's."""
+    earlier = [p.name for p in (output_dir / "metrics.json", output_dir / "checkpoints")]
+    earlier = [name for name in earlier if (output_dir / name).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(earlier)}): resume it with ckpt=last, "
+            "choose another hydra.run.dir, or pass overwrite=true to start over there"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     pl.seed_everything(cfg.seed, workers=True)
     ckpt = resume_checkpoint(cfg)
+    if ckpt is None:
+        refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
     datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
