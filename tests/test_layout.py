@@ -16,6 +16,7 @@ NUMPY_ONLY = (
     "baselines",
     "augment",
     "geometry",
+    "volumes",
     "targets",
     "stitch",
     "postprocess",

@@ -7,7 +7,6 @@ once, in ``prepare_data``.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -23,110 +22,24 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mitoseg import io
 from mitoseg.augment import Augmenter
 from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
-from mitoseg.io.sources import is_zarr
-from mitoseg.synthetic import make_volume
+from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
+from mitoseg.volumes import FileVolumes, SyntheticVolumes, VolumePaths
+
+__all__ = [  # the volume sources stay importable from here (configs name mitoseg.data.*)
+    "EpochSampler",
+    "EvalSet",
+    "FileVolumes",
+    "PatchDataset",
+    "ResumableLoader",
+    "SyntheticVolumes",
+    "TileDataset",
+    "VolumeDataModule",
+    "VolumePaths",
+    "boxes_from_batch",
+    "to_float",
+]
 
 log = logging.getLogger(__name__)
-
-
-def read_box(array: Any, box: Box, path: Path) -> np.ndarray:
-    """``array[box]`` as numpy; a storage or codec error (e.g. a corrupt chunk) names the file
-    and the box."""
-    try:
-        return np.asarray(array[box.slices])
-    except Exception as err:  # zarr and codecs raise many types (RuntimeError, ValueError, ...)
-        raise io.VolumeError(f"cannot read {path} at {_where(box)}: {err}") from err
-
-
-def _where(box: Box) -> str:
-    return ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", box.slices, strict=True))
-
-
-def _chunk_boxes(region: Box, chunks: Sequence[int]) -> Iterator[Box]:
-    """Chunk-aligned boxes covering ``region`` (each within one chunk), z-major order."""
-    starts = [
-        range(o - o % c, o + s, c)
-        for o, s, c in zip(region.offset, region.shape, chunks, strict=True)
-    ]
-    for start in itertools.product(*starts):
-        lo = [max(b, o) for b, o in zip(start, region.offset, strict=True)]
-        hi = [min(b + c, e) for b, c, e in zip(start, chunks, region.stop, strict=True)]
-        yield Box(tuple(lo), tuple(h - low for low, h in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
-
-
-def check_raw(path: Path) -> None:
-    """Refuse a raw zarr volume that cannot be trained on or predicted.
-
-    Reads chunk by chunk and stops at the first chunk that is not constant, so a real volume
-    costs one chunk; float volumes are read whole (NaN / inf can be anywhere).
-
-    Raises:
-        VolumeError: a dtype that is not integer, bool or float; an empty shape; NaN or inf
-            values (the message names the chunk); every voxel the same value.
-    """
-    array = io.open_volume(path)
-    kind = np.dtype(array.dtype).kind
-    if kind not in "biuf":
-        raise io.VolumeError(
-            f"raw {path} has dtype {array.dtype}; expected integer or float grey values"
-        )
-    if 0 in array.shape:
-        raise io.VolumeError(f"raw {path} is empty: shape {tuple(array.shape)}")
-    low = high = None
-    for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
-        data = read_box(array, box, path)
-        if kind == "f" and not np.isfinite(data).all():
-            raise io.VolumeError(f"raw {path} holds NaN or inf values at {_where(box)}")
-        low = data.min() if low is None else min(low, data.min())
-        high = data.max() if high is None else max(high, data.max())
-        if low != high and kind != "f":
-            return
-    if low == high:
-        raise io.VolumeError(
-            f"raw {path} is constant (every voxel is {low}, shape {tuple(array.shape)}): "
-            "there is nothing to segment"
-        )
-
-
-def check_labels(path: Path) -> None:
-    """Refuse a label zarr volume whose values are not a mask or instance ids.
-
-    Raises:
-        VolumeError: a dtype that is not integer or bool (e.g. float), or negative values (the
-            message names the chunk).
-    """
-    array = io.open_volume(path)
-    kind = np.dtype(array.dtype).kind
-    if kind not in "biu":
-        raise io.VolumeError(
-            f"labels {path} have dtype {array.dtype}; expected a mask or integer instance ids "
-            "(mitoseg-convert --labels converts integral float labels)"
-        )
-    if kind != "i":
-        return
-    for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
-        data = read_box(array, box, path)
-        if data.size and data.min() < 0:
-            raise io.VolumeError(
-                f"labels {path} hold negative values (min {data.min()}) at {_where(box)}"
-            )
-
-
-def has_foreground(path: Path, region: Box) -> bool:
-    """Whether the labels at ``path`` hold a non-zero voxel in ``region`` (stops at the first)."""
-    array = io.open_volume(path)
-    return any(read_box(array, box, path).any() for box in _chunk_boxes(region, array.chunks))
-
-
-def check_patch_fits(patch_shape: Sequence[int], region: Box, path: Path) -> None:
-    """Refuse a training patch that does not fit the training region of the volume at ``path``."""
-    patch = tuple(int(p) for p in patch_shape)
-    if any(p > r for p, r in zip(patch, region.shape, strict=True)):
-        shape = tuple(io.open_volume(path).shape)
-        raise io.VolumeError(
-            f"patch_shape {patch} is larger than the training region {region.shape} (offset "
-            f"{region.offset}) of {path}, shape {shape}; use a smaller data.patch_shape"
-        )
 
 
 def to_float(raw: np.ndarray) -> np.ndarray:
@@ -134,149 +47,6 @@ def to_float(raw: np.ndarray) -> np.ndarray:
     if np.issubdtype(raw.dtype, np.integer):
         return raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
     return raw.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class VolumePaths:
-    """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X)."""
-
-    raw: Path
-    labels: Path | None = None
-
-
-class FileVolumes:
-    """A raw volume and optional labels on disk, in any format ``mitoseg-convert`` reads.
-
-    Relative paths are resolved against the data module's ``root``. ``raw_z_range`` /
-    ``labels_z_range`` ([start, stop) slices) select part of a source, e.g. slices 0-399 of the
-    MitoEM ``im`` folder for training and 400-499 for validation.
-    """
-
-    def __init__(
-        self,
-        raw: str,
-        labels: str | None = None,
-        raw_dataset: str | None = None,
-        labels_dataset: str | None = None,
-        voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
-        raw_z_range: Sequence[int] | None = None,
-        labels_z_range: Sequence[int] | None = None,
-    ) -> None:
-        self.raw, self.labels = raw, labels
-        self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
-        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
-        self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
-        self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
-        self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
-
-    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
-        raw = self._zarr(
-            self.raw, self.raw_dataset, cache_dir, root, labels=False, z_range=self.raw_z_range
-        )
-        self._check(raw, check_raw)
-        if self.labels is None:
-            return VolumePaths(raw)
-        labels = self._zarr(
-            self.labels,
-            self.labels_dataset,
-            cache_dir,
-            root,
-            labels=True,
-            z_range=self.labels_z_range,
-        )
-        raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
-        if raw_shape != label_shape:
-            raise io.VolumeError(
-                f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
-            )
-        self._check(labels, check_labels)
-        return VolumePaths(raw, labels)
-
-    def _check(self, path: Path, check: Callable[[Path], None]) -> None:
-        if path not in self._checked:
-            check(path)
-            self._checked.add(path)
-
-    def _zarr(
-        self,
-        src: str,
-        dataset: str | None,
-        cache_dir: Path,
-        root: Path | None,
-        labels: bool,
-        z_range: tuple[int, int] | None,
-    ) -> Path:
-        path = Path(src).expanduser()
-        if root is not None and not path.is_absolute():
-            path = Path(root).expanduser() / path
-        if is_zarr(path) and z_range is None:
-            return path
-        if not path.exists():
-            raise io.VolumeError(f"input volume not found: {path}")
-        stat = path.stat()
-        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-        dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
-        if not is_zarr(dst):
-            log.info("converting %s -> %s", path, dst)
-            io.convert(
-                path,
-                dst,
-                labels=labels,
-                dataset=dataset,
-                voxel_size_nm=self.voxel_size_nm,
-                z_range=z_range,
-            )
-        return dst
-
-
-def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if len(value) != 2 or not 0 <= int(value[0]) < int(value[1]):
-        raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {list(value)}")
-    return int(value[0]), int(value[1])
-
-
-class SyntheticVolumes:
-    """A synthetic EM volume with known instances (:func:`mitoseg.synthetic.make_volume`)."""
-
-    def __init__(
-        self,
-        shape: Sequence[int] = (64, 192, 192),
-        seed: int = 0,
-        voxel_size_nm: Sequence[float] = (5.0, 5.0, 5.0),
-        touching_pairs: int = 2,
-        necked_chains: int = 0,
-    ) -> None:
-        self.shape = tuple(int(s) for s in shape)
-        self.seed = int(seed)
-        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
-        self.touching_pairs, self.necked_chains = int(touching_pairs), int(necked_chains)
-
-    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
-        name = (
-            "x".join(map(str, self.shape))
-            + f"-seed{self.seed}-vs"
-            + "x".join(f"{v:g}" for v in self.voxel_size_nm)
-        )
-        if (self.touching_pairs, self.necked_chains) != (2, 0):
-            name += f"-pairs{self.touching_pairs}-chains{self.necked_chains}"
-        folder = Path(cache_dir) / f"synthetic-{name}"
-        paths = VolumePaths(folder / "raw.zarr", folder / "labels.zarr")
-        if not (is_zarr(paths.raw) and is_zarr(paths.labels)):
-            extra = {"necked_chains": self.necked_chains} if self.necked_chains else {}
-            raw, labels = make_volume(
-                self.shape,
-                seed=self.seed,
-                voxel_size_nm=self.voxel_size_nm,
-                touching_pairs=self.touching_pairs,
-                **extra,
-            )
-            attrs = {"axes": list(io.AXES), "voxel_size_nm": list(self.voxel_size_nm)}
-            io.write_volume(paths.labels, labels, attrs={**attrs, "kind": "labels"}, overwrite=True)
-            io.write_volume(paths.raw, raw, attrs={**attrs, "kind": "raw"}, overwrite=True)
-        return paths
 
 
 class EpochSampler(Sampler[int]):
