@@ -410,7 +410,7 @@ def test_cli_failure_leaves_no_partial_file(
             tmp.write_bytes(b"half")
             raise OSError("disk full")
 
-        cli.write_bytes_atomic(path, write)
+        cli.write_atomic(path, write)
 
     monkeypatch.setattr(cli, "write_histogram_png", broken)
     out = instances.parent / "run"

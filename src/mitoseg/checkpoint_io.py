@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from mitoseg.report import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,14 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> dict[str, 
 
 def save_atomic(checkpoint: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -8,8 +8,6 @@ whatever the volume size, and the file appears under its name only when complete
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import h5py
 import numpy as np
 
 from mitoseg import io
+from mitoseg.report import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,8 @@ def export_hdf5(
     if dst.exists() and not overwrite:
         raise io.VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
     limit = np.iinfo(dtype).max
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as out:
             chunks = (min(slab, instances.shape[0]), *(min(256, s) for s in instances.shape[1:]))
             data = out.create_dataset(
@@ -73,9 +70,7 @@ def export_hdf5(
                         f"outside {dtype}: pass a wider --dtype"
                     )
                 data[z0 : z0 + len(block)] = block
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(dst, write)
     log.info("wrote %s:%s %s %s", dst, dataset, instances.shape, dtype)
     return dst

@@ -6,8 +6,6 @@ Figures are written under a temporary name and renamed, so a report never holds 
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from mitoseg.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS
+from mitoseg.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS, write_atomic
 
 # Panel layout of the overlay, in pixels; dpi 64 makes figure inches exact binary fractions,
 # so the PNG has exactly the computed pixel size.
@@ -34,16 +32,7 @@ _NOT_PARAMETERS = frozenset(
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 # --- overlay ------------------------------------------------------------------------------

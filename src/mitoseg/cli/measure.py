@@ -23,10 +23,8 @@ import argparse
 import csv
 import io as stdio
 import logging
-import os
-import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 
 from mitoseg import measure
 from mitoseg.io import VolumeError, open_volume
-from mitoseg.report import write_json_atomic, write_text_atomic
+from mitoseg.report import write_atomic, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +56,6 @@ def table_csv(table: dict[str, np.ndarray]) -> str:
     return out.getvalue()
 
 
-def write_bytes_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_parquet(table: dict[str, np.ndarray], path: Path) -> bool:
     """Write the table as Parquet when ``pyarrow`` imports; returns whether it was written."""
     try:
@@ -79,7 +65,7 @@ def write_parquet(table: dict[str, np.ndarray], path: Path) -> bool:
         logger.info("pyarrow is not installed: %s skipped (pip install mitoseg[parquet])", path)
         return False
     arrow = pa.table({name: table[name] for name in measure.COLUMNS})
-    write_bytes_atomic(path, lambda tmp: pq.write_table(arrow, str(tmp)))
+    write_atomic(path, lambda tmp: pq.write_table(arrow, str(tmp)))
     return True
 
 
@@ -105,7 +91,7 @@ def write_histogram_png(summary: dict[str, Any], path: Path, title: str) -> Path
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{title}: {summary['count']} objects, {summary['density_per_um3']:.3g} / um^3")
     fig.tight_layout()
-    return write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def resolve_voxel_size(given: Sequence[float] | None, attrs: Any, source: Path) -> np.ndarray:
