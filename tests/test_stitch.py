@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mitoseg import io
-from mitoseg.data import TileDataset, VolumePaths, boxes_from_batch, to_float
+from mitoseg.data import TileDataset, VolumePaths, to_float
 from mitoseg.stitch import SlabWriter, Stitcher, blend_weight
+from mitoseg.tiling import boxes_from_batch
 
 
 def run_identity(raw_path: Path, out, tile, overlap, blend="gaussian") -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytorch_lightning as pl
 
 from mitoseg import decode, io
-from mitoseg.data import boxes_from_batch
 from mitoseg.geometry import BoxView
 from mitoseg.report import write_json_atomic
 from mitoseg.stitch import Stitcher
+from mitoseg.tiling import boxes_from_batch
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,12 @@ def create_probs(
     shape: tuple[int, ...],
     dtype: str,
     voxel_size_nm: Sequence[float] | None = None,
+    chunks: Sequence[int] = (32, 256, 256),
 ) -> Any:
-    """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there)."""
+    """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there), chunked
+    (C, ``chunks``) clipped to the volume."""
     n = len(channels)
-    chunks = (n, min(32, shape[0]), min(256, shape[1]), min(256, shape[2]))
+    chunks = (n, *(min(int(c), int(s)) for c, s in zip(chunks, shape, strict=True)))
     attrs: dict[str, Any] = {
         "axes": ["c", *io.AXES],
         "kind": "probabilities",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mitoseg import io
 from mitoseg.augment import Augmenter
@@ -35,7 +35,6 @@ __all__ = [  # the volume sources stay importable from here (configs name mitose
     "TileDataset",
     "VolumeDataModule",
     "VolumePaths",
-    "boxes_from_batch",
     "to_float",
 ]
 
@@ -49,15 +48,21 @@ def to_float(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """Indices ``epoch * length + i``: every training sample of every epoch has its own seed.
+
+    Under DDP, rank ``r`` of ``world`` takes ``i = r, r + world, ...``, so ranks (and the
+    data-loader workers of each, which get distinct indices) draw different patches, and
+    ``length`` stays the number of samples per epoch over all ranks. (A DistributedSampler, so
+    Lightning keeps it instead of wrapping it in one whose ``set_epoch`` would not reach it.)
 
     Lightning calls :meth:`set_epoch`, also after resuming, and :class:`ResumableLoader` has the
     resumed epoch start where the interrupted one stopped (:meth:`skip_once`), so a resumed run
     draws the patches that the uninterrupted run would have drawn.
     """
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(length), num_replicas=world_size, rank=rank, shuffle=False)
         self.length = int(length)
         self.epoch = 0
         self._skip = 0
@@ -66,16 +71,20 @@ class EpochSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def skip_once(self, samples: int) -> None:
-        """Start the next iteration ``samples`` into the epoch (then every epoch is whole)."""
+        """Start the next iteration ``samples`` (of this rank's) into the epoch."""
         self._skip = int(samples)
 
+    def _mine(self) -> range:
+        start = self.epoch * self.length
+        return range(start + self.rank, start + self.length, self.num_replicas)
+
     def __len__(self) -> int:
-        return self.length
+        return len(self._mine())
 
     def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.length
-        skip, self._skip = min(self._skip, self.length), 0
-        return iter(range(start + skip, start + self.length))
+        mine = self._mine()
+        skip, self._skip = min(self._skip, len(mine)), 0
+        return iter(mine[skip:])
 
 
 class ResumableLoader(DataLoader):
@@ -286,11 +295,6 @@ class TileDataset(_ZarrDataset):
         return item
 
 
-def boxes_from_batch(batch_boxes: torch.Tensor) -> list[Box]:
-    """int64 (N, 6) offsets and shapes -> list of :class:`Box`."""
-    return [Box(tuple(b[:3]), tuple(b[3:])) for b in batch_boxes.tolist()]  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class EvalSet:
     """A volume (region) predicted at test time: ``val`` (held out of training) or ``test``."""
@@ -417,7 +421,9 @@ class VolumeDataModule(pl.LightningDataModule):
             length=self.samples_per_epoch,
             foreground_prob=self.foreground_prob,
         )
-        sampler = EpochSampler(len(dataset))
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = EpochSampler(len(dataset), rank, world)
         return self._loader(dataset, self.batch_size, ResumableLoader, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

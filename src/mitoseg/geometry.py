@@ -113,3 +113,58 @@ class BoxView:
     def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
         """The whole box as a numpy array (``np.asarray(view)``)."""
         return np.asarray(self[:], dtype=dtype)
+
+
+def block_grid(volume: Sequence[int], block: Sequence[int]) -> list[Box]:
+    """Blocks tiling ``volume`` without overlap in z-major order; the last ones are clipped.
+
+    A block is a unit of distributed work: its box is the ``write_roi``; the region read to
+    compute it (``read_roi``) is larger, see :func:`tiles_touching`.
+    """
+    if any(int(b) <= 0 for b in block):
+        raise ValueError(f"block shape {tuple(block)} must be positive")
+    per_axis = [range(0, int(v), int(b)) for v, b in zip(volume, block, strict=True)]
+    return [
+        Box(
+            start,  # type: ignore[arg-type]
+            tuple(min(int(b), int(v) - s) for s, b, v in zip(start, block, volume, strict=True)),  # type: ignore[arg-type]
+        )
+        for start in itertools.product(*per_axis)
+    ]
+
+
+def check_block_shape(block: Sequence[int], chunk: Sequence[int], key: str = "block_shape") -> None:
+    """Blocks must be whole chunks so that no two blocks (ranks) ever write the same chunk."""
+    bad = [(b, c) for b, c in zip(block, chunk, strict=True) if int(b) % int(c)]
+    if bad:
+        raise ValueError(
+            f"{key} {tuple(int(b) for b in block)} must be a multiple of the output chunk shape "
+            f"{tuple(int(c) for c in chunk)} along every axis"
+        )
+
+
+def tiles_touching(
+    volume: Sequence[int], tile: Sequence[int], stride: Sequence[int], block: Box
+) -> list[Box]:
+    """The tiles of ``tile_grid(volume, tile, stride)`` that cover a voxel of ``block``, in grid
+    order.
+
+    A block blended from exactly these tiles, in this order, equals the same voxels of a
+    whole-volume run: every voxel's weighted sum has the same terms in the same order. Their
+    bounding box is the block's ``read_roi``.
+    """
+    per_axis = []
+    for v, t, s, lo, hi in zip(volume, tile, stride, block.offset, block.stop, strict=True):
+        size = min(int(v), int(t))
+        per_axis.append(
+            [a for a in axis_starts(int(v), int(t), int(s)) if a < hi and a + size > lo]
+        )
+    shape = tuple(min(int(v), int(t)) for v, t in zip(volume, tile, strict=True))
+    return [Box(start, shape) for start in itertools.product(*per_axis)]  # type: ignore[arg-type]
+
+
+def bounding_box(boxes: Sequence[Box]) -> Box:
+    """The smallest box holding every one of ``boxes`` (at least one)."""
+    start = tuple(min(b.offset[i] for b in boxes) for i in range(3))
+    stop = tuple(max(b.stop[i] for b in boxes) for i in range(3))
+    return Box(start, tuple(e - s for s, e in zip(start, stop, strict=True)))  # type: ignore[arg-type]

@@ -16,6 +16,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from mitoseg.stitch import blend_weight
+from mitoseg.tiling import boxes_from_batch, predict_block
+
 Flips = tuple[int, ...]
 
 
@@ -87,6 +90,8 @@ class SegmentationModule(pl.LightningModule):
         val_threshold: probability threshold of the validation scores.
         channels: names of the output channels (the target's); validation logs the IoU of each
             at ``val_threshold`` as ``val/iou_<name>`` and their mean as ``val/iou``.
+        tile_batch: tiles per forward pass when ``predict_step`` gets a whole block.
+        blend: tile weighting of blockwise prediction, ``gaussian`` or ``constant``.
     """
 
     def __init__(
@@ -99,6 +104,8 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = False,
         val_threshold: float = 0.5,
         channels: Sequence[str] = ("foreground",),
+        tile_batch: int = 1,
+        blend: str = "gaussian",
     ) -> None:
         super().__init__()
         if channels_last:
@@ -109,6 +116,8 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = channels_last
         self.val_threshold = val_threshold
         self.channels = tuple(channels)
+        self.tile_batch, self.blend = tile_batch, blend
+        self._weight: torch.Tensor | None = None
         self._val_counts = torch.zeros(len(self.channels), 4, dtype=torch.float64)
         self._val_losses: list[float] = []
         self._panel: dict[str, torch.Tensor] | None = None
@@ -155,12 +164,12 @@ class SegmentationModule(pl.LightningModule):
         ious = []
         for name, (tp, fp, fn, _) in zip(self.channels, counts.tolist(), strict=True):
             ious.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
-            self.log(f"val/iou_{name}", ious[-1])
+            self.log(f"val/iou_{name}", ious[-1], sync_dist=True)  # equal on every rank
         loss = torch.tensor(
             sum(self._val_losses) / max(1, len(self._val_losses)), device=self.device
         )
         self.log("val/loss", loss, sync_dist=True)
-        self.log("val/iou", sum(ious) / len(ious), prog_bar=True)
+        self.log("val/iou", sum(ious) / len(ious), prog_bar=True, sync_dist=True)
         self._log_panel()
 
     def _log_panel(self) -> None:
@@ -195,7 +204,20 @@ class SegmentationModule(pl.LightningModule):
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> Any:
+        if "tiles" in batch:
+            return {"probs": self._predict_block(batch), "index": batch["index"]}
         return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
+
+    def _predict_block(self, batch: dict[str, Any]) -> torch.Tensor:
+        """A whole block (see :class:`mitoseg.predict_blocks.BlockDataset`): its tiles, blended."""
+        tiles = boxes_from_batch(batch["tiles"].cpu())
+        write = boxes_from_batch(batch["write"][None].cpu())[0]
+        tile_shape = tuple(int(s) for s in batch["tile_shape"])
+        if self._weight is None or tuple(self._weight.shape) != tile_shape:
+            self._weight = torch.from_numpy(blend_weight(tile_shape, self.blend)).to(self.device)
+        return predict_block(
+            self.predict_probs, batch["raw"], tiles, write, self._weight, self.tile_batch
+        )
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -1,4 +1,8 @@
-"""``mitoseg-predict``: tile-predict a volume with a checkpoint into a probability zarr."""
+"""``mitoseg-predict``: blockwise, resumable tile prediction of a volume with a checkpoint.
+
+Runs on one device or under Lightning DDP (``trainer.devices=N``, ``trainer.num_nodes=M``);
+see :mod:`mitoseg.predict_blocks`.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,12 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from mitoseg import io
-from mitoseg.callbacks import TilePredictionWriter
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint
-from mitoseg.data import FileVolumes, TileDataset
+from mitoseg.data import FileVolumes
 from mitoseg.module import SegmentationModule
+from mitoseg.predict_blocks import BlockPlan, BlockPredictData, BlockWriter
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,27 @@ def predict_settings(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     return OmegaConf.create(settings)
 
 
+def make_plan(cfg: DictConfig, stored: DictConfig, raw: Path) -> BlockPlan:
+    """The job: input, output layout and every setting the probabilities depend on."""
+    settings = predict_settings(cfg, stored)
+    return BlockPlan(
+        raw=str(raw.resolve()),
+        shape=tuple(int(s) for s in io.open_volume(raw).shape),  # type: ignore[arg-type]
+        channels=tuple(stored.target.channels),
+        dtype=str(settings.dtype),
+        block_shape=tuple(int(b) for b in cfg.block_shape),  # type: ignore[arg-type]
+        tile_shape=tuple(int(t) for t in settings.tile_shape),  # type: ignore[arg-type]
+        overlap=float(settings.overlap),
+        blend=str(settings.blend),
+        tta=str(settings.tta),
+        checkpoint=str(Path(cfg.ckpt).expanduser().resolve()),
+        chunk_shape=tuple(int(c) for c in cfg.chunk_shape),  # type: ignore[arg-type]
+    )
+
+
 def predict(cfg: DictConfig) -> Path:
-    """Run the tile prediction; returns the output path."""
+    """Run the blockwise prediction (resuming an unfinished one); returns the output path."""
     output = Path(cfg.output).expanduser()
-    if output.exists() and not cfg.overwrite:
-        raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
     stored, weights = load_checkpoint(cfg.ckpt)
     net = build_net(stored, weights, str(cfg.ckpt))
     settings = predict_settings(cfg, stored)
@@ -46,27 +65,39 @@ def predict(cfg: DictConfig) -> Path:
     paths = FileVolumes(cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=voxel_size).prepare(
         Path(cfg.cache_dir)
     )
-    dataset = TileDataset(paths, settings.tile_shape, settings.overlap)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=cfg.num_workers)
-    module = SegmentationModule(net, loss=None, optimizer=None, tta=settings.tta)
-    writer = TilePredictionWriter(
-        [output],
-        list(stored.target.channels),
-        tuple(settings.tile_shape),
-        settings.dtype,
-        settings.blend,
+    plan = make_plan(cfg, stored, paths.raw)
+    try:
+        plan.blocks()
+    except ValueError as err:
+        raise io.VolumeError(str(err)) from err
+    voxel_size = io.open_volume(paths.raw).attrs.get("voxel_size_nm", voxel_size)
+    data = BlockPredictData(plan, output, cfg.overwrite, voxel_size, cfg.num_workers)
+    module = SegmentationModule(
+        net,
+        tta=settings.tta,
+        channels=plan.channels,
+        tile_batch=int(settings.batch_size),
+        blend=plan.blend,
     )
+    writer = BlockWriter(plan, output, progress=bool(cfg.trainer.enable_progress_bar))
     trainer = pl.Trainer(
-        **cfg.trainer, logger=False, callbacks=[writer], enable_checkpointing=False
+        **{**cfg.trainer, "enable_progress_bar": False},
+        logger=False,
+        callbacks=[writer],
+        enable_checkpointing=False,
+        use_distributed_sampler=False,  # BlockPredictData hands each rank its own blocks
     )
     start = time.perf_counter()
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    trainer.predict(module, datamodule=data, return_predictions=False)
     seconds = time.perf_counter() - start
-    voxels = dataset.shape[0] * dataset.shape[1] * dataset.shape[2]
-    print(
-        f"wrote {output}: {len(stored.target.channels)} x {dataset.shape} {settings.dtype}, "
-        f"{len(dataset)} tiles in {seconds:.1f} s ({voxels / seconds / 1e6:.2f} Mvox/s)"
-    )
+    if trainer.is_global_zero:
+        summary = writer.summary
+        print(
+            f"wrote {output}: {len(plan.channels)} x {plan.shape} {plan.dtype}, "
+            f"{summary['blocks']} blocks ({summary['rank_blocks']} by this process, "
+            f"{trainer.world_size} process(es)) in {seconds:.1f} s "
+            f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s)"
+        )
     return output
 
 

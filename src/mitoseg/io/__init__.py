@@ -23,6 +23,7 @@ from mitoseg.io.store import (
     finalize_volume,
     open_levels,
     open_volume,
+    open_volume_writable,
     write_volume,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "open_levels",
     "open_source",
     "open_volume",
+    "open_volume_writable",
     "read_listing",
     "volume_shape",
     "write_volume",

@@ -129,6 +129,13 @@ def open_volume(path: str | Path) -> zarr.Array:
     return open_levels(path)[0]
 
 
+def open_volume_writable(path: str | Path) -> zarr.Array:
+    """Level 0 of an existing volume (or a plain array), opened for writing."""
+    path = Path(path)
+    level = open_volume(path)
+    return zarr.open_array(str(path / level.path) if level.path else str(path), mode="r+")
+
+
 def open_levels(path: str | Path) -> list[zarr.Array]:
     """Every resolution level of a volume, full resolution first, read-only.
 

@@ -1,0 +1,205 @@
+"""Blockwise prediction: no seams, resume after a crash, one output for any block shape."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from mitoseg import io
+from mitoseg.geometry import (
+    block_grid,
+    bounding_box,
+    overlap_stride,
+    tile_grid,
+    tiles_touching,
+)
+from mitoseg.module import SegmentationModule
+from mitoseg.predict_blocks import (
+    BlockDataset,
+    BlockJournal,
+    BlockPlan,
+    BlockPredictData,
+    BlockWriter,
+    journal_path,
+    partial_path,
+)
+
+SHAPE = (24, 40, 36)
+
+
+def plan_for(raw: Path, block, tile=(8, 16, 16), overlap=0.5, dtype="float32", chunk=(4, 8, 12)):
+    return BlockPlan(
+        raw=str(raw),
+        shape=SHAPE,
+        channels=("a", "b"),
+        dtype=dtype,
+        block_shape=tuple(block),
+        tile_shape=tuple(tile),
+        overlap=overlap,
+        blend="gaussian",
+        tta="none",
+        checkpoint="test",
+        chunk_shape=tuple(chunk),
+    )
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    data = np.random.default_rng(0).integers(0, 256, SHAPE, dtype=np.uint8)
+    path = tmp_path / "raw.zarr"
+    io.write_volume(path, data, chunks=(8, 16, 16))
+    return path
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 3, padding=1))
+
+
+class Logit(nn.Module):
+    """Identity in probability space: sigmoid(net(x)) == x."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(1e-6, 1 - 1e-6)
+        return torch.cat([torch.logit(x), torch.logit(1 - x)], dim=1)
+
+
+def run_blocks(plan: BlockPlan, output: Path, net: nn.Module, **kwargs) -> np.ndarray:
+    module = SegmentationModule(net, channels=plan.channels, tile_batch=3)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        callbacks=[BlockWriter(plan, output, progress=False)],
+    )
+    data = BlockPredictData(plan, output, **kwargs)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return io.open_volume(output)[:]
+
+
+def test_tiles_touching_is_the_brute_force_selection() -> None:
+    volume, tile = (23, 41, 17), (8, 16, 16)
+    stride = overlap_stride(tile, 0.5)
+    tiles = tile_grid(volume, tile, stride)
+    for block in block_grid(volume, (8, 12, 10)):
+        expected = [
+            t
+            for t in tiles
+            if all(t.offset[i] < block.stop[i] and block.offset[i] < t.stop[i] for i in range(3))
+        ]
+        assert tiles_touching(volume, tile, stride, block) == expected
+
+
+def test_block_grid_covers_every_voxel_once() -> None:
+    count = np.zeros((23, 41, 17), dtype=int)
+    for block in block_grid(count.shape, (8, 12, 10)):
+        count[block.slices] += 1
+    assert (count == 1).all()
+
+
+@pytest.mark.parametrize("block", [(4, 8, 12), (8, 16, 24), (12, 40, 36)])
+def test_blockwise_equals_single_block_run(tmp_path: Path, raw: Path, block) -> None:
+    whole = run_blocks(plan_for(raw, SHAPE), tmp_path / "whole.zarr", small_net())
+    blocks = run_blocks(plan_for(raw, block), tmp_path / "blocks.zarr", small_net())
+    assert whole.shape == (2, *SHAPE)
+    np.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-6)
+    assert not partial_path(tmp_path / "blocks.zarr").exists()
+    assert not journal_path(tmp_path / "blocks.zarr").exists()
+
+
+def test_identity_net_returns_its_input(tmp_path: Path, raw: Path) -> None:
+    out = run_blocks(plan_for(raw, (8, 16, 12), tile=(8, 16, 16)), tmp_path / "p.zarr", Logit())
+    expected = io.open_volume(raw)[:].astype(np.float32) / 255.0
+    np.testing.assert_allclose(out[0], np.clip(expected, 1e-6, 1 - 1e-6), atol=2e-6)
+
+
+def test_volume_smaller_than_a_tile(tmp_path: Path, raw: Path) -> None:
+    plan = plan_for(raw, (8, 16, 12), tile=(32, 64, 64))
+    out = run_blocks(plan, tmp_path / "p.zarr", Logit())
+    expected = io.open_volume(raw)[:].astype(np.float32) / 255.0
+    np.testing.assert_allclose(out[0], np.clip(expected, 1e-6, 1 - 1e-6), atol=2e-6)
+
+
+def test_block_shape_must_be_whole_chunks(raw: Path) -> None:
+    with pytest.raises(ValueError, match=r"block_shape \(6, 8, 12\) must be a multiple"):
+        plan_for(raw, (6, 8, 12)).blocks()
+
+
+class Killed(Exception):
+    pass
+
+
+class FailAt(BlockJournal):
+    """Dies after block ``n``'s data is written but before it is recorded."""
+
+    fail_at: int = -1
+
+    def mark(self, index: int) -> None:
+        if index == self.fail_at:
+            raise Killed("killed between write and record")
+        super().mark(index)
+
+
+def test_block_written_but_not_recorded_is_redone(tmp_path: Path, raw: Path, monkeypatch) -> None:
+    plan = plan_for(raw, (4, 8, 12), dtype="uint8")
+    expected = run_blocks(plan, tmp_path / "whole.zarr", small_net())
+    output = tmp_path / "p.zarr"
+    FailAt.fail_at = 7
+    monkeypatch.setattr("mitoseg.predict_blocks.BlockJournal", FailAt)
+    with pytest.raises(Killed):
+        run_blocks(plan, output, small_net())
+    done = BlockJournal(journal_path(output)).done()
+    assert done == set(range(7)) and not output.exists()
+    # Garbage in the unrecorded block and in a never-written one: both must be redone.
+    partial = io.open_volume_writable(partial_path(output))
+    for index in (7, 20):
+        partial[(slice(None), *plan.blocks()[index].slices)] = 77
+    FailAt.fail_at = -1
+    resumed = run_blocks(plan, output, small_net())
+    np.testing.assert_array_equal(resumed, expected)
+
+
+def test_resume_refuses_other_settings(tmp_path: Path, raw: Path, monkeypatch) -> None:
+    output = tmp_path / "p.zarr"
+    FailAt.fail_at = 3
+    monkeypatch.setattr("mitoseg.predict_blocks.BlockJournal", FailAt)
+    with pytest.raises(Killed):
+        run_blocks(plan_for(raw, (4, 8, 12)), output, small_net())
+    FailAt.fail_at = -1
+    other = plan_for(raw, (4, 8, 12), overlap=0.25)
+    with pytest.raises(io.VolumeError, match=r"other settings \(overlap: 0.5 -> 0.25\)"):
+        run_blocks(other, output, small_net())
+    # overwrite=true starts again from scratch with the new settings
+    out = run_blocks(other, output, small_net(), overwrite=True)
+    expected = run_blocks(other, tmp_path / "fresh.zarr", small_net())
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_finished_output_is_refused_without_overwrite(tmp_path: Path, raw: Path) -> None:
+    plan = plan_for(raw, (8, 16, 12))
+    run_blocks(plan, tmp_path / "p.zarr", small_net())
+    with pytest.raises(io.VolumeError, match="already exists"):
+        run_blocks(plan, tmp_path / "p.zarr", small_net())
+
+
+def test_block_reads_only_its_tiles_bounding_box(raw: Path) -> None:
+    plan = plan_for(raw, (4, 8, 12))
+    blocks = plan.blocks()
+    dataset = BlockDataset(plan, range(len(blocks)))
+    volume = io.open_volume(raw)[:]
+    for index in (0, 13, len(blocks) - 1):
+        item = dataset[index]
+        tiles = tiles_touching(plan.shape, plan.tile_shape, plan.stride, blocks[index])
+        read = bounding_box(tiles)
+        np.testing.assert_array_equal(item["raw"].numpy(), volume[read.slices])
+        write = item["write"].tolist()
+        assert write[3:] == list(blocks[index].shape)
+        offset = [w + o for w, o in zip(write[:3], read.offset, strict=True)]
+        assert offset == list(blocks[index].offset)
+        assert len(item["tiles"]) == len(tiles)
