@@ -8,8 +8,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from mitoseg.callbacks import ConfigInCheckpoint, TestEvaluation
 from mitoseg.checkpoint_io import RngStateInCheckpoint
@@ -68,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     pl.seed_everything(cfg.seed, workers=True)
     ckpt = resume_checkpoint(cfg)
-    if ckpt is None:
+    if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
     datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
@@ -84,8 +86,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.test:
         return {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
     evaluation = next(c for c in callbacks if isinstance(c, TestEvaluation))
+    if trainer.world_size > 1:
+        # Test-time stitching needs every tile of a volume in one process: after DDP training,
+        # global rank 0 tests alone on one device and the other ranks are done.
+        if not trainer.is_global_zero:
+            return {}
+        torch.distributed.destroy_process_group()  # the other ranks are gone
+        trainer = pl.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            logger=logger,
+            callbacks=[evaluation],
+            default_root_dir=cfg.output_dir,
+            enable_progress_bar=cfg.trainer.enable_progress_bar,
+        )
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
     return evaluation.metrics
 
 
