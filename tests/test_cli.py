@@ -67,7 +67,8 @@ def test_train_writes_metrics_probs_mask_checkpoint_and_logs(trained: Path) -> N
 
 def test_predict_from_checkpoint_alone_and_refuse_overwrite(trained: Path) -> None:
     raw = next((trained / "cache").glob("synthetic-*seed1000*")) / "raw.zarr"
-    ckpt = trained / "run" / "checkpoints" / "last.ckpt"
+    # the best checkpoint, which the test evaluation used
+    (ckpt,) = (trained / "run" / "checkpoints").glob("step*.ckpt")
     args = [
         f"ckpt={ckpt}",
         f"input={raw}",
@@ -76,9 +77,11 @@ def test_predict_from_checkpoint_alone_and_refuse_overwrite(trained: Path) -> No
     ]
     result = run("mitoseg-predict", *args, cwd=trained)
     assert "Mvox/s" in result.stdout
-    # Same checkpoint, same tiling: the same probabilities the test callback wrote.
-    expected = io.open_volume(trained / "run" / "test_probs.zarr")[:]
-    np.testing.assert_array_equal(io.open_volume(trained / "probs.zarr")[:], expected)
+    # Same checkpoint, same tiling: the probabilities the test callback wrote, up to float
+    # rounding (blockwise prediction blends with fused multiply-adds) shown as 1 in uint8.
+    expected = io.open_volume(trained / "run" / "test_probs.zarr")[:].astype(int)
+    diff = np.abs(io.open_volume(trained / "probs.zarr")[:].astype(int) - expected)
+    assert diff.max() <= 1 and np.count_nonzero(diff) < 1e-3 * diff.size
     refused = run("mitoseg-predict", *args, cwd=trained, ok=False)
     assert (
         refused.returncode != 0 and "probs.zarr already exists" in refused.stderr + refused.stdout

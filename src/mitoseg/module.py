@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mitoseg.stitch import blend_weight
-from mitoseg.tiling import boxes_from_batch, predict_block
+from mitoseg.tiling import WeightSums, boxes_from_batch, predict_block
 
 Flips = tuple[int, ...]
 
@@ -118,6 +118,7 @@ class SegmentationModule(pl.LightningModule):
         self.channels = tuple(channels)
         self.tile_batch, self.blend = tile_batch, blend
         self._weight: torch.Tensor | None = None
+        self._weight_sums = WeightSums()
         self._val_counts = torch.zeros(len(self.channels), 4, dtype=torch.float64)
         self._val_losses: list[float] = []
         self._panel: dict[str, torch.Tensor] | None = None
@@ -216,7 +217,13 @@ class SegmentationModule(pl.LightningModule):
         if self._weight is None or tuple(self._weight.shape) != tile_shape:
             self._weight = torch.from_numpy(blend_weight(tile_shape, self.blend)).to(self.device)
         return predict_block(
-            self.predict_probs, batch["raw"], tiles, write, self._weight, self.tile_batch
+            self.predict_probs,
+            batch["raw"],
+            tiles,
+            write,
+            self._weight,
+            self.tile_batch,
+            self._weight_sums,
         )
 
     def configure_optimizers(self) -> Any:

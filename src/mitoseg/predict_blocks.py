@@ -40,7 +40,7 @@ from mitoseg.geometry import (
 )
 from mitoseg.io.checks import read_box
 from mitoseg.report import write_json_atomic
-from mitoseg.stitch import to_storage
+from mitoseg.tiling import to_storage
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +285,8 @@ class BlockWriter(pl.Callback):
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
         index = int(outputs["index"])
         block = self.blocks[index]
-        probs = outputs["probs"].float().cpu().numpy()
-        self._out[(slice(None), *block.slices)] = to_storage(probs, self._out.dtype)
+        probs = to_storage(outputs["probs"], str(self._out.dtype)).cpu().numpy()
+        self._out[(slice(None), *block.slices)] = probs
         self.journal.mark(index)
         self._voxels += block.size
         self._written += 1

@@ -24,6 +24,14 @@ def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
     return raw.float()
 
 
+def to_storage(probs: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Float probabilities in [0, 1] -> the output dtype (uint8 means round(255 p)), on their
+    device, as ``stitch.to_storage`` does in numpy."""
+    if dtype == "uint8":
+        return torch.round(probs.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return probs.to(getattr(torch, dtype))
+
+
 def boxes_from_batch(batch_boxes: torch.Tensor) -> list[Box]:
     """int64 (N, 6) offsets and shapes -> list of :class:`Box`."""
     return [Box(tuple(b[:3]), tuple(b[3:])) for b in batch_boxes.tolist()]  # type: ignore[arg-type]
@@ -38,6 +46,38 @@ def _overlap(tile: Box, write: Box) -> tuple[tuple[slice, ...], tuple[slice, ...
     return in_tile, in_write
 
 
+class WeightSums:
+    """The last block's per-voxel sum of tile weights, reused by the next block whose tiles lie
+    the same way around it (all inner blocks of a regular grid): a third less blending work.
+    Computed by the same additions in the same order, so results do not change.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._sums: torch.Tensor | None = None
+
+    @staticmethod
+    def key(tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> tuple:
+        layout = tuple((b.shift([-o for o in write.offset]), b.shape) for b in tiles)
+        return (write.shape, tuple(weight.shape), weight.device, layout)
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        return self._sums if key == self._key else None
+
+    def put(self, key: tuple, sums: torch.Tensor) -> None:
+        self._key, self._sums = key, sums
+
+
+def _weight_sums(tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> torch.Tensor:
+    sums = torch.zeros(write.shape, dtype=torch.float32, device=weight.device)
+    for box in tiles:
+        in_tile, in_write = _overlap(box, write)
+        sums[in_write].add_(weight[in_tile])
+    if not bool((sums > 0).all()):
+        raise ValueError(f"block {write} is not covered by its tiles")
+    return sums
+
+
 def predict_block(
     predict: Callable[[torch.Tensor], torch.Tensor],
     raw: torch.Tensor,
@@ -45,6 +85,7 @@ def predict_block(
     write: Box,
     weight: torch.Tensor,
     batch_size: int = 1,
+    weight_sums: WeightSums | None = None,
 ) -> torch.Tensor:
     """Blend the tile predictions covering ``write``.
 
@@ -57,6 +98,7 @@ def predict_block(
         write: the block in read-region coordinates.
         weight: float32 (tz, ty, tx) blend weight, on ``raw``'s device.
         batch_size: tiles per call of ``predict``.
+        weight_sums: a cache shared by the blocks of one run.
 
     Returns:
         float32 (C, *write.shape) probabilities in [0, 1].
@@ -64,9 +106,16 @@ def predict_block(
     Raises:
         ValueError: a voxel of ``write`` is covered by no tile.
     """
+    if not tiles:
+        raise ValueError(f"block {write} is not covered by its tiles")
+    key = WeightSums.key(tiles, write, weight)
+    sums = weight_sums.get(key) if weight_sums is not None else None
+    if sums is None:
+        sums = _weight_sums(tiles, write, weight)
+        if weight_sums is not None:
+            weight_sums.put(key, sums)
     tz, ty, tx = weight.shape
     total: torch.Tensor | None = None
-    weight_sum = torch.zeros(write.shape, dtype=torch.float32, device=raw.device)
     for start in range(0, len(tiles), max(1, batch_size)):
         batch = tiles[start : start + batch_size]
         x = torch.stack([raw[b.offset[0] : b.offset[0] + tz, b.offset[1] : b.offset[1] + ty,
@@ -78,9 +127,8 @@ def predict_block(
             )
         for value, box in zip(probs, batch, strict=True):
             in_tile, in_write = _overlap(box, write)
-            w = weight[in_tile]
-            total[(slice(None), *in_write)] += value[(slice(None), *in_tile)].float() * w
-            weight_sum[in_write] += w
-    if total is None or not bool((weight_sum > 0).all()):
-        raise ValueError(f"block {write} is not covered by its tiles")
-    return total / weight_sum
+            total[(slice(None), *in_write)].addcmul_(
+                value[(slice(None), *in_tile)].float(), weight[in_tile]
+            )
+    assert total is not None
+    return total.div_(sums)
