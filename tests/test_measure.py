@@ -446,3 +446,11 @@ def test_cli_measures_the_components_of_a_mask(tmp_path) -> None:
     assert len(rows) == 3  # header + two objects
     voxels = sorted(int(r.split(",")[1]) for r in rows[1:])
     assert voxels == [48, 90]
+    import cc3d
+
+    components = mio.open_volume(tmp_path / "m" / "components.zarr")[:]
+    np.testing.assert_array_equal(components, cc3d.connected_components(mask, connectivity=26))
+    again = [str(path), "--out", str(tmp_path / "m"), "--components", "--dask-workers", "2"]
+    assert measure_main(again) == 2  # outputs of the earlier run are refused
+    assert measure_main([*again, "--overwrite"]) == 0  # a local Dask cluster, same table
+    assert (tmp_path / "m" / "objects.csv").read_text().strip().splitlines() == rows

@@ -4,13 +4,15 @@
 
     mitoseg-measure INSTANCES.zarr --out DIR [--voxel-size-nm Z Y X] [--slab N]
                     [--min-voxels N] [--overwrite]
+    mitoseg-measure MASK.zarr --components --out DIR [--dask-workers N | --dask-address A]
 
 Writes, each atomically (temporary name, then rename), into DIR:
 
 - ``objects.csv``: the columns of :data:`mitoseg.measure.COLUMNS`, units in the names;
 - ``objects.parquet``: the same table, when ``pyarrow`` is installed (``mitoseg[parquet]``);
 - ``volume_histogram.png``: the distribution of object volumes in um^3;
-- ``summary.json``: count, density per um^3, volume statistics and the histogram (written last).
+- ``summary.json``: count, density per um^3, volume statistics and the histogram (written last);
+- ``components.zarr`` (``--components``): the mask's 26-connected components, uint32.
 
 The voxel size comes from ``--voxel-size-nm`` or else the array's ``voxel_size_nm`` attribute.
 DIR may hold other files (e.g. the instances themselves); only these outputs are refused unless
@@ -28,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cc3d
 import numpy as np
 
 from mitoseg import measure
+from mitoseg.blockwise import connected_components, dask_client
 from mitoseg.io import VolumeError, open_volume
 from mitoseg.report import write_atomic, write_json_atomic, write_text_atomic
 
@@ -41,7 +43,8 @@ CSV_NAME = "objects.csv"
 PARQUET_NAME = "objects.parquet"
 PNG_NAME = "volume_histogram.png"
 SUMMARY_NAME = "summary.json"
-OUTPUTS = (CSV_NAME, PARQUET_NAME, PNG_NAME, SUMMARY_NAME)
+COMPONENTS_NAME = "components.zarr"
+OUTPUTS = (CSV_NAME, PARQUET_NAME, PNG_NAME, SUMMARY_NAME, COMPONENTS_NAME)
 
 
 def table_csv(table: dict[str, np.ndarray]) -> str:
@@ -127,11 +130,14 @@ def run(
     min_voxels: int = 1,
     overwrite: bool = False,
     components: bool = False,
+    dask_workers: int = 0,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Measure ``labels_path`` and write the outputs into ``out``; returns the summary.
 
     With ``components`` the input is a mask (e.g. a semantic prediction): its 26-connected
-    components are the objects (labelled in memory, 4 bytes per voxel).
+    components, labelled block by block (exactly as in memory; on Dask with ``dask_workers``
+    or ``dask_address``) into ``out/components.zarr``, are the objects.
     """
     check_out(out, overwrite)
     labels = open_volume(labels_path)
@@ -139,7 +145,12 @@ def run(
         raise measure.MeasureError(f"{labels_path}: need a (Z, Y, X) array, got {labels.shape}")
     size = resolve_voxel_size(voxel_size_nm, labels.attrs, labels_path)
     if components:
-        labels = cc3d.connected_components(np.asarray(labels) > 0, connectivity=26)
+        target = out / COMPONENTS_NAME
+        with dask_client(dask_address, dask_workers) as client:
+            connected_components(
+                labels_path, target, connectivity=26, client=client, overwrite=True
+            )
+        labels = open_volume(target)
     if slab is not None and slab < 1:
         raise measure.MeasureError(f"--slab must be >= 1, got {slab}")
     block = None if slab is None else (slab, *labels.shape[1:])
@@ -206,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input is a mask (e.g. mask.zarr of a semantic model): measure its "
         "26-connected components",
     )
+    p.add_argument(
+        "--dask-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --components: label on a local Dask cluster of N worker processes "
+        "(default 0: block by block in this process)",
+    )
+    p.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help="with --components: the scheduler of an existing Dask cluster (tcp://host:8786)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
@@ -226,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             min_voxels=args.min_voxels,
             overwrite=args.overwrite,
             components=args.components,
+            dask_workers=args.dask_workers,
+            dask_address=args.dask_address,
         )
     except (VolumeError, measure.MeasureError) as err:
         print(f"error: {err}", file=sys.stderr)
