@@ -26,6 +26,8 @@ from mitoseg.predict_blocks import (
     journal_path,
     partial_path,
 )
+from mitoseg.stitch import blend_weight
+from mitoseg.tiling import BlockBlender, boxes_from_batch
 
 SHAPE = (24, 40, 36)
 
@@ -203,3 +205,55 @@ def test_block_reads_only_its_tiles_bounding_box(raw: Path) -> None:
         offset = [w + o for w, o in zip(write[:3], read.offset, strict=True)]
         assert offset == list(blocks[index].offset)
         assert len(item["tiles"]) == len(tiles)
+
+
+@pytest.mark.parametrize(
+    ("block", "tile"),
+    [
+        ((8, 40, 36), (8, 16, 16)),
+        ((16, 40, 36), (8, 16, 16)),
+        ((8, 16, 24), (8, 16, 16)),
+        ((4, 40, 36), (8, 16, 16)),
+        ((4, 40, 36), (12, 16, 16)),  # a tile spans three blocks: not carried
+        ((4, 8, 12), (8, 16, 16)),
+    ],
+)
+def test_next_block_reuses_the_tiles_it_shares(raw: Path, block, tile) -> None:
+    """Blocks run in order carry the tiles straddling their z border to the next block: with
+    blocks at least a tile deep every tile of a whole-plane column runs once, and the result
+    equals a single block."""
+    net = small_net()
+    seen: list[int] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        with torch.no_grad():
+            return torch.sigmoid(net(x))
+
+    def blend(plan: BlockPlan) -> np.ndarray:
+        dataset = BlockDataset(plan, range(len(plan.blocks())))
+        blender = BlockBlender(torch.from_numpy(blend_weight(plan.tile_shape)), batch_size=3)
+        out = np.zeros((2, *SHAPE), dtype=np.float32)
+        for index, box in enumerate(plan.blocks()):
+            item = dataset[index]
+            tiles = boxes_from_batch(item["tiles"])
+            write = boxes_from_batch(item["write"][None])[0]
+            nxt = item["next_write"]
+            nxt = None if nxt is None else boxes_from_batch(nxt[None])[0]
+            probs = blender(predict, item["raw"], tiles, write, item["origin"], nxt)
+            out[(slice(None), *box.slices)] = probs.numpy()
+        return out
+
+    whole = blend(plan_for(raw, SHAPE, tile=tile))
+    seen.clear()
+    plan = plan_for(raw, block, tile=tile)
+    np.testing.assert_allclose(blend(plan), whole, rtol=0, atol=1e-6)
+    grid = tile_grid(SHAPE, plan.tile_shape, plan.stride)
+    z_blocks = sorted({b.offset[0] for b in plan.blocks()})
+    spans_three = any(
+        sum(t.offset[0] < z + block[0] and z < t.stop[0] for z in z_blocks) > 2 for t in grid
+    )
+    if block[1:] == SHAPE[1:] and not spans_three:
+        assert sum(seen) == len(grid)  # every tile once
+    else:
+        assert sum(seen) > len(grid)  # tiles shared across y/x borders (or 3 blocks) rerun

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mitoseg.stitch import blend_weight
-from mitoseg.tiling import WeightSums, boxes_from_batch, predict_block
+from mitoseg.tiling import BlockBlender, boxes_from_batch
 
 Flips = tuple[int, ...]
 
@@ -117,8 +117,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_threshold = val_threshold
         self.channels = tuple(channels)
         self.tile_batch, self.blend = tile_batch, blend
-        self._weight: torch.Tensor | None = None
-        self._weight_sums = WeightSums()
+        self._blender: BlockBlender | None = None
         self._val_counts = torch.zeros(len(self.channels), 4, dtype=torch.float64)
         self._val_losses: list[float] = []
         self._panel: dict[str, torch.Tensor] | None = None
@@ -214,17 +213,13 @@ class SegmentationModule(pl.LightningModule):
         tiles = boxes_from_batch(batch["tiles"].cpu())
         write = boxes_from_batch(batch["write"][None].cpu())[0]
         tile_shape = tuple(int(s) for s in batch["tile_shape"])
-        if self._weight is None or tuple(self._weight.shape) != tile_shape:
-            self._weight = torch.from_numpy(blend_weight(tile_shape, self.blend)).to(self.device)
-        return predict_block(
-            self.predict_probs,
-            batch["raw"],
-            tiles,
-            write,
-            self._weight,
-            self.tile_batch,
-            self._weight_sums,
-        )
+        if self._blender is None or tuple(self._blender.weight.shape) != tile_shape:
+            weight = torch.from_numpy(blend_weight(tile_shape, self.blend)).to(self.device)
+            self._blender = BlockBlender(weight, self.tile_batch)
+        following = batch["next_write"]
+        next_write = boxes_from_batch(following[None].cpu())[0] if following is not None else None
+        origin = tuple(int(o) for o in batch["origin"])
+        return self._blender(self.predict_probs, batch["raw"], tiles, write, origin, next_write)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -5,7 +5,7 @@ block is one item of :class:`BlockDataset`: the raw data of its ``read_roi`` and
 cover it; ``SegmentationModule.predict_step`` blends them (:func:`mitoseg.tiling.predict_block`)
 and :class:`BlockWriter` writes the block, then records it in a :class:`BlockJournal`. A block
 is recorded only after its chunks are written, so a run killed at any point and started again
-redoes unfinished blocks only. Under DDP every rank takes the blocks ``i % world_size == rank``:
+redoes unfinished blocks only. Under DDP every rank takes a contiguous range of blocks:
 disjoint sets of whole chunks, so no two ranks write the same chunk. Global rank 0 creates (or
 checks) the output before any rank starts, and finalises it once every rank is done.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -74,9 +75,20 @@ class BlockPlan:
         return tuple(min(c, s) for c, s in zip(self.chunk_shape, self.shape, strict=True))  # type: ignore[return-value]
 
     def blocks(self) -> list[Box]:
-        block = tuple(min(b, s) for b, s in zip(self.block_shape, self.shape, strict=True))
-        check_block_shape(block, self.chunks)
-        return block_grid(self.shape, block)
+        check_block_shape(self._block, self.chunks)
+        return block_grid(self.shape, self._block)
+
+    @property
+    def _block(self) -> tuple[int, int, int]:
+        return tuple(min(b, s) for b, s in zip(self.block_shape, self.shape, strict=True))  # type: ignore[return-value]
+
+    def next_along_z(self, index: int) -> int | None:
+        """The index of the block after ``index`` along z (same y/x), or None at the end."""
+        per_z = math.prod(
+            math.ceil(s / b) for s, b in zip(self.shape[1:], self._block[1:], strict=True)
+        )
+        following = index + per_z
+        return following if following < len(self.blocks()) else None
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -152,7 +164,8 @@ def _pad_to(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 class BlockDataset(Dataset):
     """Items are blocks: ``raw`` (Zr, Yr, Xr) of the read region (uint8 as stored, else float32
     in [0, 1]), ``tiles`` int64 (n, 6) and ``write`` int64 (6,) as offset + shape in read-region
-    coordinates, and ``index``, the block's number in the plan.
+    coordinates, ``origin`` (the read region's global offset), ``next_write`` (the next block
+    along z as a global offset + shape, or None), and ``index``, the block's number in the plan.
     """
 
     def __init__(self, plan: BlockPlan, indices: Sequence[int]) -> None:
@@ -178,11 +191,18 @@ class BlockDataset(Dataset):
         raw = read_box(self._raw, read, Path(plan.raw))
         raw = _pad_to(raw if raw.dtype == np.uint8 else to_float(raw), plan.tile_shape)
         origin = np.array(read.offset)
+        following = self.plan.next_along_z(index)
+        next_write = None
+        if following is not None:
+            box = self.blocks[following]
+            next_write = torch.tensor([*box.offset, *box.shape])
         return {
             "raw": torch.from_numpy(np.ascontiguousarray(raw)),
             "tiles": torch.tensor([[*(np.array(t.offset) - origin), *t.shape] for t in tiles]),
             "write": torch.tensor([*(np.array(block.offset) - origin), *block.shape]),
             "tile_shape": plan.tile_shape,
+            "origin": read.offset,
+            "next_write": next_write,
             "index": index,
         }
 
@@ -243,7 +263,9 @@ class BlockPredictData(pl.LightningDataModule):
         done = self.journal.done()
         n = len(self.plan.blocks())
         # Ownership by index, not by what is left: ranks never need to agree on the journal.
-        self.pending = [i for i in range(rank, n, world) if i not in done]
+        # Consecutive blocks per rank: a block follows its z-neighbour, whose tiles it reuses.
+        mine = range(n * rank // world, n * (rank + 1) // world)
+        self.pending = [i for i in mine if i not in done]
 
     def predict_dataloader(self) -> DataLoader:
         dataset = BlockDataset(self.plan, self.pending)

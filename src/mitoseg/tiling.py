@@ -5,12 +5,13 @@ voxels, in grid order (:func:`mitoseg.geometry.tiles_touching`); the raw data re
 those tiles' bounding box (``read_roi``). Sums are kept for the block's own voxels only, so a
 blockwise run adds, for every voxel, the same weighted terms in the same order as a
 whole-volume run: there are no seams. Memory: the raw ``read_roi`` plus (C + 1) x 4 bytes per
-voxel of the block.
+voxel of the block, plus C x 4 bytes per voxel of the slices carried to the next block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -56,79 +57,151 @@ class WeightSums:
         self._key: tuple | None = None
         self._sums: torch.Tensor | None = None
 
-    @staticmethod
-    def key(tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> tuple:
-        layout = tuple((b.shift([-o for o in write.offset]), b.shape) for b in tiles)
-        return (write.shape, tuple(weight.shape), weight.device, layout)
-
-    def get(self, key: tuple) -> torch.Tensor | None:
-        return self._sums if key == self._key else None
-
-    def put(self, key: tuple, sums: torch.Tensor) -> None:
-        self._key, self._sums = key, sums
-
-
-def _weight_sums(tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> torch.Tensor:
-    sums = torch.zeros(write.shape, dtype=torch.float32, device=weight.device)
-    for box in tiles:
-        in_tile, in_write = _overlap(box, write)
-        sums[in_write].add_(weight[in_tile])
-    if not bool((sums > 0).all()):
-        raise ValueError(f"block {write} is not covered by its tiles")
-    return sums
+    def __call__(self, tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> torch.Tensor:
+        key = (write.shape, tuple((b.shift([-o for o in write.offset]), b.shape) for b in tiles))
+        if key != self._key or self._sums is None:
+            sums = torch.zeros(write.shape, dtype=torch.float32, device=weight.device)
+            for box in tiles:
+                in_tile, in_write = _overlap(box, write)
+                sums[in_write].add_(weight[in_tile])
+            if not tiles or not bool((sums > 0).all()):
+                raise ValueError(f"block {write} is not covered by its tiles")
+            self._key, self._sums = key, sums
+        return self._sums
 
 
-def predict_block(
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    raw: torch.Tensor,
-    tiles: Sequence[Box],
-    write: Box,
-    weight: torch.Tensor,
-    batch_size: int = 1,
-    weight_sums: WeightSums | None = None,
-) -> torch.Tensor:
-    """Blend the tile predictions covering ``write``.
+@dataclass(frozen=True)
+class Carry:
+    """What the tiles of one block add to the next block along z: weighted sums over ``box``
+    (global coordinates, the next block's first slices) and the tiles (global) already added.
+    """
+
+    box: Box
+    sums: torch.Tensor
+    tiles: frozenset[Box]
+
+
+class BlockBlender:
+    """Blend the tile predictions covering a block (see the module docstring).
+
+    Tiles that straddle a block's lower z border were already run for the block before it; when
+    that block was this blender's previous one, their weighted sums are carried over instead of
+    running them again. Every voxel still gets its terms in grid order, so results do not depend
+    on which blocks a process ran before.
 
     Args:
-        predict: float32 (N, 1, tz, ty, tx) -> probabilities float32 (N, C, tz, ty, tx).
-        raw: (Zr, Yr, Xr) raw of the read region (uint8, or float already in [0, 1]), at least
-            one tile large along every axis (padded where the volume is smaller than a tile).
-        tiles: tile boxes in read-region coordinates, in grid order; a box smaller than the
-            tile (a volume smaller than the tile) uses the tile's leading part.
-        write: the block in read-region coordinates.
-        weight: float32 (tz, ty, tx) blend weight, on ``raw``'s device.
-        batch_size: tiles per call of ``predict``.
-        weight_sums: a cache shared by the blocks of one run.
-
-    Returns:
-        float32 (C, *write.shape) probabilities in [0, 1].
-
-    Raises:
-        ValueError: a voxel of ``write`` is covered by no tile.
+        weight: float32 (tz, ty, tx) blend weight, on the model's device.
+        batch_size: tiles per call of the network.
     """
-    if not tiles:
-        raise ValueError(f"block {write} is not covered by its tiles")
-    key = WeightSums.key(tiles, write, weight)
-    sums = weight_sums.get(key) if weight_sums is not None else None
-    if sums is None:
-        sums = _weight_sums(tiles, write, weight)
-        if weight_sums is not None:
-            weight_sums.put(key, sums)
-    tz, ty, tx = weight.shape
-    total: torch.Tensor | None = None
-    for start in range(0, len(tiles), max(1, batch_size)):
-        batch = tiles[start : start + batch_size]
-        x = torch.stack([raw[b.offset[0] : b.offset[0] + tz, b.offset[1] : b.offset[1] + ty,
-                             b.offset[2] : b.offset[2] + tx] for b in batch])  # fmt: skip
-        probs = predict(raw_to_float(x)[:, None])
-        if total is None:
-            total = torch.zeros(
-                (probs.shape[1], *write.shape), dtype=torch.float32, device=raw.device
-            )
-        for value, box in zip(probs, batch, strict=True):
-            in_tile, in_write = _overlap(box, write)
-            total[(slice(None), *in_write)].addcmul_(
-                value[(slice(None), *in_tile)].float(), weight[in_tile]
-            )
-    assert total is not None
-    return total.div_(sums)
+
+    def __init__(self, weight: torch.Tensor, batch_size: int = 1) -> None:
+        self.weight, self.batch_size = weight, max(1, int(batch_size))
+        self.weight_sums = WeightSums()
+        self.carry: Carry | None = None
+
+    def __call__(
+        self,
+        predict: Callable[[torch.Tensor], torch.Tensor],
+        raw: torch.Tensor,
+        tiles: Sequence[Box],
+        write: Box,
+        origin: Sequence[int] = (0, 0, 0),
+        next_write: Box | None = None,
+    ) -> torch.Tensor:
+        """Probabilities of the block.
+
+        Args:
+            predict: float32 (N, 1, tz, ty, tx) -> probabilities float32 (N, C, tz, ty, tx).
+            raw: (Zr, Yr, Xr) raw of the read region (uint8, or float in [0, 1]), at least one
+                tile large along every axis (padded where the volume is smaller than a tile).
+            tiles: tile boxes in read-region coordinates, in grid order; a box smaller than
+                the tile (a volume smaller than the tile) uses the tile's leading part.
+            write: the block in read-region coordinates.
+            origin: global offset of the read region.
+            next_write: the global box of the next block along z (same y/x), if any.
+
+        Returns:
+            float32 (C, *write.shape) probabilities in [0, 1].
+        """
+        sums = self.weight_sums(tiles, write, self.weight)
+        back = [-o for o in origin]
+        carry, self.carry = self.carry, None
+        if carry is not None and carry.box.shift(back).offset != write.offset:
+            carry = None
+        done = carry.tiles if carry is not None else frozenset()
+        todo = [t for t in tiles if t.shift(origin) not in done]
+        outgoing = self._outgoing(tiles, origin, next_write, done)
+        total, passed = self._blend(predict, raw, todo, write, carry, outgoing, back)
+        if outgoing is not None and passed is not None:
+            self.carry = Carry(outgoing[0], passed, outgoing[1])
+        return total.div_(sums)
+
+    def _outgoing(
+        self,
+        tiles: Sequence[Box],
+        origin: Sequence[int],
+        next_write: Box | None,
+        done: frozenset[Box],
+    ) -> tuple[Box, frozenset[Box]] | None:
+        """The next block's region reached by this block's tiles, and those tiles (global)."""
+        if next_write is None:
+            return None
+        reaching = [t.shift(origin) for t in tiles if t.stop[0] + origin[0] > next_write.offset[0]]
+        if not reaching or (done & set(reaching)):
+            return None  # nothing reaches it, or tiles span three blocks (blocks under a tile)
+        depth = min(max(t.stop[0] for t in reaching), next_write.stop[0]) - next_write.offset[0]
+        box = Box(next_write.offset, (depth, *next_write.shape[1:]))
+        return box, frozenset(reaching)
+
+    def _blend(
+        self,
+        predict: Callable[[torch.Tensor], torch.Tensor],
+        raw: torch.Tensor,
+        tiles: Sequence[Box],
+        write: Box,
+        carry: Carry | None,
+        outgoing: tuple[Box, frozenset[Box]] | None,
+        back: Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weighted sums over ``write`` (and over the outgoing box) of ``tiles``' predictions."""
+        tz, ty, tx = self.weight.shape
+        total: torch.Tensor | None = None
+        passed: torch.Tensor | None = None
+        out_box = outgoing[0].shift(back) if outgoing is not None else None
+        for start in range(0, len(tiles), self.batch_size):
+            batch = tiles[start : start + self.batch_size]
+            x = torch.stack([raw[b.offset[0] : b.offset[0] + tz, b.offset[1] : b.offset[1] + ty,
+                                 b.offset[2] : b.offset[2] + tx] for b in batch])  # fmt: skip
+            probs = predict(raw_to_float(x)[:, None])
+            if total is None:
+                total = self._start(probs.shape[1], write, carry, raw.device)
+                if out_box is not None:
+                    passed = torch.zeros((probs.shape[1], *out_box.shape), device=raw.device)
+            for value, box in zip(probs, batch, strict=True):
+                _add(total, value, box, write, self.weight)
+                if passed is not None and out_box is not None and box.stop[0] > out_box.offset[0]:
+                    _add(passed, value, box, out_box, self.weight)
+        if total is None:  # every tile was carried over
+            assert carry is not None
+            total = self._start(carry.sums.shape[0], write, carry, raw.device)
+        return total, passed
+
+    @staticmethod
+    def _start(
+        channels: int, write: Box, carry: Carry | None, device: torch.device
+    ) -> torch.Tensor:
+        total = torch.zeros((channels, *write.shape), dtype=torch.float32, device=device)
+        if carry is not None:
+            depth = min(carry.box.shape[0], write.shape[0])
+            total[:, :depth] = carry.sums[:, :depth]
+        return total
+
+
+def _add(
+    total: torch.Tensor, value: torch.Tensor, box: Box, region: Box, weight: torch.Tensor
+) -> None:
+    """total[region part of box] += value * weight, for the part of ``box`` inside ``region``."""
+    in_tile, in_region = _overlap(box, region)
+    total[(slice(None), *in_region)].addcmul_(
+        value[(slice(None), *in_tile)].float(), weight[in_tile]
+    )
