@@ -52,6 +52,7 @@ def test_mitoem_bc_trains_on_the_release_layout_and_decodes(mitoem_run: Path) ->
     out = mitoem_run / "run"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["decoder"] == "BCWatershed" and metrics["selected_on"] == "val/ap75"
+    assert metrics["blockwise"]["blocks"] >= 1  # the MitoEM recipes decode on Dask
     assert [row["seed_threshold"] for row in metrics["val"]] == [0.5, 0.7]
     assert all("ap75" in row and "accuracy75" in row for row in metrics["val"])
     # The test slices have hidden labels: predicted and decoded, not scored.

@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from mitoseg import decode, io
-from mitoseg.geometry import BoxView
+from mitoseg.geometry import Box, BoxView
 from mitoseg.report import write_json_atomic
 from mitoseg.stitch import Stitcher
 from mitoseg.tiling import boxes_from_batch
@@ -141,6 +141,9 @@ class TestEvaluation(TilePredictionWriter):
         postprocess: the target's decoder; swept parameters replace its values.
         sweep: {decoder parameter: values} tried on validation (every combination).
         select_metric: validation score that picks the combination (e.g. fg_iou, ap75).
+        blockwise: None, or options of :func:`mitoseg.blockwise.decode_blockwise` to decode and
+            score block by block, for volumes larger than memory: ``block_shape``, ``halo``
+            and ``dask`` ({``address``, ``workers``}, see :func:`~mitoseg.blockwise.dask_client`).
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class TestEvaluation(TilePredictionWriter):
         dtype: str = "uint8",
         blend: str = "gaussian",
         select_metric: str = "fg_iou",
+        blockwise: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__([], channels, tuple(tile_shape), dtype, blend)  # type: ignore[arg-type]
+        self.blockwise = dict(blockwise) if blockwise else None
         self.output_dir = Path(output_dir)
         self.postprocess = postprocess
         self.grid = {str(k): list(v) for k, v in sweep.items()}
@@ -177,10 +182,24 @@ class TestEvaluation(TilePredictionWriter):
         }
         if "val" not in labels:
             raise io.VolumeError("the validation volume needs labels to select the decoder")
-        val_rows = decode.sweep(self.postprocess, self.grid, probs["val"], labels["val"])
+        if self.blockwise is not None:
+            scores, decoder, final_set = self._evaluate_blockwise(sets)
+        else:
+            scores, decoder, final_set = self._evaluate(sets, probs, labels)
+        self.metrics["final"] = {"set": final_set, **decode.params(decoder), **(scores or {})}
+        write_json_atomic(self.output_dir / "metrics.json", self.metrics)
+        if self.blockwise is None:
+            self._write_labels(sets["val"])
+        if trainer.logger is not None and scores:
+            trainer.logger.log_metrics(
+                {f"{final_set}/{k}": float(v) for k, v in scores.items()}, trainer.global_step
+            )
+        log.info("metrics written to %s", self.output_dir / "metrics.json")
+
+    def _choose(self, val_rows: list[dict[str, Any]]) -> Any:
+        """The decoder with the best validation row's parameters; starts ``self.metrics``."""
         chosen = decode.best(val_rows, self.select_metric)
         decoder = dataclasses.replace(self.postprocess, **{k: chosen[k] for k in self.grid})
-        final_set = "test" if "test" in sets else "val"
         self.metrics = {
             "decoder": type(decoder).__name__,
             "selected": decode.params(decoder),
@@ -188,6 +207,15 @@ class TestEvaluation(TilePredictionWriter):
             "swept": list(self.grid),
             "val": val_rows,
         }
+        return decoder
+
+    def _evaluate(
+        self, sets: Mapping[str, Any], probs: Mapping[str, Any], labels: Mapping[str, Any]
+    ) -> tuple[dict[str, float] | None, Any, str]:
+        """Sweep on validation, decode and score the final set, in memory."""
+        val_rows = decode.sweep(self.postprocess, self.grid, probs["val"], labels["val"])
+        final_set = "test" if "test" in sets else "val"
+        decoder = self._choose(val_rows)
         if final_set == "test" and "test" in labels and decode.is_semantic(decoder):
             # Cheap for masks: the whole threshold table on test, for comparison with papers.
             self.metrics["test"] = decode.sweep(decoder, self.grid, probs["test"], labels["test"])
@@ -198,17 +226,48 @@ class TestEvaluation(TilePredictionWriter):
             labels.get(final_set),
             self.output_dir / f"{final_set}_{name}.zarr",
         )
-        self.metrics["final"] = {"set": final_set, **decode.params(decoder), **(scores or {})}
-        write_json_atomic(self.output_dir / "metrics.json", self.metrics)
-        self._write_val_labels(sets["val"])
-        if trainer.logger is not None and scores:
-            trainer.logger.log_metrics(
-                {f"{final_set}/{k}": float(v) for k, v in scores.items()}, trainer.global_step
-            )
-        log.info("metrics written to %s", self.output_dir / "metrics.json")
+        return scores, decoder, final_set
 
-    def _write_val_labels(self, eval_set: Any) -> None:
-        """The validation part's labels beside ``val_probs.zarr``, for later threshold sweeps."""
+    def _evaluate_blockwise(
+        self, sets: Mapping[str, Any]
+    ) -> tuple[dict[str, float] | None, Any, str]:
+        """As :meth:`_evaluate`, block by block on Dask; reads the labels from zarr copies."""
+        from mitoseg.blockwise import dask_client, decode_blockwise, sweep_blockwise
+
+        options = dict(self.blockwise or {})
+        dask = options.pop("dask", {}) or {}
+        probs = {name: self.output_dir / f"{name}_probs.zarr" for name in sets}
+        labels = {
+            name: self._write_labels(s) for name, s in sets.items() if s.paths.labels is not None
+        }
+        final_set = "test" if "test" in sets else "val"
+        with dask_client(dask.get("address"), int(dask.get("workers", 0))) as client:
+            options |= {"client": client, "work_dir": self.output_dir, "progress": False}
+            val_rows = sweep_blockwise(
+                self.postprocess, self.grid, probs["val"], labels["val"], **options
+            )
+            decoder = self._choose(val_rows)
+            output = self.output_dir / f"{final_set}_{decode.output_name(decoder)}.zarr"
+            result = decode_blockwise(
+                decoder, probs[final_set], output, labels.get(final_set), **options
+            )
+        self.metrics["blockwise"] = result.summary
+        return result.scores, decoder, final_set
+
+    def _write_labels(self, eval_set: Any) -> Path:
+        """A set's labels beside its probabilities (``val_labels.zarr``), for threshold sweeps
+        later and blockwise scoring; copied chunk row by chunk row."""
         labels = io.open_volume(eval_set.paths.labels)
-        path = self.output_dir / "val_labels.zarr"
-        io.write_volume(path, labels[eval_set.region.slices], chunks=labels.chunks, overwrite=True)
+        path = self.output_dir / f"{eval_set.name}_labels.zarr"
+        box = eval_set.region
+        attrs = {k: v for k, v in labels.attrs.asdict().items() if k in ("axes", "voxel_size_nm")}
+        with io.atomic_dir(path, overwrite=True) as tmp:
+            out = io.create_volume(tmp, box.shape, labels.dtype, chunks=labels.chunks, attrs=attrs)
+            step = int(out.chunks[0])
+            for z in range(0, box.shape[0], step):
+                view = Box(
+                    (box.offset[0] + z, *box.offset[1:]),
+                    (min(step, box.shape[0] - z), *box.shape[1:]),
+                )
+                out[z : z + step] = labels[view.slices]
+        return path

@@ -11,7 +11,7 @@ over blocks and equal the in-memory ones (:mod:`.evaluate`).
 
 from mitoseg.blockwise.blocks import Block, BlockGrid, block_grid
 from mitoseg.blockwise.cluster import dask_client, run_blocks
-from mitoseg.blockwise.decode import BlockwiseResult, decode_blockwise
+from mitoseg.blockwise.decode import BlockwiseResult, decode_blockwise, sweep_blockwise
 from mitoseg.blockwise.evaluate import (
     adjusted_rand_index,
     blockwise_confusion,
@@ -35,4 +35,5 @@ __all__ = [
     "dask_client",
     "decode_blockwise",
     "run_blocks",
+    "sweep_blockwise",
 ]

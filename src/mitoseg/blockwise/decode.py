@@ -10,7 +10,9 @@ the block shape and halo, not on the volume.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from mitoseg.blockwise.blocks import Block, BlockGrid, block_grid, local_slices
 from mitoseg.blockwise.cluster import RunLog, run_blocks
 from mitoseg.blockwise.evaluate import blockwise_overlaps
 from mitoseg.blockwise.watershed import decode_instances
-from mitoseg.decode import check_channels, is_semantic, output_name, params
+from mitoseg.decode import check_channels, grid_points, is_semantic, output_name, params
 from mitoseg.evaluate import Confusion, semantic_scores
 from mitoseg.instance_metrics import scores_from_overlaps
 from mitoseg.report import voxel_size_of
@@ -155,3 +157,20 @@ def decode_blockwise(
         summary["mvox_per_s"], "" if n is None else f", {n} instances",
     )  # fmt: skip
     return BlockwiseResult(scores, target, summary)
+
+
+def sweep_blockwise(
+    decoder: Any,
+    grid: Mapping[str, Sequence[Any]],
+    probs: str | Path,
+    labels: str | Path,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """:func:`mitoseg.decode.sweep` block by block: one row per combination of ``grid``, the
+    decoder's parameters then its scores. ``options`` go to :func:`decode_blockwise`."""
+    rows = []
+    for point in grid_points(grid):
+        current = dataclasses.replace(decoder, **point)
+        result = decode_blockwise(current, probs, None, labels, **options)
+        rows.append({**params(current), **(result.scores or {})})
+    return rows
