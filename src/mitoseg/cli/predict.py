@@ -58,6 +58,8 @@ def make_plan(cfg: DictConfig, stored: DictConfig, raw: Path) -> BlockPlan:
 def predict(cfg: DictConfig) -> Path:
     """Run the blockwise prediction (resuming an unfinished one); returns the output path."""
     output = Path(cfg.output).expanduser()
+    if output.exists() and not cfg.overwrite:  # before loading anything
+        raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
     stored, weights = load_checkpoint(cfg.ckpt)
     net = build_net(stored, weights, str(cfg.ckpt))
     settings = predict_settings(cfg, stored)
