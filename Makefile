@@ -43,6 +43,8 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(BIN)/python benchmarks/convert_memory.py --data $(LUCCHI)
 	$(BIN)/python benchmarks/decode_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
 	$(BIN)/python benchmarks/metrics_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
+	$(BIN)/python benchmarks/predict_scale.py --sizes $(BENCH_GVOX) --monai-max-gvox $(BENCH_GVOX)
+	$(BIN)/python benchmarks/blockwise_scale.py --sizes $(BENCH_GVOX) --stages decode evaluate
 
 clean:  ## remove outputs and caches (not the venv)
 	rm -rf outputs multirun data_cache .pytest_cache .ruff_cache

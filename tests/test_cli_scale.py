@@ -53,8 +53,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     return cwd, cwd / "run" / "checkpoints" / "last.ckpt", cwd / "raw.zarr"
 
 
-def predict_args(ckpt: Path, raw: Path, output: str, *extra: str) -> list[str]:
-    return [f"ckpt={ckpt}", f"input={raw}", f"output={output}", "dtype=float32", *BLOCKS, *extra]
+def predict_args(ckpt: Path, raw: Path, output: str, *extra: str, blocks=BLOCKS) -> list[str]:
+    return [f"ckpt={ckpt}", f"input={raw}", f"output={output}", "dtype=float32", *blocks, *extra]
 
 
 def test_predict_resumes_after_sigkill(setup) -> None:
@@ -90,6 +90,13 @@ def test_ddp_predict_two_processes_equals_one(setup) -> None:
     assert "24 blocks (12 by this process, 2 process(es))" in result.stdout
     np.testing.assert_allclose(
         io.open_volume(cwd / "ddp.zarr")[:], io.open_volume(cwd / "whole.zarr")[:], atol=1e-6
+    )
+    # One block for two ranks: rank 0 has nothing to do and must not hold the other up.
+    one = [*BLOCKS[:1], "block_shape=[48,128,128]", *BLOCKS[2:]]
+    result = run(cwd, "mitoseg-predict", *predict_args(ckpt, raw, "one.zarr", *ddp, blocks=one))
+    assert "1 blocks (0 by this process, 2 process(es))" in result.stdout
+    np.testing.assert_allclose(
+        io.open_volume(cwd / "one.zarr")[:], io.open_volume(cwd / "whole.zarr")[:], atol=1e-6
     )
 
 

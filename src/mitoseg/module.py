@@ -188,13 +188,13 @@ class SegmentationModule(pl.LightningModule):
             x = raw.flip(flips) if flips else raw
             if transpose:
                 x = x.transpose(3, 4)
-            probs = torch.sigmoid(self(x).float())
+            probs = self(x).float().sigmoid_()
             if transpose:
                 probs = probs.transpose(3, 4)
             probs = probs.flip(flips) if flips else probs
-            total = probs if total is None else total + probs
+            total = probs if total is None else total.add_(probs)
         assert total is not None
-        return total / len(variants)
+        return total.div_(len(variants)) if len(variants) > 1 else total
 
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -206,6 +206,8 @@ class SegmentationModule(pl.LightningModule):
     ) -> Any:
         if "tiles" in batch:
             return {"probs": self._predict_block(batch), "index": batch["index"]}
+        if "raw" not in batch:  # an empty work item (see predict_blocks.BlockPredictData)
+            return {"index": batch["index"]}
         return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
 
     def _predict_block(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -46,6 +46,7 @@ from mitoseg.tiling import to_storage
 log = logging.getLogger(__name__)
 
 CHUNK_SHAPE = (32, 256, 256)  # (z, y, x) chunks of the probabilities zarr
+NOTHING = -1  # the index of an empty work item
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,11 @@ class BlockDataset(Dataset):
         return {**self.__dict__, "_raw": None}  # each worker opens the zarr itself
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        index = self.indices[item]
+        if index == NOTHING:
+            return {"index": NOTHING}
         if self._raw is None:
             self._raw = io.open_volume(self.plan.raw)
-        index = self.indices[item]
         block = self.blocks[index]
         plan = self.plan
         tiles = tiles_touching(plan.shape, plan.tile_shape, plan.stride, block)
@@ -268,7 +271,9 @@ class BlockPredictData(pl.LightningDataModule):
         self.pending = [i for i in mine if i not in done]
 
     def predict_dataloader(self) -> DataLoader:
-        dataset = BlockDataset(self.plan, self.pending)
+        # A rank with nothing left still runs one empty step: Lightning skips the hooks of an
+        # empty loader, and the other ranks would wait for it at the end.
+        dataset = BlockDataset(self.plan, self.pending or [NOTHING])
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
 
 
@@ -306,6 +311,8 @@ class BlockWriter(pl.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
         index = int(outputs["index"])
+        if index == NOTHING:
+            return
         block = self.blocks[index]
         probs = to_storage(outputs["probs"], str(self._out.dtype)).cpu().numpy()
         self._out[(slice(None), *block.slices)] = probs

@@ -1,0 +1,352 @@
+"""Blockwise decode, evaluation and connected components on Dask: Mvox/s and peak RSS by size.
+
+Peak memory should stay flat as the volume grows; 2 workers against 1 give the speed-up.
+
+Inputs, made once per size and reused from ``--dir``: uint8 BC probabilities (2, Z, Y, X) in
+chunks of (2, 32, 256, 256), as mitoseg-predict writes them, and uint32 ground-truth instances
+(Z, Y, X). One slab of 80 z-slices of synthetic mitochondria at (15, 4, 4) nm (objects of about
+1e4 voxels, touching pairs, necked chains) is placed once and repeated along z with ids offset
+per repeat; the probabilities are its smoothed mask and contour band plus noise, periodic in z
+so that the seams look like any other place. Objects cross block faces in every axis, and many
+mask components hold several seeds (the flood path). Writing streams 64 slices at a time.
+
+Each (size, stage, workers) runs in a fresh process that starts its own ``LocalCluster`` (one
+thread per worker process) and times the stage alone, cluster start-up excluded:
+
+- decode: ``decode_blockwise(BCWatershed())`` (published defaults) to instances.zarr, pyramid
+  included; "serial s" is the part outside the block passes (planning, pyramid, renames);
+- evaluate: ``blockwise_overlaps`` of truth and decoded instances + ``scores_from_overlaps``;
+- cc: exact 26-connected components of the truth's foreground (``connected_components``).
+
+Memory is VmHWM (peak RSS) minus the RSS after imports, reset through /proc/self/clear_refs:
+of the client process, which also hosts the scheduler, and of each worker process, read on the
+workers with ``client.run`` (nanny processes not counted). A worker's peak follows the block
+shape and halo; it is flat in the volume once the volume is deeper than a block.
+
+    python benchmarks/blockwise_scale.py --sizes 0.1 0.5 2.0 --dir /scratch/bw-bench
+        [--plane 1024] [--block-shape 64 512 512] [--halo 16 64 64]
+        [--stages decode evaluate cc] [--workers 1 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("decode", "evaluate", "cc")
+SLAB = 80  # z-slices of the repeated pattern; not a multiple of the block depth
+VOXEL_SIZE_NM = (15.0, 4.0, 4.0)
+CHUNKS = (32, 256, 256)
+WINDOW = 64  # z-slices written at a time
+PAIRS, CHAINS = 60, 15  # per slab of 1024 x 1024 in-plane
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def slab_labels(plane: int, seed: int = 0) -> np.ndarray:
+    """uint32 (SLAB, plane, plane) instance ids 1..n, about 10 % foreground."""
+    from mitoseg.synthetic import _place_objects  # labels only: no raw image to paint
+
+    labels = np.zeros((SLAB, plane, plane), np.uint32)
+    share = plane**2 / 1024**2
+    pairs, chains = max(1, round(PAIRS * share)), max(1, round(CHAINS * share))
+    rng = np.random.default_rng(seed)
+    _place_objects(labels, np.asarray(VOXEL_SIZE_NM), rng, None, pairs, chains)
+    return labels
+
+
+def slab_probs(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint8 (2, *labels.shape) foreground and contour, periodic in z like the repeated truth."""
+    from scipy import ndimage
+
+    from mitoseg.targets import instance_contour
+
+    rng = np.random.default_rng(seed)
+    sigma, wrap = (0.5, 1.5, 1.5), ("wrap", "reflect", "reflect")
+    r, step = 2, np.uint32(labels.max())
+    # The neighbouring repeats, ids shifted, so that the band also follows the seams.
+    padded = np.concatenate(
+        [
+            np.where(labels[-r:] > 0, labels[-r:] + step, 0),
+            labels,
+            np.where(labels[:r] > 0, labels[:r] + 2 * step, 0),
+        ]
+    )
+    contour = instance_contour(padded, width=4, in_plane=False)[r:-r]
+    out = np.empty((2, *labels.shape), np.uint8)
+    for c, channel in enumerate([labels > 0, contour]):
+        value = ndimage.gaussian_filter(channel.astype(np.float32), sigma, mode=wrap)
+        noise = rng.standard_normal(labels.shape, np.float32)
+        value += 0.15 * ndimage.gaussian_filter(noise, 2.0, mode=wrap)
+        value += 0.04 * rng.standard_normal(labels.shape, np.float32)
+        out[c] = np.rint(np.clip(value, 0, 1) * 255)
+    return out
+
+
+def input_paths(root: Path, depth: int, plane: int) -> tuple[Path, Path]:
+    tag = f"{depth}x{plane}x{plane}"
+    return root / f"probs_{tag}.zarr", root / f"truth_{tag}.zarr"
+
+
+def write_inputs(root: Path, depth: int, labels: np.ndarray, probs: np.ndarray) -> None:
+    """Repeat the slab to ``depth`` slices, WINDOW at a time; a ``.done`` file marks success."""
+    from mitoseg import io
+
+    plane = labels.shape[-1]
+    probs_path, truth_path = input_paths(root, depth, plane)
+    shape = (depth, plane, plane)
+    attrs = {"voxel_size_nm": list(VOXEL_SIZE_NM)}
+    out_p = io.create_volume(
+        probs_path,
+        (2, *shape),
+        np.uint8,
+        chunks=(2, *CHUNKS),
+        attrs=attrs | {"kind": "probabilities", "channels": ["fg", "contour"]},
+        overwrite=True,
+    )
+    out_t = io.create_volume(
+        truth_path,
+        shape,
+        np.uint32,
+        chunks=CHUNKS,
+        attrs=attrs | {"kind": "labels"},
+        overwrite=True,
+    )
+    step = np.uint32(labels.max())
+    for z0 in range(0, depth, WINDOW):
+        z = np.arange(z0, min(z0 + WINDOW, depth))
+        out_p[:, z0 : z0 + z.size] = probs[:, z % SLAB]
+        part = labels[z % SLAB]
+        shift = (z // SLAB).astype(np.uint32)[:, None, None] * step
+        out_t[z0 : z0 + z.size] = np.where(part > 0, part + shift, np.uint32(0))
+    probs_path.with_suffix(".done").touch()
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak() -> int:
+    """Import what the tasks use, reset the peak RSS (Linux >= 4.0); the RSS now in KiB."""
+    import cc3d  # noqa: F401
+    import skimage.segmentation  # noqa: F401
+
+    import mitoseg.blockwise  # noqa: F401
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # then the peak includes start-up: an upper bound
+    return _status_kib("VmRSS")
+
+
+def peak_kib() -> int:
+    return _status_kib("VmHWM")
+
+
+def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
+    from mitoseg.blockwise import blockwise_overlaps, connected_components, decode_blockwise
+    from mitoseg.instance_metrics import scores_from_overlaps
+    from mitoseg.watershed import BCWatershed
+
+    block, halo = tuple(args.block_shape), tuple(args.halo)
+    if stage == "decode":
+        kwargs = {"block_shape": block, "halo": halo, "client": client, "progress": False}
+        run = decode_blockwise(BCWatershed(), args.probs, args.decoded, **kwargs)
+        return {"result": run.summary["instances"], "stages": run.summary["stages"]}
+    if stage == "evaluate":
+        overlaps = blockwise_overlaps(args.truth, args.decoded, block, client, progress=False)
+        scores = scores_from_overlaps(overlaps)
+        return {"result": scores["ap75"], "scores": scores}
+    decoded = Path(args.decoded)
+    cc = decoded.with_name(decoded.name.replace("instances_", "cc_"))
+    n = connected_components(
+        args.truth, cc, block_shape=block, client=client, overwrite=True, progress=False
+    )
+    return {"result": n}
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one stage on a fresh local cluster; print a JSON line with time and memory."""
+    from mitoseg.blockwise import dask_client
+
+    with dask_client(None, args.workers) as client:
+        worker_base = client.run(reset_peak)
+        client_base = reset_peak()
+        start = time.perf_counter()
+        result = run_stage(args.child, args, client)
+        seconds = time.perf_counter() - start
+        worker_peak = client.run(peak_kib)
+        client_peak = peak_kib()
+    peaks = {
+        "client_mib": (client_peak - client_base) / 1024,
+        "client_peak_mib": client_peak / 1024,
+        "worker_mib": [(worker_peak[w] - worker_base[w]) / 1024 for w in worker_base],
+        "worker_peak_mib": [kib / 1024 for kib in worker_peak.values()],
+    }
+    print(json.dumps({"seconds": seconds, **result, **peaks}))
+
+
+def spawn(stage: str, workers: int, probs: Path, truth: Path, args: argparse.Namespace) -> dict:
+    decoded = probs.with_name(probs.name.replace("probs", "instances"))
+    command = [sys.executable, __file__, "--child", stage, "--workers-n", str(workers),
+               "--probs", str(probs), "--truth", str(truth), "--decoded", str(decoded),
+               "--block-shape", *map(str, args.block_shape),
+               "--halo", *map(str, args.halo)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{stage} ({workers} workers) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- report
+
+
+@functools.cache
+def pattern(plane: int) -> tuple[np.ndarray, np.ndarray]:
+    """The slab's labels and probabilities, made once per run."""
+    start = time.perf_counter()
+    labels = slab_labels(plane)
+    probs = slab_probs(labels)
+    print(f"made the {SLAB}-slice pattern in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return labels, probs
+
+
+def measure(gvox: float, args: argparse.Namespace) -> list[dict]:
+    depth = math.ceil(gvox * 1e9 / args.plane**2)
+    probs, truth = input_paths(args.dir, depth, args.plane)
+    if not probs.with_suffix(".done").exists():
+        slab = pattern(args.plane)
+        start = time.perf_counter()
+        write_inputs(args.dir, depth, *slab)
+        print(
+            f"wrote {probs.name}, {truth.name} in {time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    decoded = probs.with_name(probs.name.replace("probs", "instances"))
+    if "evaluate" in args.stages and "decode" not in args.stages and not decoded.exists():
+        spawn("decode", max(args.workers), probs, truth, args)  # what evaluate scores
+    voxels = depth * args.plane**2
+    rows = []
+    for stage in (s for s in STAGES if s in args.stages):
+        for workers in args.workers:
+            result = spawn(stage, workers, probs, truth, args)
+            row = {
+                "gvox": voxels / 1e9,
+                "shape": [depth, args.plane, args.plane],
+                "stage": stage,
+                "workers": workers,
+                **result,
+            }
+            row["mvox_per_s"] = voxels / 1e6 / result["seconds"]
+            if "stages" in result:
+                row["serial_s"] = result["seconds"] - sum(result["stages"].values())
+            one = next((r for r in rows if r["stage"] == stage and r["workers"] == 1), None)
+            if one is not None and workers > 1:
+                row["speedup"] = one["seconds"] / result["seconds"]
+                row["same_result"] = one["result"] == result["result"]
+            rows.append(row)
+            print(table([row], header=False), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    lines = [
+        "| Gvox | shape | stage | workers | s | Mvox/s | speed-up vs 1 | client MiB "
+        "| worker MiB (max) | worker peak MiB | serial s | result |",
+        "|---" * 12 + "|",
+    ]
+    for r in rows:
+        result = f"{r['result']:.3f} AP-75" if r["stage"] == "evaluate" else f"{r['result']} ids"
+        if r.get("same_result") is False:
+            result += " (differs from 1 worker)"
+        speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        serial = f"{r['serial_s']:.1f}" if "serial_s" in r else "-"
+        cells = [f"{r['gvox']:.3f}", "x".join(map(str, r["shape"])), r["stage"],
+                 str(r["workers"]), f"{r['seconds']:.1f}", f"{r['mvox_per_s']:.1f}", speedup,
+                 f"{r['client_mib']:.0f}", f"{max(r['worker_mib']):.0f}",
+                 f"{max(r['worker_peak_mib']):.0f}", serial, result]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines if header else lines[2:])
+
+
+def flatness(rows: list[dict]) -> str:
+    """Peak memory above imports at the largest size against the smallest, per stage."""
+    lines = []
+    for stage in STAGES:
+        mine = [r for r in rows if r["stage"] == stage]
+        if len({r["gvox"] for r in mine}) < 2:
+            continue
+        small, large = min(r["gvox"] for r in mine), max(r["gvox"] for r in mine)
+        ends = [[r for r in mine if r["gvox"] == g] for g in (small, large)]
+        worker = [max(max(r["worker_mib"]) for r in e) for e in ends]
+        client = [max(r["client_mib"] for r in e) for e in ends]
+        lines.append(
+            f"{stage}: {large / small:.0f}x the voxels, worker peak {worker[0]:.0f} -> "
+            f"{worker[1]:.0f} MiB, client peak {client[0]:.0f} -> {client[1]:.0f} MiB"
+        )
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.5, 2.0], help="Gvox")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "mitoseg-blockwise-bench",
+        help="scratch folder; inputs already there are reused",
+    )
+    parser.add_argument("--plane", type=int, default=1024, help="Y = X of every volume")
+    parser.add_argument("--block-shape", type=int, nargs=3, default=[64, 512, 512])
+    parser.add_argument("--halo", type=int, nargs=3, default=[16, 64, 64])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--workers-n", type=int, help=argparse.SUPPRESS)
+    for name in ("--probs", "--truth", "--decoded"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        args.workers = args.workers_n
+        child(args)
+        return
+    args.dir = args.dir.absolute()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    rows = [row for gvox in args.sizes for row in measure(gvox, args)]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"block {args.block_shape}, halo {args.halo}, chunks {list(CHUNKS)}"
+    )
+    print(table(rows))
+    print(flatness(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
