@@ -120,3 +120,19 @@ def test_console_script_on_a_local_cluster(bc_volume, tmp_path: Path) -> None:
     )  # fmt: skip
     assert "blockwise: 8 blocks" in done.stdout and "ap75" in done.stdout
     assert io.open_volume(tmp_path / "run" / "instances.zarr").dtype == np.uint32
+
+
+def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch) -> None:
+    """distributed writes OMP_NUM_THREADS=1 (and malloc settings) into the parent's environment
+    when it starts workers; processes started afterwards (e.g. a training run) would inherit
+    them and compute differently."""
+    import os
+
+    from mitoseg.blockwise import dask_client
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    with dask_client(None, 1) as client:
+        assert client is not None
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before

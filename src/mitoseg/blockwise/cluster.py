@@ -9,6 +9,7 @@ total, Mvox/s) and logs a summary line; :class:`RunLog` totals the stages.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,14 +48,27 @@ def dask_client(address: str | None = None, workers: int = 2) -> Iterator[Any]:
     if workers == 0:
         yield None
         return
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        log.info("dask: local cluster of %d worker processes", workers)
-        yield client
+    environ = dict(os.environ)
+    try:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            _restore(environ)
+            log.info("dask: local cluster of %d worker processes", workers)
+            yield client
+    finally:
+        _restore(environ)
+
+
+def _restore(environ: dict[str, str]) -> None:
+    """Undo what starting the workers wrote into this process's environment (e.g.
+    OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_), which processes started later would inherit."""
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _n_workers(client: Any) -> int:
