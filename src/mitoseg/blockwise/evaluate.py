@@ -46,6 +46,23 @@ def _grid(truth: str, pred: str, block_shape: Any) -> BlockGrid:
     return block_grid(shape_p, block_shape, chunks=store.chunks_of(pred))
 
 
+def _score_blocks(
+    task: Any,
+    truth: str | Path,
+    pred: str | Path,
+    block_shape: Any,
+    client: Any,
+    run_log: RunLog | None,
+    progress: bool,
+) -> list[Any]:
+    """``task(block, truth, pred)`` for every block of the two volumes (zarr paths)."""
+    truth, pred = str(Path(truth).absolute()), str(Path(pred).absolute())
+    grid = _grid(truth, pred, block_shape)
+    return run_blocks(
+        client, "score", task, list(grid), truth, pred, run_log=run_log, progress=progress
+    )
+
+
 def blockwise_overlaps(
     truth: str | Path,
     pred: str | Path,
@@ -59,11 +76,7 @@ def blockwise_overlaps(
     Returns:
         The table ``instance_metrics.overlaps(truth, pred)`` gives, identical.
     """
-    truth, pred = str(Path(truth).absolute()), str(Path(pred).absolute())
-    grid = _grid(truth, pred, block_shape)
-    tables = run_blocks(
-        client, "score", overlaps_task, list(grid), truth, pred, run_log=run_log, progress=progress
-    )
+    tables = _score_blocks(overlaps_task, truth, pred, block_shape, client, run_log, progress)
     return sum_overlaps(tables)
 
 
@@ -83,11 +96,7 @@ def blockwise_confusion(
     progress: bool = True,
 ) -> Confusion:
     """Foreground confusion of two (Z, Y, X) volumes (non-zero = foreground), block by block."""
-    truth, pred = str(Path(truth).absolute()), str(Path(pred).absolute())
-    grid = _grid(truth, pred, block_shape)
-    parts = run_blocks(
-        client, "score", confusion_task, list(grid), truth, pred, run_log=run_log, progress=progress
-    )
+    parts = _score_blocks(confusion_task, truth, pred, block_shape, client, run_log, progress)
     return sum(parts, Confusion())
 
 
