@@ -62,6 +62,12 @@ def test_train_writes_metrics_probs_mask_checkpoint_and_logs(trained: Path) -> N
     assert stored["model"]["widths"] == [4, 8, 16] and stored["target"]["channels"] == [
         "foreground"
     ]
+    # The whole training config and the library versions travel with the weights.
+    run_config, versions = checkpoint["mitoseg"]["run"], checkpoint["mitoseg"]["versions"]
+    assert run_config["data"]["patch_shape"] == stored["predict"]["tile_shape"]
+    assert run_config["module"]["optimizer"]["lr"] > 0 and "augment" in run_config["data"]
+    assert run_config["trainer"]["max_steps"] == 6 and run_config["seed"] == 0
+    assert versions["torch"] == torch.__version__ and versions["monai"] != "not installed"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 

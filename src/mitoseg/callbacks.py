@@ -22,19 +22,41 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "mitoseg"
 
 
-class ConfigInCheckpoint(pl.Callback):
-    """Store the resolved model / target / predict config in every checkpoint.
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a trained result depends on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    ``mitoseg-predict ckpt=...`` rebuilds the network from it and needs nothing else.
+    found = {"python": platform.python_version()}
+    for name in ("mitoseg", "torch", "pytorch-lightning", "monai", "numpy", "zarr"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+class ConfigInCheckpoint(pl.Callback):
+    """Store the resolved config in every checkpoint.
+
+    ``config`` (model / target / predict / postprocess / evaluate) is what
+    ``mitoseg-predict ckpt=...`` rebuilds the network and its defaults from; ``run`` is the whole
+    resolved training config (data, augmentation, optimiser, schedule, trainer, seed), stored
+    with the library versions so that the result can be traced and re-run from the file alone.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
+    def __init__(self, config: dict[str, Any], run: dict[str, Any] | None = None) -> None:
+        self.config, self.run = config, run
+        self.versions = library_versions()
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"config": self.config}
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": self.config,
+            "run": self.run,
+            "versions": self.versions,
+        }
 
 
 def create_probs(

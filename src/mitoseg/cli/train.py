@@ -75,11 +75,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    stored = resolved(cfg)
-    stored = {k: stored[k] for k in STORED_KEYS} | {
-        "data": {"voxel_size_nm": stored["data"]["train"].get("voxel_size_nm")}
+    run = resolved(cfg)
+    stored = {k: run[k] for k in STORED_KEYS} | {
+        "data": {"voxel_size_nm": run["data"]["train"].get("voxel_size_nm")}
     }
-    callbacks += [ConfigInCheckpoint(stored), RngStateInCheckpoint()]
+    callbacks += [ConfigInCheckpoint(stored, run=run), RngStateInCheckpoint()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
