@@ -36,6 +36,17 @@ def hms(minutes: float) -> str:
     return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
+def run_logged(cmd: list[str], out: Path, reuse: bool) -> float | None:
+    """Run ``cmd`` with its output in OUT.log; seconds taken, or None when a finished run (its
+    metrics.json) is reused."""
+    if reuse and (out / "metrics.json").is_file():
+        return None
+    start = time.perf_counter()
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - start
+
+
 def run_ours(root: Path, out: Path, minutes: float, extra: list[str], reuse: bool) -> dict:
     import torch
 
@@ -44,11 +55,7 @@ def run_ours(root: Path, out: Path, minutes: float, extra: list[str], reuse: boo
         f"data.root={root}", f"trainer.max_time={hms(minutes)}", f"hydra.run.dir={out}",
         "overwrite=true", *extra,
     ]  # fmt: skip
-    start, wall = time.perf_counter(), None
-    if not (reuse and (out / "metrics.json").is_file()):
-        with open(out.parent / f"{out.name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        wall = time.perf_counter() - start
+    wall = run_logged(cmd, out, reuse)
     metrics = json.loads((out / "metrics.json").read_text())
     write_overlay(root, out, out.parent / "ours_overlay.png")
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -86,11 +93,7 @@ def run_monai(root: Path, out: Path, minutes: float, extra: list[str], reuse: bo
         sys.executable, str(HERE / "lucchipp_monai_baseline.py"), "--root", str(root),
         "--minutes", str(minutes), "--out", str(out), *extra,
     ]  # fmt: skip
-    start, wall = time.perf_counter(), None
-    if not (reuse and (out / "metrics.json").is_file()):
-        with open(out.parent / f"{out.name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        wall = time.perf_counter() - start
+    wall = run_logged(cmd, out, reuse)
     result = json.loads((out / "metrics.json").read_text())
     result.update(impl="monai", command=" ".join(cmd[1:]), wall_s=wall)
     return result
