@@ -40,11 +40,11 @@ def validation_raw(run: Path, root: Path, out: Path) -> Path:
     data = OmegaConf.load(run / ".hydra" / "config.yaml").data
     raw = io.convert(root / "train_im.tif", out / "train_im.zarr", overwrite=True)
     _, val = split_axis(Box.whole(raw.shape), data["val_axis"], data["val_fraction"])
-    path = out / "val_raw.zarr"
-    io.write_volume(path, raw[val.slices], chunks=(32, 256, 256), overwrite=True)
+    path, crop = out / "val_raw.zarr", raw[val.slices]
     labels = io.open_volume(run / "val_labels.zarr")
-    if labels.shape != raw[val.slices].shape:
-        raise ValueError(f"{path} {raw[val.slices].shape} != {run}/val_labels.zarr {labels.shape}")
+    if labels.shape != crop.shape:
+        raise ValueError(f"{path} {crop.shape} != {run}/val_labels.zarr {labels.shape}")
+    io.write_volume(path, crop, chunks=(32, 256, 256), overwrite=True)
     return path
 
 
