@@ -12,6 +12,7 @@ from scipy import ndimage
 from mitoseg.augment import (
     Augmenter,
     adjust_intensity,
+    cut_blur,
     elastic_coordinates,
     line_kernel,
     motion_blur,
@@ -429,3 +430,51 @@ def test_section_artefacts_on_a_single_slice_patch():
     raw_out, labels_out = aug(raw, labels, np.random.default_rng(40))
     np.testing.assert_array_equal(labels_out, labels)  # no misalignment with one slice
     assert raw_out.shape == raw.shape
+
+
+# --------------------------------------------------------------------------- cut-blur
+
+
+def test_cut_blur_lowers_resolution_inside_the_box_only():
+    raw = np.random.default_rng(41).random((16, 32, 32), dtype=np.float32)
+    box = (slice(4, 12), slice(8, 24), slice(0, 20))
+    out = cut_blur(raw, box, 4, planar=False)
+    inside = np.zeros(raw.shape, bool)
+    inside[box] = True
+    np.testing.assert_array_equal(out[~inside], raw[~inside])
+    assert out[box].std() < 0.5 * raw[box].std()  # white noise loses most of its variance
+    assert out[box].mean() == pytest.approx(raw[box].mean(), abs=0.02)
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_planar_cut_blur_never_mixes_z_slices():
+    raw = np.zeros((6, 16, 16), np.float32)
+    raw[3] = 1.0
+    out = cut_blur(raw, (slice(0, 6), slice(0, 16), slice(0, 16)), 2, planar=True)
+    np.testing.assert_allclose(out[3], 1.0)
+    np.testing.assert_array_equal(out[[0, 1, 2, 4, 5]], 0.0)
+    smeared = cut_blur(raw, (slice(0, 6), slice(0, 16), slice(0, 16)), 2, planar=False)
+    assert smeared[2].max() > 0 or smeared[4].max() > 0
+
+
+def test_cut_blur_in_the_augmenter_keeps_labels_and_is_deterministic():
+    raw, labels = patch((16, 24, 24), seed=42)
+    aug = Augmenter(cutblur_prob=1.0, **NOTHING_ELSE)
+    a = aug(raw, labels, np.random.default_rng(43))
+    b = aug(raw, labels, np.random.default_rng(43))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], labels)
+    changed = a[0] != raw
+    assert 0 < changed.mean() < 1  # a box, not the whole patch
+    zs, ys, xs = np.nonzero(changed)
+    box = np.zeros(raw.shape, bool)
+    box[zs.min() : zs.max() + 1, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    assert changed.sum() > 0.5 * box.sum()  # one contiguous box
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"cutblur_prob": 1.5}, {"cutblur_extent": (0.0, 0.5)}, {"cutblur_max_factor": 1}]
+)
+def test_invalid_cut_blur_parameters_raise(kwargs):
+    with pytest.raises(ValueError, match="cutblur"):
+        Augmenter(**kwargs)

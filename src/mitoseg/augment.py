@@ -17,6 +17,11 @@ kept), a misalignment step (raw and labels of all sections from a random z on sh
 in y-x) and motion blur (a line blur on a few raw slices). They are off by default, and a
 disabled option draws nothing from the generator, so configs without them give the same patches
 as before they existed.
+
+Cut-blur (after Yoo et al., CVPR 2020, as used for EM by pytorch_connectomics): a random box of
+the raw patch is replaced by a low-resolution copy of itself (box-filtered, subsampled by an
+integer factor and linearly interpolated back; in y-x only for anisotropic data), so the network
+sees resolution changes within one patch. Labels are kept. Off by default, drawing nothing.
 """
 
 from __future__ import annotations
@@ -241,6 +246,33 @@ def motion_blur(
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def cut_blur(raw: np.ndarray, box: Sequence[slice], factor: int, planar: bool) -> np.ndarray:
+    """Raw with the voxels in ``box`` replaced by a ``factor``-times lower-resolution copy.
+
+    The box is averaged over ``factor`` voxels per axis, subsampled by ``factor`` and linearly
+    interpolated back to its shape; z is left at full resolution when ``planar``.
+
+    Args:
+        raw: float32 (Z, Y, X) in [0, 1].
+        box: three slices with positive extents inside ``raw``.
+        factor: integer downsampling factor >= 2.
+        planar: downsample in y-x only (anisotropic data).
+
+    Returns:
+        float32 (Z, Y, X) in [0, 1], a new array equal to ``raw`` outside ``box``.
+    """
+    region = np.asarray(raw[tuple(box)], dtype=np.float32)
+    if region.ndim != 3 or region.size == 0 or factor < 2:
+        raise ValueError(f"need a non-empty 3D box and factor >= 2, got {region.shape}, {factor}")
+    factors = [1 if planar and axis == 0 else min(factor, n) for axis, n in enumerate(region.shape)]
+    smooth = ndimage.uniform_filter(region, size=factors, mode="reflect")
+    coarse = smooth[tuple(slice(f // 2, None, f) for f in factors)]
+    zoom = [n / c for n, c in zip(region.shape, coarse.shape, strict=True)]
+    out = np.array(raw, dtype=np.float32, order="C", copy=True)
+    out[tuple(box)] = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def _validate_inputs(raw: np.ndarray, labels: np.ndarray) -> None:
     if raw.ndim != 3 or raw.shape != labels.shape:
         raise ValueError(f"need raw and labels of one 3D shape, got {raw.shape} and {labels.shape}")
@@ -271,7 +303,7 @@ class Orientation:
 
 
 _PROBABILITIES = ("elastic_prob", "intensity_prob") + tuple(
-    f"{a}_prob" for a in ("missing_section", "misalignment", "motion_blur")
+    f"{a}_prob" for a in ("missing_section", "misalignment", "motion_blur", "cutblur")
 )
 _COUNTS = ("missing_sections", "misalignment_max_shift", "motion_blur_sections", "motion_blur_size")
 
@@ -322,6 +354,10 @@ class Augmenter:
         motion_blur_sections: most z-slices blurred, at least one (capped at Z), each along a
             uniformly random in-plane direction.
         motion_blur_size: length of the line kernel in voxels.
+        cutblur_prob: probability of cut-blur (``cut_blur``) on a random box of the raw patch,
+            whose sides are uniform in ``cutblur_extent`` times the patch's sides.
+        cutblur_extent: (low, high) fractions of each side, in (0, 1].
+        cutblur_max_factor: the downsampling factor is uniform in [2, cutblur_max_factor].
     """
 
     isotropic: bool = True
@@ -342,8 +378,17 @@ class Augmenter:
     motion_blur_prob: float = 0.0
     motion_blur_sections: int = 2
     motion_blur_size: int = 9
+    cutblur_prob: float = 0.0
+    cutblur_extent: tuple[float, float] = (0.3, 0.7)
+    cutblur_max_factor: int = 4
 
     def __post_init__(self) -> None:
+        low, high = self.cutblur_extent
+        if not 0.0 < low <= high <= 1.0 or self.cutblur_max_factor < 2:
+            raise ValueError(
+                f"cutblur_extent must be 0 < low <= high <= 1, got {self.cutblur_extent}; "
+                f"cutblur_max_factor must be >= 2, got {self.cutblur_max_factor}"
+            )
         for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -396,7 +441,20 @@ class Augmenter:
             labels_out = np.array(labels_v, order="C", copy=True)
         if rng.random() < self.intensity_prob:
             raw_out = adjust_intensity(raw_out, rng, self.brightness, self.contrast, self.gamma)
+        if _happens(self.cutblur_prob, rng):
+            raw_out = self.random_cut_blur(raw_out, rng)
         return self.section_artefacts(raw_out, labels_out, rng)
+
+    def random_cut_blur(self, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``cut_blur`` of a random box with a random factor (see the class docstring)."""
+        low, high = self.cutblur_extent
+        box = []
+        for n in raw.shape:
+            size = max(1, int(round(n * rng.uniform(low, high))))
+            start = int(rng.integers(0, n - size + 1))
+            box.append(slice(start, start + size))
+        factor = int(rng.integers(2, self.cutblur_max_factor + 1))
+        return cut_blur(raw, box, factor, planar=not self.isotropic)
 
     def section_artefacts(
         self, raw: np.ndarray, labels: np.ndarray, rng: np.random.Generator
