@@ -9,7 +9,7 @@ LUCCHI ?= ../shared/data/lucchi_pp
 # Volume size (Gvox) of the decoder and metric benchmarks; BENCHMARKS.md lists the larger runs.
 BENCH_GVOX ?= 0.05
 
-.PHONY: help install demo test test-all lint bench bench-accuracy clean
+.PHONY: help install demo test test-all lint bench bench-accuracy bench-ablation clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,11 +45,14 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(BIN)/python benchmarks/metrics_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
 	$(BIN)/python benchmarks/predict_scale.py --sizes $(BENCH_GVOX) --monai-max-gvox $(BENCH_GVOX)
 	$(BIN)/python benchmarks/blockwise_scale.py --sizes $(BENCH_GVOX) --stages decode evaluate
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/step_time.py --compile
 
 bench-accuracy: install  ## Lucchi++: lucchipp_cpu vs plain MONAI, 60 min each, then studies (~2.5 h)
 	$(BIN)/python benchmarks/lucchipp_budget.py --root $(LUCCHI) --minutes 60
 	$(BIN)/python benchmarks/lucchipp_studies.py .bench/lucchipp_budget/ours --root $(LUCCHI)
+
+bench-ablation: install  ## Lucchi++ training levers, 7 min per arm, validation only (~2.5 h)
+	$(BIN)/python benchmarks/lucchipp_ablation.py --root $(LUCCHI) --minutes 7
 
 clean:  ## remove outputs and caches (not the venv)
 	rm -rf outputs multirun data_cache .pytest_cache .ruff_cache

@@ -1,0 +1,241 @@
+"""Training levers of ``experiment=lucchipp_cpu`` at a short CPU budget, scored on validation only.
+
+Every arm is ``mitoseg-train experiment=lucchipp_cpu`` with one lever changed, trained for about
+``--minutes`` on this machine, then tile-predicted (no TTA) and swept over thresholds on the
+validation part of the training volume (``data.test=null``: the test volume is never read). A
+study compares its arms with the reference arm, which is shared by all studies; the seed study
+repeats the reference with another seed, as a yardstick for run-to-run noise.
+
+Fair budgets: levers that change the cost of a step (network, patch and batch, elastic
+deformation) would leave a step-based schedule unfinished or cut short. Before the runs, every arm's
+step time is probed in this process (its network's forward + backward + AdamW step on random data
+of its patch and batch shape, plus its augmentation of one patch per sample) and its
+``trainer.max_steps`` (the end of its cosine schedule) is the number of such steps that fits in the
+budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe. One epoch is the
+whole run, so validation runs once, at the end, and is the checkpoint that is scored.
+
+Each arm's run folder is OUT/<arm>; the tables are printed and written to OUT/summary.md and
+OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
+them, with the step-time probes of OUT/probes.json.
+
+    python benchmarks/lucchipp_ablation.py --root ../shared/data/lucchi_pp --minutes 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = "reference"
+# arm -> (study, what changes, overrides); the reference arm is experiment=lucchipp_cpu as it is.
+ARMS: dict[str, tuple[str, str, list[str]]] = {
+    REFERENCE: ("all", "lucchipp_cpu: MONAI UNet 16-128, 96^3 x 2, BCE + Dice, lr 2e-3", []),
+    "seed1": ("seed", "seed 1 instead of 0", ["seed=1"]),
+    "class_balance": ("loss", "class-balanced BCE + Dice", ["target.loss.class_balance=true"]),
+    "bce_only": ("loss", "BCE only (no Dice)", ["target.loss.dice_weight=0"]),
+    "elastic": ("augmentation", "+ elastic deformation, p 0.3", ["data.augment.elastic_prob=0.3"]),
+    "cutblur": ("augmentation", "+ cut-blur, p 0.3", ["data.augment.cutblur_prob=0.3"]),
+    "flips_only": (
+        "augmentation", "flips only: no transposes or 90-degree rotations",
+        ["data.augment.transpose=false", "data.augment.rotate90=false"],
+    ),
+    "lr1e-3": ("optimiser", "AdamW lr 1e-3", ["module.optimizer.lr=0.001"]),
+    "lr4e-3": ("optimiser", "AdamW lr 4e-3", ["module.optimizer.lr=0.004"]),
+    "patch64x4": ("patch", "64^3 x 4", ["data.patch_shape=[64,64,64]", "data.batch_size=4"]),
+    "patch128x1": (
+        "patch", "128^3 x 1", ["data.patch_shape=[128,128,128]", "data.batch_size=1"],
+    ),
+    "unet_deeper": (
+        "network", "MONAI UNet 16-256, 5 levels",
+        ["model.channels=[16,32,64,128,256]", "model.strides=[2,2,2,2]"],
+    ),
+    "unet_res1": ("network", "MONAI UNet, 1 residual unit per level", ["model.num_res_units=1"]),
+    "resunet": ("network", "ResidualUNet3D 16-128 + SE, full res.", ["model=resunet"]),
+}  # fmt: skip
+STUDIES = ("seed", "loss", "augmentation", "optimiser", "patch", "network")
+OVERHEAD_S = 0.05  # per step: patch sampling, zarr reads, logging (not in the probe)
+
+
+def hms(seconds: float) -> str:
+    total = int(round(seconds))
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def compose(overrides: list[str]):  # type: ignore[no-untyped-def]
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
+    from mitoseg.cli.common import CONFIG_PATH
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_PATH), version_base="1.3"):
+        return hydra_compose(
+            "train", overrides=["experiment=lucchipp_cpu", "data.root=/x", *overrides]
+        )
+
+
+def probe_step_seconds(arms: list[str]) -> dict[str, float]:
+    """Seconds per training step of each arm: its network's step + its augmentation + overhead.
+
+    Each distinct network (model, patch, batch, layout) and augmentation is probed once, so arms
+    that cost the same (seed, loss, learning rate) get the same step count, not probe noise.
+    """
+    from omegaconf import OmegaConf
+
+    network: dict[str, float] = {}
+    augment: dict[str, float] = {}
+    out = {}
+    for arm in arms:
+        cfg = compose(ARMS[arm][2])
+        shape = {"patch": list(cfg.data.patch_shape), "batch": int(cfg.data.batch_size)}
+        net_key = OmegaConf.to_yaml({**shape, "model": cfg.model, "cl": cfg.module.channels_last})
+        aug_key = OmegaConf.to_yaml({**shape, "augment": cfg.data.augment})
+        if net_key not in network:
+            network[net_key] = probe_network(cfg)
+        if aug_key not in augment:
+            augment[aug_key] = probe_augment(cfg)
+        out[arm] = network[net_key] + augment[aug_key] + OVERHEAD_S
+    return out
+
+
+def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per forward + backward + AdamW step on random data, after one warm-up step."""
+    import torch
+    from hydra.utils import instantiate
+
+    batch, patch = int(cfg.data.batch_size), tuple(cfg.data.patch_shape)
+    torch.manual_seed(0)
+    net = instantiate(cfg.model)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 1, *patch), (torch.rand(batch, 1, *patch) > 0.5).float()
+    if cfg.module.channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def probe_augment(cfg, patches: int = 20) -> float:  # type: ignore[no-untyped-def]
+    """Seconds to augment one batch (``patches`` patches timed, scaled to the batch size)."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    batch, patch = int(cfg.data.batch_size), tuple(cfg.data.patch_shape)
+    augmenter = instantiate(cfg.data.augment)
+    rng = np.random.default_rng(0)
+    raw = rng.random(patch, dtype=np.float32)
+    labels = (rng.random(patch) > 0.7).astype(np.uint32)
+    start = time.perf_counter()
+    for _ in range(patches):
+        augmenter(raw, labels, rng)
+    return (time.perf_counter() - start) / patches * batch
+
+
+def run_arm(name: str, root: Path, out: Path, seconds: float, step_s: float, reuse: bool) -> dict:
+    import torch
+
+    study, change, overrides = ARMS[name]
+    run = out / name
+    cfg = compose(overrides)
+    steps = max(50, int(seconds / step_s))
+    if not (reuse and (run / "metrics.json").is_file()):
+        cmd = [
+            str(Path(sys.executable).parent / "mitoseg-train"), "experiment=lucchipp_cpu",
+            f"data.root={root}", "data.test=null", "predict.tta=none",
+            f"trainer.max_steps={steps}", f"trainer.max_time={hms(2 * seconds)}",
+            f"data.samples_per_epoch={steps * int(cfg.data.batch_size)}",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", "overwrite=true",
+            *overrides,
+        ]  # fmt: skip
+        start = time.time()
+        with open(out / f"{name}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        (run / "timing.json").write_text(json.dumps({"start": start, "end": time.time()}))
+    timing = json.loads((run / "timing.json").read_text())
+    (best,) = (run / "checkpoints").glob("step*.ckpt")
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    at_half = [r for r in metrics["val"] if r["threshold"] == 0.5]
+    best_row = max(metrics["val"], key=lambda r: r["fg_iou"])
+    return {
+        "arm": name, "study": study, "change": change, "overrides": overrides,
+        "probe_s_per_step": round(step_s, 3), "max_steps": steps,
+        "steps": int(last["global_step"]),
+        "fit_minutes": round((best.stat().st_mtime - timing["start"]) / 60, 1),
+        "val_fg_iou_at_0.5": round(at_half[0]["fg_iou"], 4),
+        "val_fg_iou_best": round(best_row["fg_iou"], 4), "best_threshold": best_row["threshold"],
+    }  # fmt: skip
+
+
+def tables(rows: list[dict]) -> str:
+    by_arm = {r["arm"]: r for r in rows}
+    ref = by_arm.get(REFERENCE)
+    lines = []
+    for study in STUDIES:
+        arms = [r for r in rows if r["study"] == study]
+        if not arms:
+            continue
+        lines += [
+            f"\n### {study}\n",
+            "| arm | change | s/step (probe) | steps | val fg IoU @0.5 | best val fg IoU (thr) "
+            "| vs reference |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in ([ref] if ref else []) + arms:
+            delta = (
+                ""
+                if not ref or r is ref
+                else f"{r['val_fg_iou_best'] - ref['val_fg_iou_best']:+.4f}"
+            )
+            lines.append(
+                f"| {r['arm']} | {r['change']} | {r['probe_s_per_step']:.2f} | {r['steps']} | "
+                f"{r['val_fg_iou_at_0.5']:.4f} | {r['val_fg_iou_best']:.4f} "
+                f"({r['best_threshold']}) | {delta} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="folder with the Lucchi++ TIFFs")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training budget per arm")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--out", type=Path, default=Path(".bench/lucchipp_ablation"))
+    parser.add_argument("--reuse", action="store_true", help="collect finished arms")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    arms = [REFERENCE] + [a for a in args.arms if a != REFERENCE]
+    # Probes are kept in OUT/probes.json, so that re-runs (--reuse) give the same step counts.
+    probes_path = out / "probes.json"
+    probes = json.loads(probes_path.read_text()) if args.reuse and probes_path.is_file() else {}
+    probes.update(probe_step_seconds([a for a in arms if a not in probes]))
+    probes_path.write_text(json.dumps(probes, indent=1))
+    print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
+    rows = []
+    for arm in arms:
+        rows.append(
+            run_arm(arm, args.root.resolve(), out, args.minutes * 60, probes[arm], args.reuse)
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        summary = {"minutes": args.minutes, "rows": rows}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "summary.md").write_text(tables(rows) + "\n")
+    print(tables(rows))
+
+
+if __name__ == "__main__":
+    main()
