@@ -2,9 +2,10 @@
 
 MONAI's UNet 16-32-64-128 (strides 2, 2 residual units) on a batch of 2 x 96^3 with AdamW, as in
 ``experiment=lucchipp_cpu``; the first row (instance norm, default layout) is the plain MONAI
-baseline's setting and the reference of the ratios.
+baseline's setting and the reference of the ratios. ``--compile`` adds the recipe's setting
+(batch norm, channels-last) under ``torch.compile`` (inductor); its compilation is not timed.
 
-    python benchmarks/step_time.py --steps 4
+    python benchmarks/step_time.py --steps 4 [--compile]
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from monai.networks.nets import UNet
 SHAPE = (2, 1, 96, 96, 96)
 
 
-def step_seconds(norm: str, channels_last: bool, steps: int) -> float:
+def step_seconds(norm: str, channels_last: bool, steps: int, compiled: bool = False) -> float:
     torch.manual_seed(0)
     net = UNet(3, 1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm=norm)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    forward = torch.compile(net) if compiled else net
     x, y = torch.randn(*SHAPE), (torch.rand(*SHAPE) > 0.5).float()
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    for i in range(steps + 1):  # the first step warms up and is not timed
-        if i == 1:
+    warm = 3 if compiled else 1  # compilation (and recompiles) happen in the first steps
+    for i in range(steps + warm):  # the warm-up steps are not timed
+        if i == warm:
             start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -39,6 +42,7 @@ def step_seconds(norm: str, channels_last: bool, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {SHAPE}")
     print("| norm | layout | s / step | speed vs instance, default layout |")
@@ -50,6 +54,10 @@ def main() -> None:
             reference = reference or seconds
             layout = "channels-last 3D" if channels_last else "default"
             print(f"| {norm} | {layout} | {seconds:.2f} | {reference / seconds:.2f}x |", flush=True)
+    if args.compile:
+        seconds = step_seconds("batch", True, args.steps, compiled=True)
+        ratio = reference / seconds
+        print(f"| batch, torch.compile | channels-last 3D | {seconds:.2f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,16 @@ def test_validation_panel_shows_the_slice_with_most_foreground() -> None:
     torch.testing.assert_close(module._panel["raw"], raw[1, 0, 2])
     module._keep_panel({"raw": raw, "target": torch.zeros_like(target)}, torch.zeros_like(raw))
     torch.testing.assert_close(module._panel["target"], target[1, 0, 2])
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: about half a minute
+def test_compiled_network_matches_eager_and_keeps_parameter_names() -> None:
+    torch.manual_seed(0)
+    eager = ResidualUNet3D(widths=(4, 8), norm="batch").eval()
+    compiled = ResidualUNet3D(widths=(4, 8), norm="batch").eval()
+    compiled.load_state_dict(eager.state_dict())
+    module = SegmentationModule(compiled, channels_last=True, compile=True)
+    assert list(module.net.state_dict()) == list(eager.state_dict())
+    x = torch.rand(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), eager(x), atol=1e-4, rtol=1e-4)

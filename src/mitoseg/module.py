@@ -92,6 +92,9 @@ class SegmentationModule(pl.LightningModule):
             at ``val_threshold`` as ``val/iou_<name>`` and their mean as ``val/iou``.
         tile_batch: tiles per forward pass when ``predict_step`` gets a whole block.
         blend: tile weighting of blockwise prediction, ``gaussian`` or ``constant``.
+        compile: compile the network's forward in place with ``torch.compile`` (``nn.Module.
+            compile``: parameter names and checkpoints are unchanged). The first steps and every
+            new input shape pay the compilation; inductor on CPU needs a C++ compiler.
     """
 
     def __init__(
@@ -106,10 +109,13 @@ class SegmentationModule(pl.LightningModule):
         channels: Sequence[str] = ("foreground",),
         tile_batch: int = 1,
         blend: str = "gaussian",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
+        if compile:
+            net.compile()
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tta = TTA(tta)
