@@ -47,7 +47,9 @@ def run(cwd: Path, tool: str, *args: str) -> subprocess.CompletedProcess:
 def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(working dir, checkpoint, raw volume of 48 x 128 x 128)."""
     cwd = tmp_path_factory.mktemp("scale")
-    run(cwd, "mitoseg-train", *TINY, "trainer.max_steps=2", "test=false")
+    # logger=none: also checks that training runs without a logger (no learning-rate monitor)
+    run(cwd, "mitoseg-train", *TINY, "trainer.max_steps=2", "test=false", "logger=none")
+    assert not (cwd / "run" / "tensorboard").exists()
     raw = np.random.default_rng(1).integers(0, 256, (48, 128, 128), dtype=np.uint8)
     io.write_volume(cwd / "raw.zarr", raw, chunks=(16, 64, 64))
     return cwd, cwd / "run" / "checkpoints" / "last.ckpt", cwd / "raw.zarr"

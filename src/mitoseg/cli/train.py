@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from mitoseg.callbacks import ConfigInCheckpoint, TestEvaluation
@@ -74,13 +75,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
     datamodule = build_datamodule(cfg)
     module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    if not logger:  # Lightning refuses a learning-rate monitor without a logger (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     run = resolved(cfg)
     stored = {k: run[k] for k in STORED_KEYS} | {
         "data": {"voxel_size_nm": run["data"]["train"].get("voxel_size_nm")}
     }
     callbacks += [ConfigInCheckpoint(stored, run=run), RngStateInCheckpoint()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     if not cfg.test:
