@@ -106,26 +106,18 @@ def probe_step_seconds(arms: list[str]) -> dict[str, float]:
 
 
 def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per forward + backward + AdamW step on random data, after one warm-up step."""
+    """Seconds per forward + backward + AdamW step on random data (``step_time.py``)."""
     import torch
     from hydra.utils import instantiate
 
-    batch, patch = int(cfg.data.batch_size), tuple(cfg.data.patch_shape)
+    sys.path.insert(0, str(HERE))
+    from step_time import time_training_steps
+
     torch.manual_seed(0)
-    net = instantiate(cfg.model)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, 1, *patch), (torch.rand(batch, 1, *patch) > 0.5).float()
-    if cfg.module.channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    for i in range(steps + 1):
-        if i == 1:
-            start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - start) / steps
+    shape = (int(cfg.data.batch_size), 1, *cfg.data.patch_shape)
+    return time_training_steps(
+        instantiate(cfg.model), shape, cfg.module.channels_last, steps, False
+    )
 
 
 def probe_augment(cfg, patches: int = 20) -> float:  # type: ignore[no-untyped-def]

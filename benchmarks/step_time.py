@@ -19,17 +19,19 @@ from monai.networks.nets import UNet
 SHAPE = (2, 1, 96, 96, 96)
 
 
-def step_seconds(norm: str, channels_last: bool, steps: int, compiled: bool = False) -> float:
-    torch.manual_seed(0)
-    net = UNet(3, 1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm=norm)
+def time_training_steps(
+    net: torch.nn.Module, shape: tuple[int, ...], channels_last: bool, steps: int, compiled: bool
+) -> float:
+    """Seconds per BCE forward + backward + AdamW step of ``net`` on random data of ``shape``
+    (N, 1, Z, Y, X), after untimed warm-up steps (three when compiled: it compiles there)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    forward = torch.compile(net) if compiled else net
-    x, y = torch.randn(*SHAPE), (torch.rand(*SHAPE) > 0.5).float()
+    x, y = torch.randn(*shape), (torch.rand(*shape) > 0.5).float()
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    warm = 3 if compiled else 1  # compilation (and recompiles) happen in the first steps
-    for i in range(steps + warm):  # the warm-up steps are not timed
+    forward = torch.compile(net) if compiled else net
+    warm = 3 if compiled else 1
+    for i in range(steps + warm):
         if i == warm:
             start = time.perf_counter()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(x), y)
@@ -37,6 +39,12 @@ def step_seconds(norm: str, channels_last: bool, steps: int, compiled: bool = Fa
         loss.backward()
         optimizer.step()
     return (time.perf_counter() - start) / steps
+
+
+def step_seconds(norm: str, channels_last: bool, steps: int, compiled: bool = False) -> float:
+    torch.manual_seed(0)
+    net = UNet(3, 1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm=norm)
+    return time_training_steps(net, SHAPE, channels_last, steps, compiled)
 
 
 def main() -> None:
