@@ -36,6 +36,7 @@ REFERENCE = "reference"
 ARMS: dict[str, tuple[str, str, list[str]]] = {
     REFERENCE: ("all", "lucchipp_cpu: MONAI UNet 16-128, 96^3 x 2, BCE + Dice, lr 2e-3", []),
     "seed1": ("seed", "seed 1 instead of 0", ["seed=1"]),
+    "seed2": ("seed", "seed 2 instead of 0", ["seed=2"]),
     "class_balance": ("loss", "class-balanced BCE + Dice", ["target.loss.class_balance=true"]),
     "bce_only": ("loss", "BCE only (no Dice)", ["target.loss.dice_weight=0"]),
     "elastic": ("augmentation", "+ elastic deformation, p 0.3", ["data.augment.elastic_prob=0.3"]),
@@ -87,22 +88,29 @@ def probe_step_seconds(arms: list[str]) -> dict[str, float]:
     Each distinct network (model, patch, batch, layout) and augmentation is probed once, so arms
     that cost the same (seed, loss, learning rate) get the same step count, not probe noise.
     """
-    from omegaconf import OmegaConf
 
     network: dict[str, float] = {}
     augment: dict[str, float] = {}
     out = {}
     for arm in arms:
-        cfg = compose(ARMS[arm][2])
-        shape = {"patch": list(cfg.data.patch_shape), "batch": int(cfg.data.batch_size)}
-        net_key = OmegaConf.to_yaml({**shape, "model": cfg.model, "cl": cfg.module.channels_last})
-        aug_key = OmegaConf.to_yaml({**shape, "augment": cfg.data.augment})
+        net_key, aug_key, cfg = cost_keys(arm)
         if net_key not in network:
             network[net_key] = probe_network(cfg)
         if aug_key not in augment:
             augment[aug_key] = probe_augment(cfg)
         out[arm] = network[net_key] + augment[aug_key] + OVERHEAD_S
     return out
+
+
+def cost_keys(arm: str):  # type: ignore[no-untyped-def]
+    """(network key, augmentation key, config) of an arm: arms with equal keys cost the same."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(ARMS[arm][2])
+    shape = {"patch": list(cfg.data.patch_shape), "batch": int(cfg.data.batch_size)}
+    net_key = OmegaConf.to_yaml({**shape, "model": cfg.model, "cl": cfg.module.channels_last})
+    aug_key = OmegaConf.to_yaml({**shape, "augment": cfg.data.augment})
+    return net_key, aug_key, cfg
 
 
 def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -214,7 +222,10 @@ def main() -> None:
     # Probes are kept in OUT/probes.json, so that re-runs (--reuse) give the same step counts.
     probes_path = out / "probes.json"
     probes = json.loads(probes_path.read_text()) if args.reuse and probes_path.is_file() else {}
-    probes.update(probe_step_seconds([a for a in arms if a not in probes]))
+    known = {cost_keys(a)[:2]: s for a, s in probes.items() if a in ARMS}
+    for arm in arms:  # an arm that costs the same as a probed one shares its probe
+        probes.setdefault(arm, known.get(cost_keys(arm)[:2]))
+    probes.update(probe_step_seconds([a for a in arms if probes.get(a) is None]))
     probes_path.write_text(json.dumps(probes, indent=1))
     print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
     rows = []
