@@ -18,7 +18,7 @@ Each arm's run folder is OUT/<arm>; the tables are printed and written to OUT/su
 OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
 them, with the step-time probes of OUT/probes.json.
 
-    python benchmarks/lucchipp_ablation.py --root ../shared/data/lucchi_pp --minutes 6
+    python benchmarks/lucchipp_ablation.py --root ../shared/data/lucchi_pp --minutes 7
 """
 
 from __future__ import annotations
@@ -82,18 +82,22 @@ def compose(overrides: list[str]):  # type: ignore[no-untyped-def]
         )
 
 
-def probe_step_seconds(arms: list[str]) -> dict[str, float]:
+def probe_step_seconds(arms: list[str], stored: dict[str, float]) -> dict[str, float]:
     """Seconds per training step of each arm: its network's step + its augmentation + overhead.
 
     Each distinct network (model, patch, batch, layout) and augmentation is probed once, so arms
-    that cost the same (seed, loss, learning rate) get the same step count, not probe noise.
+    that cost the same (seed, loss, learning rate) get the same step count, not probe noise. An
+    arm that costs the same as one in ``stored`` (earlier probes, by arm) takes its value.
     """
-
+    known = {cost_keys(a)[:2]: s for a, s in stored.items() if a in ARMS}
     network: dict[str, float] = {}
     augment: dict[str, float] = {}
     out = {}
     for arm in arms:
         net_key, aug_key, cfg = cost_keys(arm)
+        if (net_key, aug_key) in known:
+            out[arm] = known[net_key, aug_key]
+            continue
         if net_key not in network:
             network[net_key] = probe_network(cfg)
         if aug_key not in augment:
@@ -211,7 +215,7 @@ def tables(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="folder with the Lucchi++ TIFFs")
-    parser.add_argument("--minutes", type=float, default=6.0, help="training budget per arm")
+    parser.add_argument("--minutes", type=float, default=7.0, help="training budget per arm")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--out", type=Path, default=Path(".bench/lucchipp_ablation"))
     parser.add_argument("--reuse", action="store_true", help="collect finished arms")
@@ -222,10 +226,7 @@ def main() -> None:
     # Probes are kept in OUT/probes.json, so that re-runs (--reuse) give the same step counts.
     probes_path = out / "probes.json"
     probes = json.loads(probes_path.read_text()) if args.reuse and probes_path.is_file() else {}
-    known = {cost_keys(a)[:2]: s for a, s in probes.items() if a in ARMS}
-    for arm in arms:  # an arm that costs the same as a probed one shares its probe
-        probes.setdefault(arm, known.get(cost_keys(arm)[:2]))
-    probes.update(probe_step_seconds([a for a in arms if probes.get(a) is None]))
+    probes.update(probe_step_seconds(arms, probes))
     probes_path.write_text(json.dumps(probes, indent=1))
     print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
     rows = []
