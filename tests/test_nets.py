@@ -35,3 +35,23 @@ def test_gradients_reach_every_parameter() -> None:
     net = ResidualUNet3D(widths=(4, 8))
     net(torch.randn(2, 1, 8, 8, 8)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_stem_stride_runs_every_level_on_a_coarser_grid() -> None:
+    net = ResidualUNet3D(widths=(4, 8, 16), stem_stride=[1, 2, 2], se=False).eval()
+    assert net.divisor == (4, 8, 8)
+    seen = []
+    net.encoders[0].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    assert net(torch.randn(1, 1, 8, 16, 24)).shape == (1, 1, 8, 16, 24)
+    assert seen == [(8, 8, 12)]
+    with pytest.raises(ValueError, match=r"\(8, 12, 24\).*divisible by \(4, 8, 8\)"):
+        net(torch.randn(1, 1, 8, 12, 24))
+
+
+def test_without_a_stem_the_parameters_are_unchanged() -> None:
+    """stem_stride=1 adds no parameters, so checkpoints from before the option still load."""
+    names = ResidualUNet3D(widths=(4, 8)).state_dict().keys()
+    assert not [n for n in names if "stem" in n]
+    assert any("stem" in n for n in ResidualUNet3D(widths=(4, 8), stem_stride=2).state_dict())
+    with pytest.raises(ValueError, match="stem_stride"):
+        ResidualUNet3D(widths=(4, 8), stem_stride=0)
