@@ -119,3 +119,29 @@ def test_segment_sweep_reuses_probabilities_and_writes_one_table(trained: Path) 
     for row in rows:
         expected = by_threshold[float(row["threshold"])]["fg_iou"]
         assert float(row["fg_iou"]) == pytest.approx(expected)
+
+
+def test_train_sweep_writes_one_table_best_by_validation(tmp_path: Path) -> None:
+    """``mitoseg-train -m``: one run per value, then one table whose best row is chosen by the
+    validation score (the test columns are there to read, not to choose by)."""
+    tiny = [a for a in TINY if not a.startswith("hydra.run.dir")]
+    result = run(
+        "mitoseg-train", "-m", *tiny, "logger=none", "module.optimizer.lr=0.01,0.0001",
+        "hydra.sweep.dir=sweep", cwd=tmp_path,
+    )  # fmt: skip
+    assert "sweep summary" in result.stdout
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep_summary.csv").open()))
+    assert [r["overrides"] for r in rows] == [
+        "module.optimizer.lr=0.01",
+        "module.optimizer.lr=0.0001",
+    ]
+    for row, job in zip(rows, ("0", "1"), strict=True):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert row["checkpoint"] == metrics["checkpoint"] and row["checkpoint"].endswith(".ckpt")
+        assert (tmp_path / "sweep" / job / "checkpoints" / row["checkpoint"]).is_file()
+        assert float(row["threshold"]) == metrics["selected"]["threshold"]
+        (val,) = [r for r in metrics["val"] if r["threshold"] == metrics["selected"]["threshold"]]
+        assert float(row["val_fg_iou"]) == pytest.approx(val["fg_iou"])
+        assert float(row["test_fg_iou"]) == pytest.approx(metrics["final"]["fg_iou"])
+    best = max(rows, key=lambda r: float(r["val_fg_iou"]))
+    assert [r["best"] for r in rows] == ["*" if r is best else "" for r in rows]

@@ -209,6 +209,7 @@ class TestEvaluation(TilePredictionWriter):
         else:
             scores, decoder, final_set = self._evaluate(sets, probs, labels)
         self.metrics["final"] = {"set": final_set, **decode.params(decoder), **(scores or {})}
+        self.metrics["checkpoint"] = Path(trainer.ckpt_path).name if trainer.ckpt_path else None
         write_json_atomic(self.output_dir / "metrics.json", self.metrics)
         if self.blockwise is None:
             self._write_labels(sets["val"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io as text_io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from torch import nn
 
 from mitoseg.callbacks import CHECKPOINT_KEY
 from mitoseg.checkpoint_io import UnsafeCheckpointError, load_weights_only
+from mitoseg.evaluate import format_table
+from mitoseg.report import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +119,49 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return container
+
+
+def drop_shared_overrides(rows: list[dict[str, Any]]) -> None:
+    """Keep only the overrides that differ between runs (what the sweep varied)."""
+    split = [row["overrides"].split(" ") for row in rows]
+    shared = set.intersection(*(set(s) for s in split)) if len(split) > 1 else set()
+    for row, items in zip(rows, split, strict=True):
+        row["overrides"] = " ".join(i for i in items if i not in shared)
+
+
+def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
+    """Mark the row with the highest ``metric`` (None: fg_iou for masks, ap75 for instances)."""
+    if metric is None:
+        metric = "fg_iou" if rows and "fg_iou" in rows[0] else "ap75"
+    scored = [r for r in rows if isinstance(r.get(metric), float) and r[metric] == r[metric]]
+    for row in rows:
+        row["best"] = ""
+    if scored:
+        max(scored, key=lambda r: r[metric])["best"] = "*"
+
+
+def write_sweep_summary(
+    sweep_dir: Path, rows: list[dict[str, Any]], metric: str | None, plot: bool = True
+) -> None:
+    """After a multirun: ``sweep_summary.csv`` and ``.md`` (one row per run, the varied overrides,
+    the best run by ``metric`` marked) and, with ``plot``, ``sweep_plot.png`` of the scores
+    against the swept decoder parameters; printed."""
+    from mitoseg.plots import sweep_plot, unit_score_columns
+
+    if not rows:
+        return
+    drop_shared_overrides(rows)
+    mark_best(rows, metric)
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
+    table = format_table(rows)
+    write_text_atomic(sweep_dir / "sweep_summary.md", table + "\n")
+    written = f"{sweep_dir}/sweep_summary.csv"
+    scores = unit_score_columns(rows) if plot else []
+    if scores:  # runs without labels have nothing to plot
+        sweep_plot(sweep_dir / "sweep_plot.png", rows, scores)
+        written += ", sweep_plot.png"
+    print(f"sweep summary ({written}):\n{table}")

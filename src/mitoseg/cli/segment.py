@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io as text_io
 import json
 import logging
 from pathlib import Path
@@ -16,10 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mitoseg import decode, io
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import CONFIG_PATH, write_sweep_summary
 from mitoseg.evaluate import format_table
-from mitoseg.plots import sweep_plot, unit_score_columns
-from mitoseg.report import columns_of, write_json_atomic, write_text_atomic
+from mitoseg.report import columns_of, write_json_atomic
 from mitoseg.volumes import FileVolumes
 
 log = logging.getLogger(__name__)
@@ -106,48 +103,12 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def drop_shared_overrides(rows: list[dict[str, Any]]) -> None:
-    """Keep only the overrides that differ between runs (what the sweep varied)."""
-    split = [row["overrides"].split(" ") for row in rows]
-    shared = set.intersection(*(set(s) for s in split)) if len(split) > 1 else set()
-    for row, items in zip(rows, split, strict=True):
-        row["overrides"] = " ".join(i for i in items if i not in shared)
-
-
-def mark_best(rows: list[dict[str, Any]], metric: str | None) -> None:
-    """Mark the row with the highest ``metric`` (None: fg_iou for masks, ap75 for instances)."""
-    if metric is None:
-        metric = "fg_iou" if rows and "fg_iou" in rows[0] else "ap75"
-    scored = [r for r in rows if isinstance(r.get(metric), float) and r[metric] == r[metric]]
-    for row in rows:
-        row["best"] = ""
-    if scored:
-        max(scored, key=lambda r: r[metric])["best"] = "*"
-
-
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, write and print one table of every run's scores."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = summary_rows(sweep_dir)
-        if not rows:
-            return
-        drop_shared_overrides(rows)
-        mark_best(rows, config.get("select_metric"))
-        buffer = text_io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
-        table = format_table(rows)
-        write_text_atomic(sweep_dir / "sweep_summary.md", table + "\n")
-        written = f"{sweep_dir}/sweep_summary.csv"
-        scores = unit_score_columns(rows)
-        if scores:  # runs without labels have nothing to plot
-            sweep_plot(sweep_dir / "sweep_plot.png", rows, scores)
-            written += ", sweep_plot.png"
-        print(f"sweep summary ({written}):\n{table}")
+        write_sweep_summary(sweep_dir, summary_rows(sweep_dir), config.get("select_metric"))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="segment")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -24,8 +26,9 @@ from mitoseg.cli.common import (
     check_target,
     load_checkpoint,
     resolved,
+    write_sweep_summary,
 )
-from mitoseg.report import results_table
+from mitoseg.report import columns_of, results_table
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
     return evaluation.metrics
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per training run of a sweep: its overrides (from ``.hydra/overrides.yaml``), the
+    tested checkpoint, the decoder parameters chosen on validation, and the scores of the
+    validation part (``val_*``, at those parameters) and of the test volume (``test_*``)."""
+    rows = []
+    for path in sorted(
+        sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)
+    ):
+        metrics = json.loads(path.read_text())
+        overrides = path.parent / ".hydra" / "overrides.yaml"
+        items = OmegaConf.load(overrides) if overrides.is_file() else []
+        selected = metrics["selected"]
+        chosen = [r for r in metrics["val"] if all(r[k] == selected[k] for k in metrics["swept"])]
+        val = chosen[0] if chosen else {}
+        row: dict[str, Any] = {
+            "run": path.parent.name,
+            "overrides": " ".join(str(i) for i in items),
+            "checkpoint": metrics.get("checkpoint") or "",
+            **selected,
+        }
+        row.update({f"val_{k}": val.get(k, "") for k in columns_of(val or metrics["final"])})
+        if metrics["final"]["set"] == "test":
+            final = metrics["final"]
+            row.update({f"test_{k}": final.get(k, "") for k in columns_of(final)})
+        rows.append(row)
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after ``mitoseg-train -m``, one table of every run, the best marked by its
+    validation score (``evaluate.select_metric``), never by the test volume."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        metric = f"val_{config.evaluate.select_metric}"
+        write_sweep_summary(sweep_dir, summary_rows(sweep_dir), metric, plot=False)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
