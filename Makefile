@@ -51,7 +51,7 @@ bench-accuracy: install  ## Lucchi++: lucchipp_cpu vs plain MONAI, 60 min each, 
 	$(BIN)/python benchmarks/lucchipp_budget.py --root $(LUCCHI) --minutes 60
 	$(BIN)/python benchmarks/lucchipp_studies.py .bench/lucchipp_budget/ours --root $(LUCCHI)
 
-bench-ablation: install  ## Lucchi++ training levers, 7 min per arm, validation only (~2.5 h)
+bench-ablation: install  ## Lucchi++ training levers: one multirun, 7 min per arm, validation only (~3 h)
 	$(BIN)/python benchmarks/lucchipp_ablation.py --root $(LUCCHI) --minutes 7
 
 clean:  ## remove outputs and caches (not the venv)

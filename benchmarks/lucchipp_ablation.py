@@ -2,7 +2,10 @@
 
 Every arm is ``mitoseg-train experiment=lucchipp_cpu`` with one lever changed, trained for about
 ``--minutes`` on this machine, then tile-predicted (no TTA) and swept over thresholds on the
-validation part of the training volume (``data.test=null``: the test volume is never read). A
+validation part of the training volume (``data.test=null``: the test volume is never read). The
+arms run as one Hydra multirun, ``mitoseg-train -m experiment=lucchipp_cpu ... +arm=a,b,...``:
+each arm is a config of the ``arm`` group written to OUT/conf/arm/ (its overrides and its step
+budget), and mitoseg-train's sweep summary lands in OUT/sweep_summary.md. A
 study compares its arms with the reference arm, which is shared by all studies; the seed study
 repeats the reference with another seed, as a yardstick for run-to-run noise.
 
@@ -14,9 +17,9 @@ of its patch and batch shape, plus its augmentation of one patch per sample) and
 budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe. One epoch is the
 whole run, so validation runs once, at the end, and is the checkpoint that is scored.
 
-Each arm's run folder is OUT/<arm>; the tables are printed and written to OUT/summary.md and
-OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
-them, with the step-time probes of OUT/probes.json.
+Each arm's run folder is OUT/<arm>; the tables by study are printed and written to OUT/summary.md
+and OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
+them, with the step-time probes of OUT/probes.json; the multirun then holds the other arms only.
 
     python benchmarks/lucchipp_ablation.py --root ../shared/data/lucchi_pp --minutes 7
 """
@@ -56,9 +59,28 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
         ["model.channels=[16,32,64,128,256]", "model.strides=[2,2,2,2]"],
     ),
     "unet_res1": ("network", "MONAI UNet, 1 residual unit per level", ["model.num_res_units=1"]),
-    "resunet": ("network", "ResidualUNet3D 16-128 + SE, full res.", ["model=resunet"]),
+    "resunet_s2": (
+        "network", "ResidualUNet3D 16-128 + SE, stride-2 stem",
+        ["model=resunet", "model.stem_stride=2"],
+    ),
+    "resunet_s2_nose": (
+        "network", "ResidualUNet3D 16-128, stride-2 stem, no SE",
+        ["model=resunet", "model.stem_stride=2", "model.se=false"],
+    ),
+    "resunet_s2_aniso": (
+        "network", "ResidualUNet3D 16-128 + SE, stride-2 stem, (1,3,3) kernels at the top 2 levels",
+        ["model=resunet", "model.stem_stride=2", "model.kernel_sizes=[[1,3,3],[1,3,3],3,3]"],
+    ),
+    "segresnet": (
+        "network", "MONAI SegResNet, 8 initial filters, full res.",
+        ["model=monai_segresnet", "model.init_filters=8"],
+    ),
+    "bf16": (
+        "precision", "bf16 autocast (trainer.precision=bf16-mixed)",
+        ["trainer.precision=bf16-mixed"],
+    ),
 }  # fmt: skip
-STUDIES = ("seed", "loss", "augmentation", "optimiser", "patch", "network")
+STUDIES = ("seed", "loss", "augmentation", "optimiser", "patch", "network", "precision")
 OVERHEAD_S = 0.05  # per step: patch sampling, zarr reads, logging (not in the probe)
 
 
@@ -112,13 +134,15 @@ def cost_keys(arm: str):  # type: ignore[no-untyped-def]
 
     cfg = compose(ARMS[arm][2])
     shape = {"patch": list(cfg.data.patch_shape), "batch": int(cfg.data.batch_size)}
-    net_key = OmegaConf.to_yaml({**shape, "model": cfg.model, "cl": cfg.module.channels_last})
+    net = {"model": cfg.model, "cl": cfg.module.channels_last, "precision": cfg.trainer.precision}
+    net_key = OmegaConf.to_yaml({**shape, **net})
     aug_key = OmegaConf.to_yaml({**shape, "augment": cfg.data.augment})
     return net_key, aug_key, cfg
 
 
 def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per forward + backward + AdamW step on random data (``step_time.py``)."""
+    """Seconds per forward + backward + AdamW step on random data (``step_time.py``), under bf16
+    autocast when the arm trains in bf16."""
     import torch
     from hydra.utils import instantiate
 
@@ -127,8 +151,9 @@ def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
 
     torch.manual_seed(0)
     shape = (int(cfg.data.batch_size), 1, *cfg.data.patch_shape)
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
     return time_training_steps(
-        instantiate(cfg.model), shape, cfg.module.channels_last, steps, False
+        instantiate(cfg.model), shape, cfg.module.channels_last, steps, False, bf16
     )
 
 
@@ -148,37 +173,63 @@ def probe_augment(cfg, patches: int = 20) -> float:  # type: ignore[no-untyped-d
     return (time.perf_counter() - start) / patches * batch
 
 
-def run_arm(name: str, root: Path, out: Path, seconds: float, step_s: float, reuse: bool) -> dict:
+def arm_config(name: str, steps: int) -> str:
+    """The arm as a config of the ``arm`` group (``+arm=NAME``): its overrides (a config group
+    one, such as ``model=resunet``, in its defaults list) and its step budget."""
+    from omegaconf import OmegaConf
+
+    from mitoseg.cli.common import CONFIG_PATH
+
+    overrides = ARMS[name][2]
+    groups = [o for o in overrides if (Path(CONFIG_PATH) / o.split("=")[0]).is_dir()]
+    values = OmegaConf.from_dotlist([o for o in overrides if o not in groups])
+    batch = int(compose(overrides).data.batch_size)
+    budget = {"trainer": {"max_steps": steps}, "data": {"samples_per_epoch": steps * batch}}
+    values = OmegaConf.merge(values, budget)
+    head = f"# @package _global_\n# {name}: {ARMS[name][1]}\n"
+    if groups:
+        head += "defaults:\n" + "".join(
+            f"  - override /{g.split('=')[0]}: {g.split('=')[1]}\n" for g in groups
+        )
+    return head + OmegaConf.to_yaml(values)
+
+
+def run_sweep(names: list[str], root: Path, out: Path, seconds: float, steps: dict) -> None:
+    """One Hydra multirun over the arms: ``mitoseg-train -m ... +arm=a,b,...``, each arm in
+    OUT/<arm>; the arm configs are written to OUT/conf/arm/ first."""
+    conf = out / "conf" / "arm"
+    conf.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (conf / f"{name}.yaml").write_text(arm_config(name, steps[name]))
+    cmd = [
+        str(Path(sys.executable).parent / "mitoseg-train"), "-m", "experiment=lucchipp_cpu",
+        f"data.root={root}", "data.test=null", "predict.tta=none",
+        f"trainer.max_time={hms(2 * seconds)}", "trainer.enable_progress_bar=false",
+        "overwrite=true", f"hydra.searchpath=[file://{out / 'conf'}]", f"+arm={','.join(names)}",
+        f"hydra.sweep.dir={out}", "hydra.sweep.subdir=${hydra:runtime.choices.arm}",
+    ]  # fmt: skip
+    print(" ".join(cmd[1:]), flush=True)
+    with open(out / "multirun.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def collect(name: str, out: Path, step_s: float, max_steps: int) -> dict:
+    """The row of a finished arm: steps trained, fit time, validation scores."""
     import torch
 
     study, change, overrides = ARMS[name]
     run = out / name
-    cfg = compose(overrides)
-    steps = max(50, int(seconds / step_s))
-    if not (reuse and (run / "metrics.json").is_file()):
-        cmd = [
-            str(Path(sys.executable).parent / "mitoseg-train"), "experiment=lucchipp_cpu",
-            f"data.root={root}", "data.test=null", "predict.tta=none",
-            f"trainer.max_steps={steps}", f"trainer.max_time={hms(2 * seconds)}",
-            f"data.samples_per_epoch={steps * int(cfg.data.batch_size)}",
-            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", "overwrite=true",
-            *overrides,
-        ]  # fmt: skip
-        start = time.time()
-        with open(out / f"{name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        (run / "timing.json").write_text(json.dumps({"start": start, "end": time.time()}))
-    timing = json.loads((run / "timing.json").read_text())
     (best,) = (run / "checkpoints").glob("step*.ckpt")
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     metrics = json.loads((run / "metrics.json").read_text())
     at_half = [r for r in metrics["val"] if r["threshold"] == 0.5]
     best_row = max(metrics["val"], key=lambda r: r["fg_iou"])
+    started = (run / ".hydra" / "config.yaml").stat().st_mtime  # written as the job starts
     return {
         "arm": name, "study": study, "change": change, "overrides": overrides,
-        "probe_s_per_step": round(step_s, 3), "max_steps": steps,
+        "probe_s_per_step": round(step_s, 3), "max_steps": max_steps,
         "steps": int(last["global_step"]),
-        "fit_minutes": round((best.stat().st_mtime - timing["start"]) / 60, 1),
+        "fit_minutes": round((best.stat().st_mtime - started) / 60, 1),
         "val_fg_iou_at_0.5": round(at_half[0]["fg_iou"], 4),
         "val_fg_iou_best": round(best_row["fg_iou"], 4), "best_threshold": best_row["threshold"],
     }  # fmt: skip
@@ -229,15 +280,14 @@ def main() -> None:
     probes.update(probe_step_seconds(arms, probes))
     probes_path.write_text(json.dumps(probes, indent=1))
     print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
-    rows = []
-    for arm in arms:
-        rows.append(
-            run_arm(arm, args.root.resolve(), out, args.minutes * 60, probes[arm], args.reuse)
-        )
-        print(json.dumps(rows[-1]), flush=True)
-        summary = {"minutes": args.minutes, "rows": rows}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        (out / "summary.md").write_text(tables(rows) + "\n")
+    seconds = args.minutes * 60
+    steps = {arm: max(50, int(seconds / probes[arm])) for arm in arms}
+    todo = [a for a in arms if not (args.reuse and (out / a / "metrics.json").is_file())]
+    if todo:
+        run_sweep(todo, args.root.resolve(), out, seconds, steps)
+    rows = [collect(arm, out, probes[arm], steps[arm]) for arm in arms]
+    (out / "summary.json").write_text(json.dumps({"minutes": args.minutes, "rows": rows}, indent=1))
+    (out / "summary.md").write_text(tables(rows) + "\n")
     print(tables(rows))
 
 
