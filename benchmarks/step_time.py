@@ -4,8 +4,10 @@ MONAI's UNet 16-32-64-128 (strides 2, 2 residual units) on a batch of 2 x 96^3 w
 ``experiment=lucchipp_cpu``; the first row (instance norm, default layout) is the plain MONAI
 baseline's setting and the reference of the ratios. ``--compile`` adds the recipe's setting
 (batch norm, channels-last) under ``torch.compile`` (inductor); its compilation is not timed.
+``--bf16`` adds it under bf16 autocast (``trainer.precision=bf16-mixed``), which pays only where
+the CPU has bf16 instructions (AVX512-BF16, AMX) or on a GPU.
 
-    python benchmarks/step_time.py --steps 4 [--compile]
+    python benchmarks/step_time.py --steps 4 [--compile] [--bf16]
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ SHAPE = (2, 1, 96, 96, 96)
 
 
 def time_training_steps(
-    net: torch.nn.Module, shape: tuple[int, ...], channels_last: bool, steps: int, compiled: bool
+    net: torch.nn.Module,
+    shape: tuple[int, ...],
+    channels_last: bool,
+    steps: int,
+    compiled: bool,
+    bf16: bool = False,
 ) -> float:
     """Seconds per BCE forward + backward + AdamW step of ``net`` on random data of ``shape``
-    (N, 1, Z, Y, X), after untimed warm-up steps (three when compiled: it compiles there)."""
+    (N, 1, Z, Y, X), after untimed warm-up steps (three when compiled: it compiles there);
+    ``bf16``: the forward pass and loss under CPU bf16 autocast, as Lightning's bf16-mixed."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x, y = torch.randn(*shape), (torch.rand(*shape) > 0.5).float()
     if channels_last:
@@ -34,23 +42,27 @@ def time_training_steps(
     for i in range(steps + warm):
         if i == warm:
             start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return (time.perf_counter() - start) / steps
 
 
-def step_seconds(norm: str, channels_last: bool, steps: int, compiled: bool = False) -> float:
+def step_seconds(
+    norm: str, channels_last: bool, steps: int, compiled: bool = False, bf16: bool = False
+) -> float:
     torch.manual_seed(0)
     net = UNet(3, 1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm=norm)
-    return time_training_steps(net, SHAPE, channels_last, steps, compiled)
+    return time_training_steps(net, SHAPE, channels_last, steps, compiled, bf16)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
+    parser.add_argument("--bf16", action="store_true", help="add a bf16 autocast row")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {SHAPE}")
     print("| norm | layout | s / step | speed vs instance, default layout |")
@@ -66,6 +78,10 @@ def main() -> None:
         seconds = step_seconds("batch", True, args.steps, compiled=True)
         ratio = reference / seconds
         print(f"| batch, torch.compile | channels-last 3D | {seconds:.2f} | {ratio:.2f}x |")
+    if args.bf16:
+        seconds = step_seconds("batch", True, args.steps, bf16=True)
+        ratio = reference / seconds
+        print(f"| batch, bf16 autocast | channels-last 3D | {seconds:.2f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
