@@ -14,7 +14,9 @@ deformation) would leave a step-based schedule unfinished or cut short. Before t
 step time is probed in this process (its network's forward + backward + AdamW step on random data
 of its patch and batch shape, plus its augmentation of one patch per sample) and its
 ``trainer.max_steps`` (the end of its cosine schedule) is the number of such steps that fits in the
-budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe. One epoch is the
+budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe, and the recipe's
+step budget (``callbacks.step_budget``, timed up to the first validation) is off, as validation
+runs only at the end. One epoch is the
 whole run, so validation runs once, at the end, and is the checkpoint that is scored.
 
 Each arm's run folder is OUT/<arm>; the tables by study are printed and written to OUT/summary.md
@@ -204,7 +206,8 @@ def run_sweep(names: list[str], root: Path, out: Path, seconds: float, steps: di
     cmd = [
         str(Path(sys.executable).parent / "mitoseg-train"), "-m", "experiment=lucchipp_cpu",
         f"data.root={root}", "data.test=null", "predict.tta=none",
-        f"trainer.max_time={hms(2 * seconds)}", "trainer.enable_progress_bar=false",
+        f"trainer.max_time={hms(2 * seconds)}", "~callbacks.step_budget",
+        "trainer.enable_progress_bar=false",
         "overwrite=true", f"hydra.searchpath=[file://{out / 'conf'}]", f"+arm={','.join(names)}",
         f"hydra.sweep.dir={out}", "hydra.sweep.subdir=${hydra:runtime.choices.arm}",
     ]  # fmt: skip

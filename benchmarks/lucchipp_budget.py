@@ -63,6 +63,8 @@ def run_ours(root: Path, out: Path, minutes: float, extra: list[str], reuse: boo
         "impl": "ours",
         "command": "mitoseg-train " + " ".join(cmd[1:]),
         "steps": int(last["global_step"]),
+        # the step count callbacks.step_budget fitted to the budget on this machine, if on
+        "step_budget": last["mitoseg"]["run"].get("step_budget"),
         "threshold": metrics["selected"]["threshold"],
         "test": metrics["final"],
         "wall_s": wall,

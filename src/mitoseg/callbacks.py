@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
 
 from mitoseg import decode, io
 from mitoseg.geometry import Box, BoxView
@@ -57,6 +59,125 @@ class ConfigInCheckpoint(pl.Callback):
             "run": self.run,
             "versions": self.versions,
         }
+
+
+class StepBudget(pl.Callback):
+    """Fit the schedule to the wall-clock budget: the cosine ends as ``trainer.max_time`` runs
+    out, on a slow or a fast machine alike.
+
+    At the end of the first validation of a fit, the seconds per step since step ``from_step``
+    (the validation included, so its cost is counted) give the number of steps that fit in
+    ``fraction`` of the budget. That number becomes ``trainer.max_steps`` and the ``total_steps``
+    of the LR schedule (:class:`mitoseg.module.WarmupCosine`), and replaces ``trainer.max_steps``
+    in the run config stored in checkpoints. It is decided once, on global rank 0, broadcast to the
+    other ranks and logged; a resumed run keeps it, and ``trainer.max_steps=N
+    ~callbacks.step_budget`` re-runs the same schedule on any machine.
+
+    Args:
+        fraction: share of ``trainer.max_time`` to fill; the rest is the margin for the last
+            validation and checkpoint, and for a misjudged speed.
+        from_step: first step of the timing (the steps before it pay one-off start-up costs).
+    """
+
+    def __init__(self, fraction: float = 0.95, from_step: int = 20) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"callbacks.step_budget.fraction must be in (0, 1], got {fraction}")
+        self.fraction, self.from_step = fraction, from_step
+        self.max_steps: int | None = None
+        self.decision: dict[str, Any] = {}
+        self._start: tuple[int, float] | None = None
+
+    def _timer(self, trainer: pl.Trainer) -> Timer:
+        timers = [c for c in trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
+        if not timers or timers[0].time_remaining() is None:
+            raise ValueError(
+                "callbacks.step_budget fits the schedule to trainer.max_time, which is not set: "
+                "pass e.g. trainer.max_time=00:01:00:00, or remove it with ~callbacks.step_budget"
+            )
+        return timers[0]
+
+    def _schedules(self, trainer: pl.Trainer) -> list[Any]:
+        found = [
+            fn
+            for config in trainer.lr_scheduler_configs
+            for fn in getattr(config.scheduler, "lr_lambdas", [])
+            if hasattr(fn, "total_steps")
+        ]
+        if not found:
+            raise ValueError(
+                "callbacks.step_budget sets the LR schedule's total_steps, but module.scheduler "
+                "has none: use mitoseg.module.warmup_cosine, or remove it with "
+                "~callbacks.step_budget"
+            )
+        return found
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._timer(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._schedules(trainer)
+        if self.max_steps is not None:  # resumed after the decision
+            self._apply(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if self._start is None and trainer.global_step >= self.from_step:
+            self._start = (trainer.global_step, time.monotonic())
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.max_steps is not None or self._start is None:
+            return
+        step, now = trainer.global_step, time.monotonic()
+        if step <= self._start[0]:
+            return
+        timer = self._timer(trainer)
+        elapsed, budget = timer.time_elapsed(), timer.time_elapsed() + timer.time_remaining()
+        seconds_per_step = (now - self._start[1]) / (step - self._start[0])
+        steps = step + int((self.fraction * budget - elapsed) / seconds_per_step)
+        self.max_steps = int(trainer.strategy.broadcast(max(step + 1, steps), src=0))
+        self.decision = {
+            "max_steps": self.max_steps,
+            "seconds_per_step": round(seconds_per_step, 4),
+            "measured_steps": [self._start[0], step],
+            "budget_seconds": round(budget, 1),
+            "fraction": self.fraction,
+        }
+        self._apply(trainer)
+        log.info(
+            "step budget: %d steps fit %.0f%% of %.1f minutes at %.3f s per step (steps %d-%d, "
+            "validation included); the same schedule anywhere: trainer.max_steps=%d "
+            "~callbacks.step_budget",
+            self.max_steps, 100 * self.fraction, budget / 60, seconds_per_step,
+            self._start[0], step, self.max_steps,
+        )  # fmt: skip
+
+    def _apply(self, trainer: pl.Trainer) -> None:
+        assert self.max_steps is not None
+        trainer.fit_loop.epoch_loop.max_steps = self.max_steps
+        for schedule in self._schedules(trainer):
+            schedule.total_steps = self.max_steps
+        for c in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(c, ConfigInCheckpoint) and c.run is not None:
+                c.run.setdefault("trainer", {})["max_steps"] = self.max_steps
+                scheduler = c.run.get("module", {}).get("scheduler") or {}
+                if "total_steps" in scheduler:
+                    scheduler["total_steps"] = self.max_steps
+                c.run["step_budget"] = self.decision
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_steps": self.max_steps, "decision": self.decision}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.max_steps = state_dict.get("max_steps")
+        self.decision = state_dict.get("decision", {})
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning checks max_steps before on_train_start: a resumed run that is past the
+        # config's max_steps would stop at once, so the decision is applied as it is restored.
+        self.load_state_dict(checkpoint.get("callbacks", {}).get(self.state_key, {}))
+        if self.max_steps is not None:
+            trainer.fit_loop.epoch_loop.max_steps = self.max_steps
 
 
 def create_probs(

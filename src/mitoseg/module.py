@@ -42,18 +42,28 @@ def tta_variants(mode: TTA | str) -> list[tuple[Flips, bool]]:
     return [(f, t) for t in transposes for f in flips]
 
 
+class WarmupCosine:
+    """LR factor of a step: linear warm-up to 1, then cosine decay to ``min_factor`` at
+    ``total_steps``. An object, not a closure, so that ``LambdaLR`` keeps ``total_steps`` in its
+    state (checkpoints) and :class:`mitoseg.callbacks.StepBudget` can set it during a fit."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.01) -> None:
+        self.warmup_steps, self.total_steps, self.min_factor = warmup_steps, total_steps, min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / max(1, self.warmup_steps)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_factor + (1.0 - self.min_factor) * cosine
+
+
 def warmup_cosine(
     optimizer: Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01
 ) -> LRScheduler:
     """Linear warm-up to the base LR, then cosine decay to ``min_factor`` of it at total_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_factor))
 
 
 def confusion_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""StepBudget: the cosine schedule ends as trainer.max_time runs out, whatever the step speed.
+
+Time is a fake clock that the training and validation steps advance, so the step count that fits
+in the budget is known exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mitoseg.callbacks import ConfigInCheckpoint, StepBudget
+from mitoseg.module import WarmupCosine, warmup_cosine
+
+STEP_S, VALIDATION_S = 1.0, 10.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tiny(pl.LightningModule):
+    """A linear model whose steps advance ``clock`` by STEP_S and each validation by
+    VALIDATION_S."""
+
+    def __init__(self, clock: Clock, scheduler: bool = True, step_s: float = STEP_S) -> None:
+        super().__init__()
+        self.clock, self.scheduler, self.step_s = clock, scheduler, step_s
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.clock.now += self.step_s
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.clock.now += VALIDATION_S
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+        if not self.scheduler:
+            return optimizer
+        schedule = warmup_cosine(optimizer, warmup_steps=5, total_steps=100)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def loader() -> DataLoader:
+    return DataLoader(TensorDataset(torch.rand(50, 2)), batch_size=1)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(time, "monotonic", fake)  # StepBudget's and Lightning's Timer's clock
+    return fake
+
+
+def trainer(tmp_path: Path, *callbacks: pl.Callback, max_time: dict | None, **kw) -> pl.Trainer:  # type: ignore[no-untyped-def,type-arg]
+    return pl.Trainer(
+        accelerator="cpu", max_steps=100, max_time=max_time, val_check_interval=50,
+        callbacks=list(callbacks), logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+        num_sanity_val_steps=0, **kw,
+    )  # fmt: skip
+
+
+def expected_steps(
+    budget_s: float, fraction: float, from_step: int, at_step: int, step_s: float = STEP_S
+) -> int:
+    """Steps from_step..at_step and one validation timed; at_step steps and one validation spent."""
+    per_step = ((at_step - from_step) * step_s + VALIDATION_S) / (at_step - from_step)
+    return at_step + int((fraction * budget_s - at_step * step_s - VALIDATION_S) / per_step)
+
+
+def test_the_schedule_ends_when_the_budget_is_nearly_spent(tmp_path: Path, clock: Clock) -> None:
+    run = {"trainer": {"max_steps": 100}, "module": {"scheduler": {"total_steps": 100}}}
+    budget = StepBudget(fraction=0.9, from_step=20)
+    stored = ConfigInCheckpoint({}, run=run)
+    module = Tiny(clock)
+    fit = trainer(tmp_path, budget, stored, max_time={"seconds": 1000})
+    fit.fit(module, loader(), loader())
+    steps = expected_steps(1000, 0.9, 20, 50)  # 50 + (900 - 60) / (40 / 30) = 680
+    assert budget.max_steps == steps == 680
+    assert fit.global_step == steps  # ended by max_steps, not by max_time
+    (schedule,) = fit.lr_scheduler_configs[0].scheduler.lr_lambdas
+    assert isinstance(schedule, WarmupCosine) and schedule.total_steps == steps
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)  # the cosine's end
+    assert run["trainer"]["max_steps"] == run["module"]["scheduler"]["total_steps"] == steps
+    assert run["step_budget"]["seconds_per_step"] == pytest.approx(40 / 30, abs=1e-4)
+    assert run["step_budget"]["measured_steps"] == [20, 50]
+
+
+def test_a_slower_machine_gets_fewer_steps(tmp_path: Path, clock: Clock) -> None:
+    budget = StepBudget(fraction=0.9, from_step=20)
+    fit = trainer(tmp_path, budget, max_time={"seconds": 1000})
+    fit.fit(Tiny(clock, step_s=2.0), loader(), loader())
+    steps = expected_steps(1000, 0.9, 20, 50, step_s=2.0)  # 50 + (900 - 110) / (70 / 30) = 388
+    assert budget.max_steps == fit.global_step == steps == 388
+
+
+def test_a_resumed_run_keeps_the_decision(tmp_path: Path, clock: Clock) -> None:
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:  # type: ignore[no-untyped-def]
+            if trainer.global_step == 120:
+                trainer.should_stop = True
+
+    first = trainer(tmp_path, StepBudget(fraction=0.9), StopAt(), max_time={"seconds": 1000})
+    first.fit(Tiny(clock), loader(), loader())
+    assert first.global_step == 120
+    path = tmp_path / "interrupted.ckpt"
+    first.save_checkpoint(path)
+
+    clock.now += 5000  # a resumed run is timed from the elapsed time stored in the checkpoint
+    fresh = StepBudget(fraction=0.9)
+    second = trainer(tmp_path, fresh, max_time={"seconds": 1000})
+    second.fit(Tiny(clock), loader(), loader(), ckpt_path=path, weights_only=False)
+    assert fresh.max_steps == second.global_step == expected_steps(1000, 0.9, 20, 50)
+    (schedule,) = second.lr_scheduler_configs[0].scheduler.lr_lambdas
+    assert schedule.total_steps == fresh.max_steps
+
+
+def test_without_max_time_it_names_the_missing_key(tmp_path: Path, clock: Clock) -> None:
+    with pytest.raises(ValueError, match="trainer.max_time"):
+        trainer(tmp_path, StepBudget(), max_time=None).fit(Tiny(clock), loader(), loader())
+
+
+def test_without_a_schedule_to_set_it_names_the_key(tmp_path: Path, clock: Clock) -> None:
+    fit = trainer(tmp_path, StepBudget(), max_time={"seconds": 100})
+    with pytest.raises(ValueError, match="module.scheduler"):
+        fit.fit(Tiny(clock, scheduler=False), loader(), loader())
+
+
+def test_the_fraction_must_be_a_share() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        StepBudget(fraction=1.5)
+
+
+def test_warmup_cosine_keeps_total_steps_in_its_state() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_cosine(optimizer, warmup_steps=5, total_steps=100)
+    schedule.lr_lambdas[0].total_steps = 700
+    restored = warmup_cosine(optimizer, warmup_steps=5, total_steps=100)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.lr_lambdas[0].total_steps == 700
