@@ -65,13 +65,16 @@ class StepBudget(pl.Callback):
     """Fit the schedule to the wall-clock budget: the cosine ends as ``trainer.max_time`` runs
     out, on a slow or a fast machine alike.
 
-    At the end of the first validation of a fit, the seconds per step since step ``from_step``
-    (the validation included, so its cost is counted) give the number of steps that fit in
+    At the end of every validation of a fit, the seconds per step since step ``from_step``
+    (validations included, so their cost is counted) give the number of steps that fit in
     ``fraction`` of the budget. That number becomes ``trainer.max_steps`` and the ``total_steps``
     of the LR schedule (:class:`mitoseg.module.WarmupCosine`), and replaces ``trainer.max_steps``
-    in the run config stored in checkpoints. It is decided once, on global rank 0, broadcast to the
-    other ranks and logged; a resumed run keeps it, and ``trainer.max_steps=N
-    ~callbacks.step_budget`` re-runs the same schedule on any machine.
+    in the run config stored in checkpoints. The first estimate, after a few minutes, is revised
+    at each later validation from all the steps timed so far, so that a machine whose speed
+    drifts (a shared host) still ends the cosine inside the budget; each revision moves the rest
+    of the cosine a little. The number is computed on global rank 0 and broadcast, logged, and kept
+    in checkpoints with its revisions; a resumed run goes on from it, and ``trainer.max_steps=N
+    ~callbacks.step_budget`` re-runs the same number of steps on any machine.
 
     Args:
         fraction: share of ``trainer.max_time`` to fill; the rest is the margin for the last
@@ -124,7 +127,7 @@ class StepBudget(pl.Callback):
             self._start = (trainer.global_step, time.monotonic())
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.max_steps is not None or self._start is None:
+        if trainer.sanity_checking or self._start is None:
             return
         step, now = trainer.global_step, time.monotonic()
         if step <= self._start[0]:
@@ -133,21 +136,23 @@ class StepBudget(pl.Callback):
         elapsed, budget = timer.time_elapsed(), timer.time_elapsed() + timer.time_remaining()
         seconds_per_step = (now - self._start[1]) / (step - self._start[0])
         steps = step + int((self.fraction * budget - elapsed) / seconds_per_step)
-        self.max_steps = int(trainer.strategy.broadcast(max(step + 1, steps), src=0))
+        steps = int(trainer.strategy.broadcast(max(step + 1, steps), src=0))
+        revisions = self.decision.get("revisions", [])
+        self.max_steps = steps
         self.decision = {
-            "max_steps": self.max_steps,
+            "max_steps": steps,
             "seconds_per_step": round(seconds_per_step, 4),
             "measured_steps": [self._start[0], step],
             "budget_seconds": round(budget, 1),
             "fraction": self.fraction,
+            "revisions": [*revisions, [step, steps]],  # [at step, max_steps]
         }
         self._apply(trainer)
         log.info(
             "step budget: %d steps fit %.0f%% of %.1f minutes at %.3f s per step (steps %d-%d, "
-            "validation included); the same schedule anywhere: trainer.max_steps=%d "
+            "validation included); the same step count anywhere: trainer.max_steps=%d "
             "~callbacks.step_budget",
-            self.max_steps, 100 * self.fraction, budget / 60, seconds_per_step,
-            self._start[0], step, self.max_steps,
+            steps, 100 * self.fraction, budget / 60, seconds_per_step, self._start[0], step, steps,
         )  # fmt: skip
 
     def _apply(self, trainer: pl.Trainer) -> None:
