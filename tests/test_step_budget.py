@@ -68,12 +68,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def trainer(tmp_path: Path, *callbacks: pl.Callback, max_time: dict | None, **kw) -> pl.Trainer:  # type: ignore[no-untyped-def,type-arg]
+def trainer(tmp_path: Path, *callbacks: pl.Callback, max_time: dict | None) -> pl.Trainer:  # type: ignore[type-arg]
     return pl.Trainer(
         accelerator="cpu", max_steps=100, max_time=max_time, val_check_interval=50,
         callbacks=list(callbacks), logger=False, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-        num_sanity_val_steps=0, **kw,
+        num_sanity_val_steps=0,
     )  # fmt: skip
 
 
