@@ -15,9 +15,8 @@ step time is probed in this process (its network's forward + backward + AdamW st
 of its patch and batch shape, plus its augmentation of one patch per sample) and its
 ``trainer.max_steps`` (the end of its cosine schedule) is the number of such steps that fits in the
 budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe, and the recipe's
-step budget (``callbacks.step_budget``, timed up to the first validation) is off, as validation
-runs only at the end. One epoch is the
-whole run, so validation runs once, at the end, and is the checkpoint that is scored.
+step budget (``callbacks.step_budget``, which re-times the steps at each validation) is off. One
+epoch is the whole run, so validation runs once, at the end, and is the checkpoint that is scored.
 
 Each arm's run folder is OUT/<arm>; the tables by study are printed and written to OUT/summary.md
 and OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running

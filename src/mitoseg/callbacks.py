@@ -86,9 +86,13 @@ class StepBudget(pl.Callback):
         if not 0 < fraction <= 1:
             raise ValueError(f"callbacks.step_budget.fraction must be in (0, 1], got {fraction}")
         self.fraction, self.from_step = fraction, from_step
-        self.max_steps: int | None = None
-        self.decision: dict[str, Any] = {}
+        self.decision: dict[str, Any] = {}  # max_steps, the timing behind it, its revisions
         self._start: tuple[int, float] | None = None
+
+    @property
+    def max_steps(self) -> int | None:
+        """The fitted step count; None before the first estimate."""
+        return self.decision.get("max_steps")
 
     def _timer(self, trainer: pl.Trainer) -> Timer:
         timers = [c for c in trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
@@ -138,7 +142,6 @@ class StepBudget(pl.Callback):
         steps = step + int((self.fraction * budget - elapsed) / seconds_per_step)
         steps = int(trainer.strategy.broadcast(max(step + 1, steps), src=0))
         revisions = self.decision.get("revisions", [])
-        self.max_steps = steps
         self.decision = {
             "max_steps": steps,
             "seconds_per_step": round(seconds_per_step, 4),
@@ -169,10 +172,9 @@ class StepBudget(pl.Callback):
                 c.run["step_budget"] = self.decision
 
     def state_dict(self) -> dict[str, Any]:
-        return {"max_steps": self.max_steps, "decision": self.decision}
+        return {"decision": self.decision}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.max_steps = state_dict.get("max_steps")
         self.decision = state_dict.get("decision", {})
 
     def on_load_checkpoint(
