@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -111,6 +112,10 @@ def probe_step_seconds(arms: list[str], stored: dict[str, float]) -> dict[str, f
     Each distinct network (model, patch, batch, layout) and augmentation is probed once, so arms
     that cost the same (seed, loss, learning rate) get the same step count, not probe noise. An
     arm that costs the same as one in ``stored`` (earlier probes, by arm) takes its value.
+
+    The first network probed in a process is first run once untimed: timed cold, the reference
+    (probed first) came out 10-40 % slower per step than when probed again (fresh memory for its
+    activations), so the arms probed after it got more steps than it.
     """
     known = {cost_keys(a)[:2]: s for a, s in stored.items() if a in ARMS}
     network: dict[str, float] = {}
@@ -122,6 +127,8 @@ def probe_step_seconds(arms: list[str], stored: dict[str, float]) -> dict[str, f
             out[arm] = known[net_key, aug_key]
             continue
         if net_key not in network:
+            if not network:
+                probe_network(cfg, steps=1)  # warm-up, untimed
             network[net_key] = probe_network(cfg)
         if aug_key not in augment:
             augment[aug_key] = probe_augment(cfg)
@@ -141,9 +148,10 @@ def cost_keys(arm: str):  # type: ignore[no-untyped-def]
     return net_key, aug_key, cfg
 
 
-def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
+def probe_network(cfg, steps: int = 5) -> float:  # type: ignore[no-untyped-def]
     """Seconds per forward + backward + AdamW step on random data (``step_time.py``), under bf16
-    autocast when the arm trains in bf16."""
+    autocast when the arm trains in bf16: the median of ``steps`` steps timed one by one, so that
+    a stall of the host during one step does not move the arm's step count."""
     import torch
     from hydra.utils import instantiate
 
@@ -153,8 +161,10 @@ def probe_network(cfg, steps: int = 3) -> float:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     shape = (int(cfg.data.batch_size), 1, *cfg.data.patch_shape)
     bf16 = str(cfg.trainer.precision).startswith("bf16")
-    return time_training_steps(
-        instantiate(cfg.model), shape, cfg.module.channels_last, steps, False, bf16
+    net = instantiate(cfg.model)
+    return statistics.median(
+        time_training_steps(net, shape, cfg.module.channels_last, 1, False, bf16)
+        for _ in range(steps)
     )
 
 

@@ -34,3 +34,30 @@ def test_probe_keys_tell_apart_what_changes_a_steps_cost() -> None:
     assert ablation.cost_keys("bf16")[1] == ref[1]
     assert ablation.cost_keys("resunet_s2")[0] != ref[0]
     assert ablation.cost_keys("elastic")[1] != ref[1]
+
+
+def test_probes_warm_up_once_then_time_each_network_once(monkeypatch) -> None:
+    # The first network timed in a process ran slow (the reference got fewer steps than the
+    # arms probed after it): one untimed run comes first, then each distinct network is timed once.
+    calls: list[tuple[str, int]] = []
+
+    def fake_network(cfg, steps: int = 5) -> float:  # type: ignore[no-untyped-def]
+        calls.append((str(cfg.model._target_), steps))
+        return 0.5 if steps > 1 else 99.0  # a warm-up's time must not be used
+
+    monkeypatch.setattr(ablation, "probe_network", fake_network)
+    monkeypatch.setattr(ablation, "probe_augment", lambda cfg: 0.0)
+    probes = ablation.probe_step_seconds(["reference", "seed1", "unet_res1"], {})
+    assert [steps for _, steps in calls] == [1, 5, 5]
+    assert calls[0][0] == calls[1][0]
+    assert probes == {arm: 0.5 + ablation.OVERHEAD_S for arm in ("reference", "seed1", "unet_res1")}
+
+
+def test_network_probe_is_the_median_of_single_steps(monkeypatch) -> None:
+    # One stalled step (the host's speed drifts) does not move an arm's step count.
+    import step_time
+
+    times = iter([0.4, 9.0, 0.5, 0.45, 0.42])
+    monkeypatch.setattr(step_time, "time_training_steps", lambda *args, **kwargs: next(times))
+    cfg = ablation.compose(["model.channels=[4,8]", "model.strides=[2]"])
+    assert ablation.probe_network(cfg, steps=5) == 0.45
