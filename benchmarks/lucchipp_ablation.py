@@ -226,7 +226,8 @@ def run_sweep(names: list[str], root: Path, out: Path, seconds: float, steps: di
 
 
 def collect(name: str, out: Path, step_s: float, max_steps: int) -> dict:
-    """The row of a finished arm: steps trained, fit time, validation scores."""
+    """The row of a finished arm: steps trained, fit time (from the job's start to its checkpoint,
+    so including start-up and validation), validation scores."""
     import torch
 
     study, change, overrides = ARMS[name]
@@ -257,9 +258,9 @@ def tables(rows: list[dict]) -> str:
             continue
         lines += [
             f"\n### {study}\n",
-            "| arm | change | s/step (probe) | steps | val fg IoU @0.5 | best val fg IoU (thr) "
-            "| vs reference |",
-            "|---|---|---|---|---|---|---|",
+            "| arm | change | s/step (probe) | steps | minutes | val fg IoU @0.5 "
+            "| best val fg IoU (thr) | vs reference |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in ([ref] if ref else []) + arms:
             delta = (
@@ -269,7 +270,7 @@ def tables(rows: list[dict]) -> str:
             )
             lines.append(
                 f"| {r['arm']} | {r['change']} | {r['probe_s_per_step']:.2f} | {r['steps']} | "
-                f"{r['val_fg_iou_at_0.5']:.4f} | {r['val_fg_iou_best']:.4f} "
+                f"{r['fit_minutes']} | {r['val_fg_iou_at_0.5']:.4f} | {r['val_fg_iou_best']:.4f} "
                 f"({r['best_threshold']}) | {delta} |"
             )
     return "\n".join(lines)

@@ -61,3 +61,19 @@ def test_network_probe_is_the_median_of_single_steps(monkeypatch) -> None:
     monkeypatch.setattr(step_time, "time_training_steps", lambda *args, **kwargs: next(times))
     cfg = ablation.compose(["model.channels=[4,8]", "model.strides=[2]"])
     assert ablation.probe_network(cfg, steps=5) == 0.45
+
+
+def test_tables_show_each_arms_training_minutes_and_its_difference_to_the_reference() -> None:
+    def row(arm: str, minutes: float, best: float) -> dict:
+        study, change, _ = ablation.ARMS[arm]
+        return {
+            "arm": arm, "study": study, "change": change, "probe_s_per_step": 0.5, "steps": 840,
+            "fit_minutes": minutes, "val_fg_iou_at_0.5": 0.8, "val_fg_iou_best": best,
+            "best_threshold": 0.6,
+        }  # fmt: skip
+
+    text = ablation.tables([row("reference", 7.3, 0.85), row("patch64x4", 9.2, 0.8625)])
+    lines = [line for line in text.splitlines() if line.startswith("| patch64x4")]
+    expected = "| patch64x4 | 64^3 x 4 | 0.50 | 840 | 9.2 | 0.8000 | 0.8625 (0.6) | +0.0125 |"
+    assert lines == [expected]
+    assert "### patch" in text and "### loss" not in text
