@@ -114,8 +114,8 @@ def probe_step_seconds(arms: list[str], stored: dict[str, float]) -> dict[str, f
     arm that costs the same as one in ``stored`` (earlier probes, by arm) takes its value.
 
     The first network probed in a process is first run once untimed: timed cold, the reference
-    (probed first) came out 10-40 % slower per step than when probed again (fresh memory for its
-    activations), so the arms probed after it got more steps than it.
+    (probed first) came out 10-40 % slower per step than when probed again in the same process
+    (cause not isolated), so the arms probed after it got more steps than it.
     """
     known = {cost_keys(a)[:2]: s for a, s in stored.items() if a in ARMS}
     network: dict[str, float] = {}
