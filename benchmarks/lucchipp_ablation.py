@@ -11,12 +11,12 @@ repeats the reference with another seed, as a yardstick for run-to-run noise.
 
 Fair budgets: levers that change the cost of a step (network, patch and batch, elastic
 deformation) would leave a step-based schedule unfinished or cut short. Before the runs, every arm's
-step time is probed in this process (its network's forward + backward + AdamW step on random data
-of its patch and batch shape, plus its augmentation of one patch per sample) and its
-``trainer.max_steps`` (the end of its cosine schedule) is the number of such steps that fits in the
-budget. ``trainer.max_time`` (twice the budget) only guards against a bad probe, and the recipe's
-step budget (``callbacks.step_budget``, which re-times the steps at each validation) is off. One
-epoch is the whole run, so validation runs once, at the end, and is the checkpoint that is scored.
+step time is probed in this process by a short real fit of its config (its loader, augmentation,
+network, gradient clipping and AdamW step; no validation), and its ``trainer.max_steps`` (the end of
+its cosine schedule) is the number of such steps that fits in the budget. ``trainer.max_time``
+(twice the budget) only guards against a bad probe, and the recipe's step budget
+(``callbacks.step_budget``, which re-times the steps at each validation) is off. One epoch is the
+whole run, so validation runs once, at the end, and is the checkpoint that is scored.
 
 Each arm's run folder is OUT/<arm>; the tables by study are printed and written to OUT/summary.md
 and OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 REFERENCE = "reference"
 # arm -> (study, what changes, overrides); the reference arm is experiment=lucchipp_cpu as it is.
 ARMS: dict[str, tuple[str, str, list[str]]] = {
@@ -83,7 +82,6 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
     ),
 }  # fmt: skip
 STUDIES = ("seed", "loss", "augmentation", "optimiser", "patch", "network", "precision")
-OVERHEAD_S = 0.05  # per step: patch sampling, zarr reads, logging (not in the probe)
 
 
 def hms(seconds: float) -> str:
@@ -106,33 +104,29 @@ def compose(overrides: list[str]):  # type: ignore[no-untyped-def]
         )
 
 
-def probe_step_seconds(arms: list[str], stored: dict[str, float]) -> dict[str, float]:
-    """Seconds per training step of each arm: its network's step + its augmentation + overhead.
+def probe_step_seconds(arms: list[str], stored: dict[str, float], root: Path) -> dict[str, float]:
+    """Seconds per training step of each arm (:func:`probe_fit` on the data in ``root``).
 
-    Each distinct network (model, patch, batch, layout) and augmentation is probed once, so arms
-    that cost the same (seed, loss, learning rate) get the same step count, not probe noise. An
-    arm that costs the same as one in ``stored`` (earlier probes, by arm) takes its value.
+    Each distinct cost (network, patch, batch, layout, precision, augmentation) is probed once, so
+    arms that cost the same (seed, loss, learning rate) get the same step count, not probe noise.
+    An arm that costs the same as one in ``stored`` (earlier probes, by arm) takes its value.
 
-    The first network probed in a process is first run once untimed: timed cold, the reference
-    (probed first) came out 10-40 % slower per step than when probed again in the same process
-    (cause not isolated), so the arms probed after it got more steps than it.
+    The first fit in a process is first run once untimed: timed cold, the reference (probed
+    first) came out 10-40 % slower per step than when probed again in the same process (cause not
+    isolated), so the arms probed after it got more steps than it.
     """
     known = {cost_keys(a)[:2]: s for a, s in stored.items() if a in ARMS}
-    network: dict[str, float] = {}
-    augment: dict[str, float] = {}
+    warm = False
     out = {}
     for arm in arms:
         net_key, aug_key, cfg = cost_keys(arm)
-        if (net_key, aug_key) in known:
-            out[arm] = known[net_key, aug_key]
-            continue
-        if net_key not in network:
-            if not network:
-                probe_network(cfg, steps=1)  # warm-up, untimed
-            network[net_key] = probe_network(cfg)
-        if aug_key not in augment:
-            augment[aug_key] = probe_augment(cfg)
-        out[arm] = network[net_key] + augment[aug_key] + OVERHEAD_S
+        if (net_key, aug_key) not in known:
+            cfg.data.root, cfg.data.test = str(root), None  # the test volume is never read
+            if not warm:
+                probe_fit(cfg, steps=1)  # warm-up, untimed
+                warm = True
+            known[net_key, aug_key] = probe_fit(cfg)
+        out[arm] = known[net_key, aug_key]
     return out
 
 
@@ -148,40 +142,44 @@ def cost_keys(arm: str):  # type: ignore[no-untyped-def]
     return net_key, aug_key, cfg
 
 
-def probe_network(cfg, steps: int = 5) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per forward + backward + AdamW step on random data (``step_time.py``), under bf16
-    autocast when the arm trains in bf16: the median of ``steps`` steps timed one by one, so that
-    a stall of the host during one step does not move the arm's step count."""
-    import torch
+def probe_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per training step of a short fit of ``cfg`` (``steps`` + 1 steps, no validation,
+    no logger or checkpoints): the median time from the end of one step to the end of the next.
+
+    So a step's cost counts its batch's patch draws, zarr reads, augmentation and collation
+    (per sample: a larger batch of smaller patches pays more of them) with the forward, backward,
+    gradient clipping and AdamW step under the arm's precision and layout. The first step, which
+    pays one-off costs (finding the foreground blocks, allocating), is not timed; the median keeps
+    a stall of the host during one step from moving the arm's step count.
+    """
+    import tempfile
+
+    import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    sys.path.insert(0, str(HERE))
-    from step_time import time_training_steps
+    from mitoseg.cli.common import build_datamodule
 
-    torch.manual_seed(0)
-    shape = (int(cfg.data.batch_size), 1, *cfg.data.patch_shape)
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
-    net = instantiate(cfg.model)
-    return statistics.median(
-        time_training_steps(net, shape, cfg.module.channels_last, 1, False, bf16)
-        for _ in range(steps)
-    )
+    class StepEnds(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
 
+        def on_train_batch_end(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            self.times.append(time.perf_counter())
 
-def probe_augment(cfg, patches: int = 20) -> float:  # type: ignore[no-untyped-def]
-    """Seconds to augment one batch (``patches`` patches timed, scaled to the batch size)."""
-    import numpy as np
-    from hydra.utils import instantiate
-
-    batch, patch = int(cfg.data.batch_size), tuple(cfg.data.patch_shape)
-    augmenter = instantiate(cfg.data.augment)
-    rng = np.random.default_rng(0)
-    raw = rng.random(patch, dtype=np.float32)
-    labels = (rng.random(patch) > 0.7).astype(np.uint32)
-    start = time.perf_counter()
-    for _ in range(patches):
-        augmenter(raw, labels, rng)
-    return (time.perf_counter() - start) / patches * batch
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    cfg = cfg.copy()
+    cfg.data.samples_per_epoch = (steps + 1) * int(cfg.data.batch_size)
+    datamodule = build_datamodule(cfg)
+    module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
+    ends = StepEnds()
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = instantiate(
+            cfg.trainer, max_steps=steps + 1, max_time=None, limit_val_batches=0, logger=False,
+            callbacks=[ends], enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=scratch,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=datamodule)
+    return statistics.median(b - a for a, b in zip(ends.times, ends.times[1:], strict=False))
 
 
 def arm_config(name: str, steps: int) -> str:
@@ -290,7 +288,7 @@ def main() -> None:
     # Probes are kept in OUT/probes.json, so that re-runs (--reuse) give the same step counts.
     probes_path = out / "probes.json"
     probes = json.loads(probes_path.read_text()) if args.reuse and probes_path.is_file() else {}
-    probes.update(probe_step_seconds(arms, probes))
+    probes.update(probe_step_seconds(arms, probes, args.root.resolve()))
     probes_path.write_text(json.dumps(probes, indent=1))
     print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
     seconds = args.minutes * 60

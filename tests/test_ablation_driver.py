@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,31 +37,55 @@ def test_probe_keys_tell_apart_what_changes_a_steps_cost() -> None:
     assert ablation.cost_keys("elastic")[1] != ref[1]
 
 
-def test_probes_warm_up_once_then_time_each_network_once(monkeypatch) -> None:
-    # The first network timed in a process ran slow (the reference got fewer steps than the
-    # arms probed after it): one untimed run comes first, then each distinct network is timed once.
+def test_probes_warm_up_once_then_time_each_cost_once(monkeypatch, tmp_path: Path) -> None:
+    # The first fit timed in a process ran slow (the reference got fewer steps than the arms
+    # probed after it): one untimed fit comes first, then each distinct cost is timed once, on
+    # the data root given and never on the test volume.
     calls: list[tuple[str, int]] = []
 
-    def fake_network(cfg, steps: int = 5) -> float:  # type: ignore[no-untyped-def]
-        calls.append((str(cfg.model._target_), steps))
+    def fake_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
+        assert cfg.data.root == str(tmp_path) and cfg.data.test is None
+        calls.append((str(cfg.model.num_res_units), steps))
         return 0.5 if steps > 1 else 99.0  # a warm-up's time must not be used
 
-    monkeypatch.setattr(ablation, "probe_network", fake_network)
-    monkeypatch.setattr(ablation, "probe_augment", lambda cfg: 0.0)
-    probes = ablation.probe_step_seconds(["reference", "seed1", "unet_res1"], {})
-    assert [steps for _, steps in calls] == [1, 5, 5]
-    assert calls[0][0] == calls[1][0]
-    assert probes == {arm: 0.5 + ablation.OVERHEAD_S for arm in ("reference", "seed1", "unet_res1")}
+    monkeypatch.setattr(ablation, "probe_fit", fake_fit)
+    arms = ["reference", "seed1", "unet_res1"]
+    assert ablation.probe_step_seconds(arms, {}, tmp_path) == dict.fromkeys(arms, 0.5)
+    assert calls == [("2", 1), ("2", 8), ("1", 8)]
+    # Stored probes are reused for arms of the same cost, without a fit.
+    calls.clear()
+    assert ablation.probe_step_seconds(["seed2"], {"reference": 0.7}, tmp_path) == {"seed2": 0.7}
+    assert calls == []
 
 
-def test_network_probe_is_the_median_of_single_steps(monkeypatch) -> None:
-    # One stalled step (the host's speed drifts) does not move an arm's step count.
-    import step_time
+def small_fit_config(tmp_path: Path, batch: int):  # type: ignore[no-untyped-def]
+    cfg = ablation.compose(
+        [
+            "model.channels=[4,8]", "model.strides=[2]", "data.patch_shape=[16,32,32]",
+            f"data.batch_size={batch}", f"data.cache_dir={tmp_path}", "data.test=null",
+        ]
+    )  # fmt: skip
+    cfg.data.train = {"_target_": "mitoseg.data.SyntheticVolumes", "shape": [32, 64, 64]}
+    return cfg
 
-    times = iter([0.4, 9.0, 0.5, 0.45, 0.42])
-    monkeypatch.setattr(step_time, "time_training_steps", lambda *args, **kwargs: next(times))
-    cfg = ablation.compose(["model.channels=[4,8]", "model.strides=[2]"])
-    assert ablation.probe_network(cfg, steps=5) == 0.45
+
+def test_fit_probe_counts_the_loading_of_every_sample_of_a_batch(monkeypatch, tmp_path) -> None:
+    # 64^3 x 4 trained on 1.5x the reference's compute when loading was a fixed cost per step:
+    # the probe is a real fit, so a batch of 4 pays for 4 patches. Each patch is made to cost
+    # 30 ms more: the step of batch 4 must cost about 3 x 30 ms more than the step of batch 1.
+    from mitoseg.data import PatchDataset
+
+    draw = PatchDataset.__getitem__
+
+    def slow_draw(self, index):  # type: ignore[no-untyped-def]
+        time.sleep(0.03)
+        return draw(self, index)
+
+    monkeypatch.setattr(PatchDataset, "__getitem__", slow_draw)
+    one = ablation.probe_fit(small_fit_config(tmp_path, 1), steps=6)
+    four = ablation.probe_fit(small_fit_config(tmp_path, 4), steps=6)
+    assert one >= 0.03
+    assert four - one >= 3 * 0.03 * 0.8
 
 
 def test_tables_show_each_arms_training_minutes_and_its_difference_to_the_reference() -> None:
