@@ -21,6 +21,8 @@ whole run, so validation runs once, at the end, and is the checkpoint that is sc
 Each arm's run folder is OUT/<arm>; the tables by study are printed and written to OUT/summary.md
 and OUT/summary.json. ``--reuse`` collects finished arms (their metrics.json) instead of re-running
 them, with the step-time probes of OUT/probes.json; the multirun then holds the other arms only.
+``--probe-only`` writes OUT/probes.json and stops (to check the probes against the step times
+of finished arms, which the tables show as ``s/step (run)``).
 
     python benchmarks/lucchipp_ablation.py --root ../shared/data/lucchi_pp --minutes 7
 """
@@ -223,9 +225,28 @@ def run_sweep(names: list[str], root: Path, out: Path, seconds: float, steps: di
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
+def run_step_seconds(run: Path) -> float | None:
+    """Seconds per training step as the arm trained: from the wall times of its logged training
+    losses (TensorBoard, every ``trainer.log_every_n_steps``), from the second one logged to the
+    last (so neither start-up nor the final validation counts); None without them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for events in sorted((run / "tensorboard").glob("events.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if "train/loss" in accumulator.Tags()["scalars"]:
+            points += accumulator.Scalars("train/loss")
+    if len(points) < 3:
+        return None
+    first, last = points[1], points[-1]
+    return (last.wall_time - first.wall_time) / (last.step - first.step)
+
+
 def collect(name: str, out: Path, step_s: float, max_steps: int) -> dict:
-    """The row of a finished arm: steps trained, fit time (from the job's start to its checkpoint,
-    so including start-up and validation), validation scores."""
+    """The row of a finished arm: steps trained, its step time as probed and as trained, fit time
+    (from the job's start to its checkpoint, so including start-up and validation), validation
+    scores."""
     import torch
 
     study, change, overrides = ARMS[name]
@@ -239,7 +260,7 @@ def collect(name: str, out: Path, step_s: float, max_steps: int) -> dict:
     return {
         "arm": name, "study": study, "change": change, "overrides": overrides,
         "probe_s_per_step": round(step_s, 3), "max_steps": max_steps,
-        "steps": int(last["global_step"]),
+        "steps": int(last["global_step"]), "run_s_per_step": run_step_seconds(run),
         "fit_minutes": round((best.stat().st_mtime - started) / 60, 1),
         "val_fg_iou_at_0.5": round(at_half[0]["fg_iou"], 4),
         "val_fg_iou_best": round(best_row["fg_iou"], 4), "best_threshold": best_row["threshold"],
@@ -247,8 +268,19 @@ def collect(name: str, out: Path, step_s: float, max_steps: int) -> dict:
 
 
 def tables(rows: list[dict]) -> str:
+    """Markdown tables by study, each arm beside the reference. ``time vs ref`` is the arm's
+    training time (steps x its step time as trained) over the reference's: about 1 for a fair arm
+    on an idle host (a host whose speed drifts moves it for arms of equal cost too)."""
     by_arm = {r["arm"]: r for r in rows}
     ref = by_arm.get(REFERENCE)
+
+    def trained_seconds(r: dict) -> float | None:
+        return r["steps"] * r["run_s_per_step"] if r.get("run_s_per_step") else None
+
+    def time_vs_ref(r: dict) -> str:
+        ours, theirs = trained_seconds(r), ref and trained_seconds(ref)
+        return f"{ours / theirs:.2f}" if ours and theirs else "-"
+
     lines = []
     for study in STUDIES:
         arms = [r for r in rows if r["study"] == study]
@@ -256,9 +288,9 @@ def tables(rows: list[dict]) -> str:
             continue
         lines += [
             f"\n### {study}\n",
-            "| arm | change | s/step (probe) | steps | minutes | val fg IoU @0.5 "
-            "| best val fg IoU (thr) | vs reference |",
-            "|---|---|---|---|---|---|---|---|",
+            "| arm | change | s/step (probe) | s/step (run) | steps | time vs ref | minutes "
+            "| val fg IoU @0.5 | best val fg IoU (thr) | vs reference |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in ([ref] if ref else []) + arms:
             delta = (
@@ -266,9 +298,11 @@ def tables(rows: list[dict]) -> str:
                 if not ref or r is ref
                 else f"{r['val_fg_iou_best'] - ref['val_fg_iou_best']:+.4f}"
             )
+            run_s = f"{r['run_s_per_step']:.3f}" if r.get("run_s_per_step") else "-"
             lines.append(
-                f"| {r['arm']} | {r['change']} | {r['probe_s_per_step']:.2f} | {r['steps']} | "
-                f"{r['fit_minutes']} | {r['val_fg_iou_at_0.5']:.4f} | {r['val_fg_iou_best']:.4f} "
+                f"| {r['arm']} | {r['change']} | {r['probe_s_per_step']:.3f} | {run_s} | "
+                f"{r['steps']} | {time_vs_ref(r)} | {r['fit_minutes']} | "
+                f"{r['val_fg_iou_at_0.5']:.4f} | {r['val_fg_iou_best']:.4f} "
                 f"({r['best_threshold']}) | {delta} |"
             )
     return "\n".join(lines)
@@ -281,18 +315,33 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--out", type=Path, default=Path(".bench/lucchipp_ablation"))
     parser.add_argument("--reuse", action="store_true", help="collect finished arms")
+    parser.add_argument("--probe-only", action="store_true", help="write OUT/probes.json, stop")
+    parser.add_argument(
+        "--steps", nargs="+", default=[], metavar="ARM=N",
+        help="train ARM for N steps instead of its probed count (e.g. to match the training time "
+        "an arm took to the reference's, from the tables' s/step (run))",
+    )  # fmt: skip
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     arms = [REFERENCE] + [a for a in args.arms if a != REFERENCE]
+    fixed = {}
+    for item in args.steps:
+        arm, _, count = item.partition("=")
+        if arm not in arms or not count.isdigit() or int(count) < 1:
+            parser.error(f"--steps {item}: expected ARM=N, ARM one of the arms run, N steps > 0")
+        fixed[arm] = int(count)
     # Probes are kept in OUT/probes.json, so that re-runs (--reuse) give the same step counts.
     probes_path = out / "probes.json"
     probes = json.loads(probes_path.read_text()) if args.reuse and probes_path.is_file() else {}
     probes.update(probe_step_seconds(arms, probes, args.root.resolve()))
     probes_path.write_text(json.dumps(probes, indent=1))
     print("probed s/step:", json.dumps({a: round(s, 3) for a, s in probes.items()}), flush=True)
+    if args.probe_only:
+        return
     seconds = args.minutes * 60
     steps = {arm: max(50, int(seconds / probes[arm])) for arm in arms}
+    steps.update(fixed)
     todo = [a for a in arms if not (args.reuse and (out / a / "metrics.json").is_file())]
     if todo:
         run_sweep(todo, args.root.resolve(), out, seconds, steps)
