@@ -47,12 +47,20 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
     "bce_only": ("loss", "BCE only (no Dice)", ["target.loss.dice_weight=0"]),
     "elastic": ("augmentation", "+ elastic deformation, p 0.3", ["data.augment.elastic_prob=0.3"]),
     "cutblur": ("augmentation", "+ cut-blur, p 0.3", ["data.augment.cutblur_prob=0.3"]),
+    "no_intensity": (
+        "augmentation", "no intensity augmentation (brightness, contrast, gamma)",
+        ["data.augment.intensity_prob=0"],
+    ),
     "flips_only": (
         "augmentation", "flips only: no transposes or 90-degree rotations",
         ["data.augment.transpose=false", "data.augment.rotate90=false"],
     ),
     "lr1e-3": ("optimiser", "AdamW lr 1e-3", ["module.optimizer.lr=0.001"]),
     "lr4e-3": ("optimiser", "AdamW lr 4e-3", ["module.optimizer.lr=0.004"]),
+    "constant_lr": (
+        "optimiser", "constant lr 2e-3 after the warm-up (no cosine decay)",
+        ["module.scheduler.min_factor=1.0"],
+    ),
     "patch64x4": ("patch", "64^3 x 4", ["data.patch_shape=[64,64,64]", "data.batch_size=4"]),
     "patch128x1": (
         "patch", "128^3 x 1", ["data.patch_shape=[128,128,128]", "data.batch_size=1"],
