@@ -167,7 +167,7 @@ def probe_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from mitoseg.cli.common import build_datamodule
+    from mitoseg.cli.common import build_datamodule, build_module
 
     class StepEnds(pl.Callback):
         def __init__(self) -> None:
@@ -180,7 +180,7 @@ def probe_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
     cfg = cfg.copy()
     cfg.data.samples_per_epoch = (steps + 1) * int(cfg.data.batch_size)
     datamodule = build_datamodule(cfg)
-    module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
+    module = build_module(cfg)
     ends = StepEnds()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = instantiate(

@@ -114,6 +114,12 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return instantiate(cfg.data, _partial_=True)(target=instantiate(cfg.target.transform))
 
 
+def build_module(cfg: DictConfig) -> Any:
+    """The LightningModule of ``cfg.module`` with the network of ``cfg.model`` and the loss of
+    ``cfg.target``."""
+    return instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
+
+
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain data, interpolations resolved (what checkpoints carry)."""
     container = OmegaConf.to_container(cfg, resolve=True)

@@ -22,6 +22,7 @@ from mitoseg.cli.common import (
     CONFIG_PATH,
     CheckpointError,
     build_datamodule,
+    build_module,
     check_model,
     check_target,
     load_checkpoint,
@@ -77,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
     datamodule = build_datamodule(cfg)
-    module = instantiate(cfg.module, net=instantiate(cfg.model), loss=instantiate(cfg.target.loss))
+    module = build_module(cfg)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if not logger:  # Lightning refuses a learning-rate monitor without a logger (logger=none)
