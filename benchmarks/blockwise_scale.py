@@ -57,7 +57,7 @@ PAIRS, CHAINS = 60, 15  # per slab of 1024 x 1024 in-plane
 
 def slab_labels(plane: int, seed: int = 0) -> np.ndarray:
     """uint32 (SLAB, plane, plane) instance ids 1..n, about 10 % foreground."""
-    from mitoseg.synthetic import _place_objects  # labels only: no raw image to paint
+    from mitoseg.datasets.synthetic import _place_objects  # labels only: no raw image to paint
 
     labels = np.zeros((SLAB, plane, plane), np.uint32)
     share = plane**2 / 1024**2
@@ -71,7 +71,7 @@ def slab_probs(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """uint8 (2, *labels.shape) foreground and contour, periodic in z like the repeated truth."""
     from scipy import ndimage
 
-    from mitoseg.targets import instance_contour
+    from mitoseg.train.targets import instance_contour
 
     rng = np.random.default_rng(seed)
     sigma, wrap = (0.5, 1.5, 1.5), ("wrap", "reflect", "reflect")
@@ -149,7 +149,7 @@ def reset_peak() -> int:
     import cc3d  # noqa: F401
     import skimage.segmentation  # noqa: F401
 
-    import mitoseg.blockwise  # noqa: F401
+    import mitoseg.decode.blockwise  # noqa: F401
 
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -163,9 +163,9 @@ def peak_kib() -> int:
 
 
 def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
-    from mitoseg.blockwise import blockwise_overlaps, connected_components, decode_blockwise
-    from mitoseg.instance_metrics import scores_from_overlaps
-    from mitoseg.watershed import BCWatershed
+    from mitoseg.decode.blockwise import blockwise_overlaps, connected_components, decode_blockwise
+    from mitoseg.decode.watershed import BCWatershed
+    from mitoseg.evaluate.instance import scores_from_overlaps
 
     block, halo = tuple(args.block_shape), tuple(args.halo)
     if stage == "decode":
@@ -186,7 +186,7 @@ def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     """Run one stage on a fresh local cluster; print a JSON line with time and memory."""
-    from mitoseg.blockwise import dask_client
+    from mitoseg.decode.blockwise import dask_client
 
     with dask_client(None, args.workers) as client:
         worker_base = client.run(reset_peak)

@@ -28,7 +28,7 @@ import numpy as np
 BLOCK = (48, 384, 384)
 VOXEL_SIZE_NM = (15.0, 4.0, 4.0)  # objects of ~1e4 voxels, like MitoEM's at 30 x 8 x 8 nm
 KINDS = {
-    "mitoseg": "mitoseg.watershed:bc_watershed",
+    "mitoseg": "mitoseg.decode.watershed:bc_watershed",
     "baseline": "mitoseg.baselines.decoders:bc_watershed",
     "plain": "mitoseg.baselines.decoders:bc_watershed",  # PyTC's plain -F height, heap ties
 }
@@ -45,8 +45,8 @@ def block_probs(seed: int = 0, touching_pairs: int = 8) -> np.ndarray:
     """
     from scipy import ndimage
 
-    from mitoseg.synthetic import make_volume
-    from mitoseg.targets import instance_contour
+    from mitoseg.datasets.synthetic import make_volume
+    from mitoseg.train.targets import instance_contour
 
     _, labels = make_volume(
         BLOCK, seed=seed, voxel_size_nm=VOXEL_SIZE_NM, touching_pairs=touching_pairs

@@ -76,7 +76,8 @@ def write_overlay(root: Path, run: Path, png: Path) -> None:
     cropped to a 384 x 512 window so that the PNG stays small."""
     import tifffile
 
-    from mitoseg import io, plots
+    from mitoseg import io
+    from mitoseg.analyze import plots
 
     window = (slice(192, 576), slice(256, 768))
     mask = io.open_volume(run / "test_mask.zarr")

@@ -1,6 +1,6 @@
 """Instance metrics: mitoseg's one-pass ``instance_scores`` against whole-volume baselines.
 
-The ground truth tiles ``mitoseg.synthetic.make_volume`` labels (a few seeds, ids offset per
+The ground truth tiles ``mitoseg.datasets.synthetic.make_volume`` labels (a few seeds, ids offset per
 tile) to each requested size; the prediction drops 5 % of the ids, merges 5 % into their
 neighbour id and shifts everything by one voxel in x. Each implementation runs in its own
 subprocess on the same arrays (loaded from .npy), which reports wall time and peak RSS above
@@ -37,7 +37,7 @@ _TILE = (32, 256, 256)
 
 
 def _tiles(n_seeds: int) -> list[np.ndarray]:
-    from mitoseg.synthetic import make_volume
+    from mitoseg.datasets.synthetic import make_volume
 
     return [make_volume(_TILE, seed=s, voxel_size_nm=(30.0, 8.0, 8.0))[1] for s in range(n_seeds)]
 
@@ -97,7 +97,7 @@ def _run_worker(impl: str, workdir: Path, slab: int, out: Path) -> None:
     rss0 = _status_kib("VmRSS")
     start = time.perf_counter()
     if impl == "ours":
-        from mitoseg.instance_metrics import instance_scores
+        from mitoseg.evaluate.instance import instance_scores
 
         scores = instance_scores(truth, pred, slab=slab)
     else:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from mitoseg.postprocess import binary_median
+from mitoseg.decode.masks import binary_median
 
 
 def timed(fn, *args, repeat: int = 1):

@@ -55,8 +55,8 @@ def run_ours(raw: Path, output: Path, block: tuple[int, int, int], workers: int)
     import pytorch_lightning as pl
 
     from mitoseg import io
-    from mitoseg.module import SegmentationModule
-    from mitoseg.predict_blocks import BlockPlan, BlockPredictData, BlockWriter
+    from mitoseg.predict.blocks import BlockPlan, BlockPredictData, BlockWriter
+    from mitoseg.train.module import SegmentationModule
 
     base = rss_mib()
     start = time.perf_counter()

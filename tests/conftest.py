@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mitoseg import io
-from mitoseg.synthetic import make_volume
+from mitoseg.datasets.synthetic import make_volume
 
 REPO = Path(__file__).resolve().parents[1]
 LUCCHI = (REPO / ".." / "shared" / "data" / "lucchi_pp").resolve()

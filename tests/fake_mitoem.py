@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from mitoseg.synthetic import make_volume
+from mitoseg.datasets.synthetic import make_volume
 
 # Added to every non-zero id, so labels need more than 8 bits as in the real release.
 ID_OFFSET = 300
@@ -72,7 +72,7 @@ def write_fake_release(
         root: release folder, created if missing.
         depth: slices of train, val and test; test may be 0.
         size: height and width of each slice.
-        seed: seed of :func:`mitoseg.synthetic.make_volume`.
+        seed: seed of :func:`mitoseg.datasets.synthetic.make_volume`.
         label_format: ``"tif"`` (uint32 TIFF) or ``"png16"`` (16-bit PNG) label slices.
         with_json: write the JSON listings too.
 

@@ -65,7 +65,7 @@ def small_fit_config(tmp_path: Path, batch: int):  # type: ignore[no-untyped-def
             f"data.batch_size={batch}", f"data.cache_dir={tmp_path}", "data.test=null",
         ]
     )  # fmt: skip
-    cfg.data.train = {"_target_": "mitoseg.data.SyntheticVolumes", "shape": [32, 64, 64]}
+    cfg.data.train = {"_target_": "mitoseg.train.data.SyntheticVolumes", "shape": [32, 64, 64]}
     return cfg
 
 
@@ -75,7 +75,7 @@ def test_fit_probe_counts_the_loading_of_every_sample_of_a_batch(monkeypatch, tm
     # 0.2 s more (far above the tiny network's step): the step of batch 4 must cost about
     # 3 x 0.2 s more than the step of batch 1; half of that is asked, as a busy host (a parallel
     # test run) was seen to add 0.13 s to a step.
-    from mitoseg.data import PatchDataset
+    from mitoseg.train.data import PatchDataset
 
     delay, draw = 0.2, PatchDataset.__getitem__
 

@@ -1,4 +1,4 @@
-"""Tests for mitoseg.augment: shapes, joint consistency, reachable orientations, determinism."""
+"""Tests for mitoseg.train.augment: shapes, joint consistency, reachable orientations, determinism."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mitoseg.augment import (
+from mitoseg.train.augment import (
     Augmenter,
     adjust_intensity,
     cut_blur,

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mitoseg import io
-from mitoseg import watershed as ws
 from mitoseg.cli.common import CONFIG_PATH
 from mitoseg.cli.segment import blockwise_line, segment
+from mitoseg.decode import watershed as ws
 from tests.test_cli import run
 from tests.test_watershed import OFFSETS, _affinity_probs, _bc_probs
 
@@ -128,7 +128,7 @@ def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch) ->
     them and compute differently."""
     import os
 
-    from mitoseg.blockwise import dask_client
+    from mitoseg.decode.blockwise import dask_client
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = dict(os.environ)

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mitoseg import decode, io
-from mitoseg.blockwise import (
+from mitoseg import io
+from mitoseg.decode import run as decode
+from mitoseg.decode.blockwise import (
     adjusted_rand_index,
     blockwise_confusion,
     blockwise_instance_scores,
     blockwise_overlaps,
     decode_blockwise,
 )
-from mitoseg.evaluate import Confusion
-from mitoseg.instance_metrics import Overlaps, instance_scores, overlaps
-from mitoseg.postprocess import BinarizeMedian
+from mitoseg.decode.masks import BinarizeMedian
+from mitoseg.evaluate.instance import Overlaps, instance_scores, overlaps
+from mitoseg.evaluate.semantic import Confusion
 
 
 def _labels(rng: np.random.Generator, shape, n: int, big_ids: bool) -> np.ndarray:

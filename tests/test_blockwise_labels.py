@@ -11,10 +11,10 @@ import pytest
 from scipy import ndimage
 
 from mitoseg import io
-from mitoseg import watershed as ws
-from mitoseg.blockwise import affinity_components, block_grid, connected_components
-from mitoseg.blockwise.blocks import intersect
-from mitoseg.blockwise.labels import first_voxels, label_grid
+from mitoseg.decode import watershed as ws
+from mitoseg.decode.blockwise import affinity_components, block_grid, connected_components
+from mitoseg.decode.blockwise.blocks import intersect
+from mitoseg.decode.blockwise.labels import first_voxels, label_grid
 from mitoseg.geometry import Box
 
 OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))

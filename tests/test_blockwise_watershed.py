@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mitoseg import io
-from mitoseg import watershed as ws
-from mitoseg.blockwise import adjusted_rand_index, decode_blockwise
-from mitoseg.blockwise import store as block_store
-from mitoseg.instance_metrics import instance_scores, overlaps, scores_from_overlaps
+from mitoseg.decode import watershed as ws
+from mitoseg.decode.blockwise import adjusted_rand_index, decode_blockwise
+from mitoseg.decode.blockwise import store as block_store
+from mitoseg.evaluate.instance import instance_scores, overlaps, scores_from_overlaps
 from tests.test_watershed import OFFSETS, _affinity_probs, _bc_probs, _perfect_bc
 
 # (decoder, probabilities): noisy fields of separate cells and necked pairs, (24, 48, 48).
@@ -66,7 +66,7 @@ def test_identical_with_large_halo_and_close_with_small(name: str, tmp_path: Pat
 @pytest.fixture(scope="module")
 def instance_labels() -> np.ndarray:
     """Touching pairs, necked chains and border objects, (24, 96, 96)."""
-    from mitoseg.synthetic import make_instance_volume
+    from mitoseg.datasets.synthetic import make_instance_volume
 
     return make_instance_volume((24, 96, 96), seed=0)[1]
 
@@ -78,7 +78,7 @@ def test_perfect_targets_decode_to_the_ground_truth(
     """Targets made from the labels, decoded in 8 blocks with a small halo (2, 8, 8): affinities
     give the labels back exactly (every component has one seed); BC and AC find every instance
     and score as the whole-volume decoder does, up to a few contact voxels."""
-    from mitoseg.targets import Affinity, AffinityContour, BinaryContour
+    from mitoseg.train.targets import Affinity, AffinityContour, BinaryContour
 
     labels, loose = instance_labels, dict(min_seed_size=0, min_size=0)
     target, decoder = {
@@ -139,7 +139,7 @@ def test_affinity_seeds_must_be_mask_edges(tmp_path: Path) -> None:
 
 
 def test_cut_off_voxels_take_the_nearest_seed_centroid() -> None:
-    from mitoseg.blockwise.watershed import BlockTables, _nearest_seed
+    from mitoseg.decode.blockwise.watershed import BlockTables, _nearest_seed
 
     comps = np.zeros((1, 4, 6), np.uint32)
     comps[0, :, :5] = 7  # one multi-seed component; voxel (0, 3, 5) is another one's

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mitoseg import io
-from mitoseg.data import EpochSampler
-from mitoseg.predict_blocks import journal_path, partial_path
+from mitoseg.predict.blocks import journal_path, partial_path
+from mitoseg.train.data import EpochSampler
 
 BIN = Path(sys.executable).parent
 TINY = [

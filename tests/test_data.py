@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from mitoseg import io
-from mitoseg.augment import Augmenter
-from mitoseg.data import (
+from mitoseg.geometry import Box
+from mitoseg.train.augment import Augmenter
+from mitoseg.train.data import (
     EpochSampler,
     FileVolumes,
     PatchDataset,
@@ -13,8 +14,7 @@ from mitoseg.data import (
     VolumeDataModule,
     VolumePaths,
 )
-from mitoseg.geometry import Box
-from mitoseg.targets import Semantic
+from mitoseg.train.targets import Semantic
 
 
 def patch_dataset(paths, **kwargs) -> PatchDataset:

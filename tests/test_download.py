@@ -1,4 +1,4 @@
-"""Tests for mitoseg.download and mitoseg-download, against a local HTTP server."""
+"""Tests for mitoseg.datasets.download and mitoseg-download, against a local HTTP server."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mitoseg import download
 from mitoseg.cli.download import main
-from mitoseg.download import (
+from mitoseg.datasets import download
+from mitoseg.datasets.download import (
     ArchiveKind,
     ChecksumError,
     DownloadError,

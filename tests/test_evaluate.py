@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from mitoseg.evaluate import (
+from mitoseg.decode.masks import BinarizeMedian
+from mitoseg.evaluate.semantic import (
     Confusion,
     best_threshold,
     evaluate_thresholds,
     format_table,
     semantic_scores,
 )
-from mitoseg.postprocess import BinarizeMedian
 
 
 def brute_force(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:

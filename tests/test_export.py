@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from mitoseg import io
+from mitoseg.analyze.export import export_hdf5
 from mitoseg.cli.export import main
-from mitoseg.export import export_hdf5
 
 
 @pytest.fixture()

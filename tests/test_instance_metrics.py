@@ -16,7 +16,7 @@ from mitoseg.baselines.metrics import (
     pair_ious_bruteforce,
     rand_voi_skimage,
 )
-from mitoseg.instance_metrics import (
+from mitoseg.evaluate.instance import (
     INSTANCE_SCORE_COLUMNS,
     SIZE_RANGES,
     Overlaps,

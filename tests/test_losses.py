@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mitoseg.losses import BCEDiceLoss, class_balanced_weight
-from mitoseg.targets import Semantic
+from mitoseg.train.losses import BCEDiceLoss, class_balanced_weight
+from mitoseg.train.targets import Semantic
 
 
 def test_class_balanced_weight_matches_definition() -> None:
@@ -65,7 +65,7 @@ def test_class_balance_uses_defined_voxels_only() -> None:
 
 
 def test_channel_group_loss_sums_the_group_losses() -> None:
-    from mitoseg.losses import ChannelGroupLoss
+    from mitoseg.train.losses import ChannelGroupLoss
 
     torch.manual_seed(1)
     target = (torch.rand(2, 4, 4, 8, 8) > 0.5).float()

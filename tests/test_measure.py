@@ -1,4 +1,4 @@
-"""mitoseg.measure and mitoseg-measure against brute-force per-object computations."""
+"""mitoseg.analyze.measure and mitoseg-measure against brute-force per-object computations."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 from skimage.measure import marching_cubes, mesh_surface_area
 from skimage.morphology import skeletonize
 
-from mitoseg import io, measure
+from mitoseg import io
+from mitoseg.analyze import measure
 from mitoseg.cli import measure as cli
-from mitoseg.synthetic import make_instance_volume
+from mitoseg.datasets.synthetic import make_instance_volume
 
 VOXEL = (30.0, 8.0, 8.0)
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
@@ -423,7 +424,7 @@ def test_cli_failure_leaves_no_partial_file(
 
 def test_measure_imports_neither_torch_nor_matplotlib() -> None:
     code = (
-        "import sys, mitoseg.measure\n"
+        "import sys, mitoseg.analyze.measure\n"
         "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run(

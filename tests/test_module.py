@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from mitoseg.losses import BCEDiceLoss
-from mitoseg.module import SegmentationModule, tta_variants, warmup_cosine
-from mitoseg.nets import ResidualUNet3D
+from mitoseg.train.losses import BCEDiceLoss
+from mitoseg.train.module import SegmentationModule, tta_variants, warmup_cosine
+from mitoseg.train.nets import ResidualUNet3D
 
 
 class Logit(nn.Module):

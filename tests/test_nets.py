@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mitoseg.nets import ResidualUNet3D
+from mitoseg.train.nets import ResidualUNet3D
 
 
 @pytest.mark.parametrize("se", [True, False])

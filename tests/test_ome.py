@@ -12,8 +12,8 @@ import tifffile
 import zarr
 
 from mitoseg import io
+from mitoseg.analyze.report import mask_output
 from mitoseg.io import ome
-from mitoseg.report import mask_output
 
 
 def _group_meta(path) -> dict:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mitoseg.postprocess import BinarizeMedian, binarize, binary_median, decode_slabwise
+from mitoseg.decode.masks import BinarizeMedian, binarize, binary_median, decode_slabwise
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])

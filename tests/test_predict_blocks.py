@@ -16,8 +16,8 @@ from mitoseg.geometry import (
     tile_grid,
     tiles_touching,
 )
-from mitoseg.module import SegmentationModule
-from mitoseg.predict_blocks import (
+from mitoseg.predict.blend import blend_weight
+from mitoseg.predict.blocks import (
     BlockDataset,
     BlockJournal,
     BlockPlan,
@@ -26,8 +26,8 @@ from mitoseg.predict_blocks import (
     journal_path,
     partial_path,
 )
-from mitoseg.stitch import blend_weight
-from mitoseg.tiling import BlockBlender, boxes_from_batch
+from mitoseg.predict.tiles import BlockBlender, boxes_from_batch
+from mitoseg.train.module import SegmentationModule
 
 SHAPE = (24, 40, 36)
 
@@ -153,7 +153,7 @@ def test_block_written_but_not_recorded_is_redone(tmp_path: Path, raw: Path, mon
     expected = run_blocks(plan, tmp_path / "whole.zarr", small_net())
     output = tmp_path / "p.zarr"
     FailAt.fail_at = 7
-    monkeypatch.setattr("mitoseg.predict_blocks.BlockJournal", FailAt)
+    monkeypatch.setattr("mitoseg.predict.blocks.BlockJournal", FailAt)
     with pytest.raises(Killed):
         run_blocks(plan, output, small_net())
     done = BlockJournal(journal_path(output)).done()
@@ -170,7 +170,7 @@ def test_block_written_but_not_recorded_is_redone(tmp_path: Path, raw: Path, mon
 def test_resume_refuses_other_settings(tmp_path: Path, raw: Path, monkeypatch) -> None:
     output = tmp_path / "p.zarr"
     FailAt.fail_at = 3
-    monkeypatch.setattr("mitoseg.predict_blocks.BlockJournal", FailAt)
+    monkeypatch.setattr("mitoseg.predict.blocks.BlockJournal", FailAt)
     with pytest.raises(Killed):
         run_blocks(plan_for(raw, (4, 8, 12)), output, small_net())
     FailAt.fail_at = -1

@@ -20,7 +20,7 @@ import tifffile
 
 from mitoseg import io
 from mitoseg.cli.download import main as download_main
-from mitoseg.synthetic import make_volume
+from mitoseg.datasets.synthetic import make_volume
 from tests.fake_mitoem import write_fake_release
 from tests.test_cli import run
 from tests.test_cli_instance import TINY_ANISO

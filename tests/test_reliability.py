@@ -27,16 +27,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from mitoseg import io
-from mitoseg.augment import Augmenter
-from mitoseg.checkpoint_io import (
+from mitoseg.analyze.report import write_json_atomic
+from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
+from mitoseg.cli.predict import predict
+from mitoseg.cli.train import resume_checkpoint, train
+from mitoseg.datasets.synthetic import make_volume
+from mitoseg.geometry import Box
+from mitoseg.train.augment import Augmenter
+from mitoseg.train.checkpoints import (
     AtomicCheckpointIO,
     RngStateInCheckpoint,
     UnsafeCheckpointError,
 )
-from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
-from mitoseg.cli.predict import predict
-from mitoseg.cli.train import resume_checkpoint, train
-from mitoseg.data import (
+from mitoseg.train.data import (
     EpochSampler,
     FileVolumes,
     PatchDataset,
@@ -45,10 +48,7 @@ from mitoseg.data import (
     VolumeDataModule,
     VolumePaths,
 )
-from mitoseg.geometry import Box
-from mitoseg.report import write_json_atomic
-from mitoseg.synthetic import make_volume
-from mitoseg.targets import Semantic
+from mitoseg.train.targets import Semantic
 from tests.test_cli import BIN, TINY, run
 from tests.test_config import compose_train
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mitoseg.callbacks import ConfigInCheckpoint, StepBudget
-from mitoseg.module import WarmupCosine, warmup_cosine
+from mitoseg.train.callbacks import ConfigInCheckpoint, StepBudget
+from mitoseg.train.module import WarmupCosine, warmup_cosine
 
 STEP_S, VALIDATION_S = 1.0, 10.0
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mitoseg import io
-from mitoseg.data import TileDataset, VolumePaths, to_float
-from mitoseg.stitch import SlabWriter, Stitcher, blend_weight
-from mitoseg.tiling import boxes_from_batch
+from mitoseg.predict.blend import SlabWriter, Stitcher, blend_weight
+from mitoseg.predict.tiles import boxes_from_batch
+from mitoseg.train.data import TileDataset, VolumePaths, to_float
 
 
 def run_identity(raw_path: Path, out, tile, overlap, blend="gaussian") -> None:

@@ -1,4 +1,4 @@
-"""Tests for mitoseg.synthetic: determinism, label invariants and a learnable signal."""
+"""Tests for mitoseg.datasets.synthetic: determinism, label invariants and a learnable signal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mitoseg.synthetic import (
+from mitoseg.datasets.synthetic import (
     ellipsoid_mask,
     make_instance_volume,
     make_volume,

@@ -5,7 +5,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from mitoseg.targets import (
+from mitoseg.train.targets import (
     Affinity,
     AffinityContour,
     BinaryContour,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mitoseg import io, plots
+from mitoseg import io
+from mitoseg.analyze import plots
 from mitoseg.cli import view
 
 H, W = 20, 30

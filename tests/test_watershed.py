@@ -7,10 +7,10 @@ import pytest
 from scipy import ndimage
 from skimage.segmentation import watershed as skimage_watershed
 
-from mitoseg import watershed as ws
 from mitoseg.baselines import decoders as ref
-from mitoseg.synthetic import make_volume
-from mitoseg.targets import affinities, instance_contour
+from mitoseg.datasets.synthetic import make_volume
+from mitoseg.decode import watershed as ws
+from mitoseg.train.targets import affinities, instance_contour
 
 OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 
@@ -351,9 +351,9 @@ def test_perfect_targets_of_every_kind_give_the_instances_back(seed: int) -> Non
     where inside the band two touching objects meet, so BC and AC recover every instance but may
     give a few voxels at a contact to the neighbour: AP-75 >= 0.98, ARE <= 0.005.
     """
-    from mitoseg.instance_metrics import instance_scores
-    from mitoseg.synthetic import make_instance_volume
-    from mitoseg.targets import Affinity, AffinityContour, BinaryContour
+    from mitoseg.datasets.synthetic import make_instance_volume
+    from mitoseg.evaluate.instance import instance_scores
+    from mitoseg.train.targets import Affinity, AffinityContour, BinaryContour
 
     labels = make_instance_volume((24, 192, 192), seed=seed)[1]
     loose = dict(min_seed_size=0, min_size=0)

@@ -1,4 +1,4 @@
-"""Straightforward whole-volume instance decoders: the oracles of :mod:`mitoseg.watershed`.
+"""Straightforward whole-volume instance decoders: the oracles of :mod:`mitoseg.decode.watershed`.
 
 What PyTorch Connectomics' ``bc_watershed`` does, on the whole volume at once:
 ``skimage.measure.label`` of the seed map (int64), small seeds removed, one
@@ -7,7 +7,7 @@ What PyTorch Connectomics' ``bc_watershed`` does, on the whole volume at once:
 ``connectivity`` for seeds and flooding (PyTC labels seeds 26-connected and floods 6-connected),
 and seed voxels outside the mask are not seeds (PyTC drops them after labelling, which can leave
 one seed id on several pieces). With ``tie_break=False`` the height is PyTC's ``-F`` (float64);
-the default height orders equal-height seed voxels in C order (see :mod:`mitoseg.watershed`),
+the default height orders equal-height seed voxels in C order (see :mod:`mitoseg.decode.watershed`),
 which skimage otherwise leaves to its heap layout.
 
 Peak memory is roughly 30-45 bytes per voxel beyond the input: do not use on large volumes.
@@ -214,7 +214,7 @@ def _affinity_decode(
     settings: dict,
     tie_break: bool,
 ) -> np.ndarray:
-    """Graph seeds and regions, one whole-volume watershed per region (see mitoseg.watershed)."""
+    """Graph seeds and regions, one whole-volume watershed per region (see mitoseg.decode.watershed)."""
     rank = _RANK[settings["connectivity"]]
     inside = affinity_inside(affs, offsets)
     mask = _above(inside, settings["mask_threshold"])

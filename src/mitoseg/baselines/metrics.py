@@ -2,7 +2,7 @@
 
 - ``overlaps_whole``: the contingency table from np.unique over one combined key per voxel of
   both whole volumes (several 8-byte copies of the volume in memory).
-- ``instance_scores_whole``: that table, the same matching as ``mitoseg.instance_metrics``, and
+- ``instance_scores_whole``: that table, the same matching as ``mitoseg.evaluate.instance``, and
   skimage's adapted_rand_error / variation_of_information on the whole volumes.
 - ``average_precision_bruteforce`` / ``matching_bruteforce``: IoU of every instance pair from
   masks, matching in Python loops; for tiny volumes only.
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from mitoseg.instance_metrics import SIZE_RANGES, Overlaps, scores_from_overlaps
+from mitoseg.evaluate.instance import SIZE_RANGES, Overlaps, scores_from_overlaps
 
 
 def overlaps_whole(truth: np.ndarray, pred: np.ndarray) -> Overlaps:

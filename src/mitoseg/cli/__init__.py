@@ -7,7 +7,7 @@ from omegaconf import ListConfig, OmegaConf
 
 def _affinity_channels(offsets: Any, *extra: str) -> list[str]:
     """Affinity channel names for ``offsets`` (then ``extra`` names), as the target names them."""
-    from mitoseg.targets import Affinity
+    from mitoseg.train.targets import Affinity
 
     if isinstance(offsets, ListConfig):
         offsets = OmegaConf.to_container(offsets)

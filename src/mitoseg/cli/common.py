@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mitoseg.callbacks import CHECKPOINT_KEY
-from mitoseg.checkpoint_io import UnsafeCheckpointError, load_weights_only
-from mitoseg.evaluate import format_table
-from mitoseg.report import write_text_atomic
+from mitoseg.analyze.report import write_text_atomic
+from mitoseg.evaluate.semantic import format_table
+from mitoseg.train.callbacks import CHECKPOINT_KEY
+from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def write_sweep_summary(
     """After a multirun: ``sweep_summary.csv`` and ``.md`` (one row per run, the varied overrides,
     the best run by ``metric`` marked) and, with ``plot``, ``sweep_plot.png`` of the scores
     against the swept decoder parameters; printed."""
-    from mitoseg.plots import sweep_plot, unit_score_columns
+    from mitoseg.analyze.plots import sweep_plot, unit_score_columns
 
     if not rows:
         return

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mitoseg import io
-from mitoseg.export import DTYPES, export_hdf5
+from mitoseg.analyze.export import DTYPES, export_hdf5
 
 
 def main(argv: list[str] | None = None) -> int:

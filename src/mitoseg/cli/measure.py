@@ -8,7 +8,7 @@
 
 Writes, each atomically (temporary name, then rename), into DIR:
 
-- ``objects.csv``: the columns of :data:`mitoseg.measure.COLUMNS`, units in the names;
+- ``objects.csv``: the columns of :data:`mitoseg.analyze.measure.COLUMNS`, units in the names;
 - ``objects.parquet``: the same table, when ``pyarrow`` is installed (``mitoseg[parquet]``);
 - ``volume_histogram.png``: the distribution of object volumes in um^3;
 - ``summary.json``: count, density per um^3, volume statistics and the histogram (written last);
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import measure
-from mitoseg.blockwise import connected_components, dask_client
+from mitoseg.analyze import measure
+from mitoseg.analyze.report import write_atomic, write_json_atomic, write_text_atomic
+from mitoseg.decode.blockwise import connected_components, dask_client
 from mitoseg.io import VolumeError, open_volume
-from mitoseg.report import write_atomic, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ OUTPUTS = (CSV_NAME, PARQUET_NAME, PNG_NAME, SUMMARY_NAME, COMPONENTS_NAME)
 
 
 def table_csv(table: dict[str, np.ndarray]) -> str:
-    """CSV text of a table of :func:`mitoseg.measure.measure_objects`: a header of
+    """CSV text of a table of :func:`mitoseg.analyze.measure.measure_objects`: a header of
     ``COLUMNS``, integers as integers, floats round-trip exact, booleans ``true`` / ``false``."""
     out = stdio.StringIO()
     writer = csv.writer(out, lineterminator="\n")

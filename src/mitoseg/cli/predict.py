@@ -1,7 +1,7 @@
 """``mitoseg-predict``: blockwise, resumable tile prediction of a volume with a checkpoint.
 
 Runs on one device or under Lightning DDP (``trainer.devices=N``, ``trainer.num_nodes=M``);
-see :mod:`mitoseg.predict_blocks`.
+see :mod:`mitoseg.predict.blocks`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint
-from mitoseg.data import FileVolumes
-from mitoseg.module import SegmentationModule
-from mitoseg.predict_blocks import BlockPlan, BlockPredictData, BlockWriter
+from mitoseg.predict.blocks import BlockPlan, BlockPredictData, BlockWriter
+from mitoseg.train.data import FileVolumes
+from mitoseg.train.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 

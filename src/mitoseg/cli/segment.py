@@ -13,11 +13,12 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mitoseg import decode, io
+from mitoseg import io
+from mitoseg.analyze.report import columns_of, write_json_atomic
 from mitoseg.cli.common import CONFIG_PATH, write_sweep_summary
-from mitoseg.evaluate import format_table
-from mitoseg.report import columns_of, write_json_atomic
-from mitoseg.volumes import FileVolumes
+from mitoseg.datasets.volumes import FileVolumes
+from mitoseg.decode import run as decode
+from mitoseg.evaluate.semantic import format_table
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _segment_blockwise(
     cfg: DictConfig, decoder: Any, labels_path: Path | None, output: Path | None
 ) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """Decode and score on Dask (``blockwise=true``): scores and the run summary."""
-    from mitoseg.blockwise import dask_client, decode_blockwise
+    from mitoseg.decode.blockwise import dask_client, decode_blockwise
 
     with dask_client(cfg.dask.address, cfg.dask.workers) as client:
         run = decode_blockwise(

@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from mitoseg.callbacks import ConfigInCheckpoint, TestEvaluation
-from mitoseg.checkpoint_io import RngStateInCheckpoint
+from mitoseg.analyze.report import columns_of, results_table
 from mitoseg.cli.common import (
     CONFIG_PATH,
     CheckpointError,
@@ -29,7 +28,8 @@ from mitoseg.cli.common import (
     resolved,
     write_sweep_summary,
 )
-from mitoseg.report import columns_of, results_table
+from mitoseg.train.callbacks import ConfigInCheckpoint, TestEvaluation
+from mitoseg.train.checkpoints import RngStateInCheckpoint
 
 log = logging.getLogger(__name__)
 

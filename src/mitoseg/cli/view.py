@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg import io, plots
+from mitoseg import io
+from mitoseg.analyze import plots
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,161 @@
+"""Where the volumes of a run come from: files in any format ``mitoseg-convert`` reads (converted
+once into a cache folder) or the package's synthetic generator (numpy only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitoseg import io
+from mitoseg.datasets.synthetic import make_volume
+from mitoseg.io.checks import check_labels, check_raw
+from mitoseg.io.sources import is_zarr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VolumePaths:
+    """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X)."""
+
+    raw: Path
+    labels: Path | None = None
+
+
+class FileVolumes:
+    """A raw volume and optional labels on disk, in any format ``mitoseg-convert`` reads.
+
+    Relative paths are resolved against the data module's ``root``. ``raw_z_range`` /
+    ``labels_z_range`` ([start, stop) slices) select part of a source, e.g. slices 0-399 of the
+    MitoEM ``im`` folder for training and 400-499 for validation.
+    """
+
+    def __init__(
+        self,
+        raw: str,
+        labels: str | None = None,
+        raw_dataset: str | None = None,
+        labels_dataset: str | None = None,
+        voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+        raw_z_range: Sequence[int] | None = None,
+        labels_z_range: Sequence[int] | None = None,
+    ) -> None:
+        self.raw, self.labels = raw, labels
+        self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
+        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+        self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
+        self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
+        self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
+
+    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
+        raw = self._zarr(
+            self.raw, self.raw_dataset, cache_dir, root, labels=False, z_range=self.raw_z_range
+        )
+        self._check(raw, check_raw)
+        if self.labels is None:
+            return VolumePaths(raw)
+        labels = self._zarr(
+            self.labels,
+            self.labels_dataset,
+            cache_dir,
+            root,
+            labels=True,
+            z_range=self.labels_z_range,
+        )
+        raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
+        if raw_shape != label_shape:
+            raise io.VolumeError(
+                f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
+            )
+        self._check(labels, check_labels)
+        return VolumePaths(raw, labels)
+
+    def _check(self, path: Path, check: Callable[[Path], None]) -> None:
+        if path not in self._checked:
+            check(path)
+            self._checked.add(path)
+
+    def _zarr(
+        self,
+        src: str,
+        dataset: str | None,
+        cache_dir: Path,
+        root: Path | None,
+        labels: bool,
+        z_range: tuple[int, int] | None,
+    ) -> Path:
+        path = Path(src).expanduser()
+        if root is not None and not path.is_absolute():
+            path = Path(root).expanduser() / path
+        if is_zarr(path) and z_range is None:
+            return path
+        if not path.exists():
+            raise io.VolumeError(f"input volume not found: {path}")
+        stat = path.stat()
+        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
+        if not is_zarr(dst):
+            log.info("converting %s -> %s", path, dst)
+            io.convert(
+                path,
+                dst,
+                labels=labels,
+                dataset=dataset,
+                voxel_size_nm=self.voxel_size_nm,
+                z_range=z_range,
+            )
+        return dst
+
+
+def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if len(value) != 2 or not 0 <= int(value[0]) < int(value[1]):
+        raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {list(value)}")
+    return int(value[0]), int(value[1])
+
+
+class SyntheticVolumes:
+    """A synthetic EM volume with known instances (:func:`mitoseg.datasets.synthetic.make_volume`)."""
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (64, 192, 192),
+        seed: int = 0,
+        voxel_size_nm: Sequence[float] = (5.0, 5.0, 5.0),
+        touching_pairs: int = 2,
+        necked_chains: int = 0,
+    ) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.seed = int(seed)
+        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+        self.touching_pairs, self.necked_chains = int(touching_pairs), int(necked_chains)
+
+    def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
+        name = (
+            "x".join(map(str, self.shape))
+            + f"-seed{self.seed}-vs"
+            + "x".join(f"{v:g}" for v in self.voxel_size_nm)
+        )
+        if (self.touching_pairs, self.necked_chains) != (2, 0):
+            name += f"-pairs{self.touching_pairs}-chains{self.necked_chains}"
+        folder = Path(cache_dir) / f"synthetic-{name}"
+        paths = VolumePaths(folder / "raw.zarr", folder / "labels.zarr")
+        if not (is_zarr(paths.raw) and is_zarr(paths.labels)):
+            extra = {"necked_chains": self.necked_chains} if self.necked_chains else {}
+            raw, labels = make_volume(
+                self.shape,
+                seed=self.seed,
+                voxel_size_nm=self.voxel_size_nm,
+                touching_pairs=self.touching_pairs,
+                **extra,
+            )
+            attrs = {"axes": list(io.AXES), "voxel_size_nm": list(self.voxel_size_nm)}
+            io.write_volume(paths.labels, labels, attrs={**attrs, "kind": "labels"}, overwrite=True)
+            io.write_volume(paths.raw, raw, attrs={**attrs, "kind": "raw"}, overwrite=True)
+        return paths

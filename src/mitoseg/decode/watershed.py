@@ -1,0 +1,638 @@
+"""Probabilities -> instance ids: seeded watersheds for the BC, A and AC targets (numpy only).
+
+Every decoder reduces to :func:`seeded_watershed` of an *inside* score S (the foreground for BC,
+the mean nearest-neighbour affinity for A and AC) and an optional contour C:
+
+1. seeds: components of (S > seed_threshold) & (C < contour_threshold) & mask, those under
+   ``min_seed_size`` voxels dropped; the mask is S > mask_threshold;
+2. flood: seeded watershed of -S within the mask; instances under ``min_size`` voxels removed;
+3. ids 1..N numbered in C order of each instance's seed's first voxel (``measure.label`` +
+   ``relabel_sequential`` order). One ``connectivity`` (6, 18, 26) serves mask, seeds and flood.
+
+Exact and fast. A flood within a mask never crosses between the mask's components, so the mask is
+labelled once (cc3d, uint32) and each component is decoded on its bounding box: components under
+``min_size`` are dropped; with no seed a component is background, with one seed it is that
+instance (one flood fills a connected mask); only multi-seed components run skimage's watershed,
+on their crop. skimage pops the lowest (height, push age) first and a component's pushes keep
+their relative order whatever else is queued, so a crop floods like the whole volume, except that
+all seed voxels are queued with age 0: equal-height seed voxels tie and the binary heap breaks the
+tie by its layout, which depends on everything queued. So this module and
+``mitoseg.baselines.decoders`` both flood the exact integer float64 height ``level * 2**37 + tie``,
+level = 255 - S (uint8) or 65535 - rint(65535 S) (float), tie = raster index on seed voxels and
+2**37 - 1 elsewhere: the order of -S, with equal-height seed voxels in C order and before non-seed
+voxels of that height (as skimage does). Thresholds compare exact values.
+
+The affinity decoders (A, AC) differ in two places: seeds are components of the graph of
+nearest-neighbour edges with affinity > seed_threshold (cc3d's voxel-graph labelling), and the
+components decoded one by one are those of the graph of edges > mask_threshold, so two touching
+objects whose shared edges are weak are never flooded into each other. Perfect affinities thus
+decode exactly.
+
+Peak memory beyond the input: about 5 bytes per voxel (bool mask + uint32 components), plus for
+A/AC the inside map (1 byte per voxel for uint8, 4 for float) and two edge bitfields (1 byte per
+voxel each), plus ~40 bytes per voxel of the largest
+multi-seed component's bounding box (skimage's copies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cc3d
+import fastremap
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
+
+_RANK = {6: 1, 18: 2, 26: 3}  # cc3d connectivity -> skimage connectivity (max orthogonal steps)
+TIE_BITS = 37  # raster indices below 2**37 (137 Gvox); 65535 levels * 2**37 < 2**53 stays exact
+_NON_SEED = float(2**TIE_BITS - 1)
+FLOAT_LEVELS = 65535
+_SLAB_VOXELS = 1 << 22
+# cc3d's 6-connected voxel-graph bits per axis of a C-ordered (Z, Y, X) array: (+1 step, -1 step)
+_DIRECTION_BITS = ((1, 2), (4, 8), (16, 32))
+
+
+class _Settings(NamedTuple):
+    seed_threshold: float
+    contour_threshold: float
+    mask_threshold: float
+    min_seed_size: int
+    min_size: int
+    connectivity: int
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_settings(s: _Settings) -> None:
+    for name in ("seed_threshold", "contour_threshold", "mask_threshold"):
+        value = getattr(s, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    for name in ("min_seed_size", "min_size"):
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if s.connectivity not in _RANK:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {s.connectivity!r}")
+
+
+def _check_values(array: np.ndarray, name: str) -> None:
+    """uint8 (0-255) or float in [0, 1]; anything else is a ValueError."""
+    if array.dtype == np.uint8 or array.size == 0:
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be uint8 (0-255) or float in [0, 1], got {array.dtype}")
+    low, high = float(array.min()), float(array.max())
+    if not (low >= 0.0 and high <= 1.0):  # also catches NaN
+        raise ValueError(
+            f"{name} is float {array.shape} with values in [{low}, {high}]; float probabilities "
+            "must lie in [0, 1] (store probability x 255 as uint8 instead)"
+        )
+
+
+def check_probs(probs: np.ndarray, n_channels: int, layout: str) -> np.ndarray:
+    """Validate decoder input and return it as an array (no copy for numpy input).
+
+    Args:
+        probs: (C, Z, Y, X) uint8 in [0, 255] or float in [0, 1].
+        n_channels: the C the decoder needs.
+        layout: the expected layout for the error message, e.g. "(2, Z, Y, X)".
+
+    Raises:
+        ValueError: wrong number of dimensions or channels, another dtype, float out of [0, 1].
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 4 or probs.shape[0] != n_channels:
+        raise ValueError(f"probs must be {layout} with C = {n_channels}, got shape {probs.shape}")
+    _check_values(probs, "probs")
+    return probs
+
+
+def _above(x: np.ndarray, threshold: float) -> np.ndarray:
+    """x > threshold, threshold a probability; uint8 x holds probability x 255."""
+    if x.dtype == np.uint8:  # for integer x: x > t*255 <=> x > floor(t*255)
+        return x > int(np.floor(threshold * 255.0))
+    return x > np.float64(threshold)  # float64 scalar: compared exactly, not rounded to x.dtype
+
+
+def _below(x: np.ndarray, threshold: float) -> np.ndarray:
+    """x < threshold, threshold a probability; uint8 x holds probability x 255."""
+    if x.dtype == np.uint8:  # for integer x: x < t*255 <=> x < ceil(t*255)
+        return x < int(np.ceil(threshold * 255.0))
+    return x < np.float64(threshold)
+
+
+# --------------------------------------------------------------------------- flooding
+
+
+def flood_height(score: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The height the watershed floods: -score as exact integers, ties of seed voxels in C order.
+
+    Args:
+        score: (Z, Y, X) uint8 in [0, 255] or float in [0, 1]; high floods first.
+        seeds: integer (Z, Y, X), non-zero on seed voxels.
+
+    Returns:
+        float64 (Z, Y, X): ``level * 2**37 + tie`` (see the module docstring), integer-valued.
+    """
+    if seeds.size >= 2**TIE_BITS - 1:
+        raise ValueError(f"volume {seeds.shape} too large for the tie-break (< 2**37 voxels)")
+    height = np.arange(seeds.size, dtype=np.float64).reshape(seeds.shape)
+    height[seeds == 0] = _NON_SEED
+    if score.dtype == np.uint8:
+        levels = 255.0 - score
+    else:
+        levels = FLOAT_LEVELS - np.rint(score.astype(np.float64) * FLOAT_LEVELS)
+    levels *= 2.0**TIE_BITS
+    height += levels
+    return height
+
+
+def _first_voxels(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
+    """Flat index of the first voxel of each label 1..n; ``labels`` = flat[where] (non-zero)."""
+    # cc3d numbers components in raster order, so first voxels are where a new maximum appears.
+    running = np.maximum.accumulate(labels)
+    new = np.empty(labels.size, dtype=bool)
+    new[0] = True
+    new[1:] = running[1:] > running[:-1]
+    if new.sum() == n and np.array_equal(labels[new], np.arange(1, n + 1)):
+        return where[new]
+    _, first = np.unique(labels, return_index=True)  # other numbering: sort (never seen)
+    return where[first]
+
+
+def _graph_components(seed_map: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
+    """Components of the strong-edge graph among ``seed_map`` voxels, numbered in raster order.
+
+    Voxels without a strong edge to another ``seed_map`` voxel are not seeds.
+    """
+    graph = np.where(seed_map, edges, np.uint8(0))
+    for axis, (plus, minus) in enumerate(_DIRECTION_BITS):
+        head = [slice(None)] * 3
+        tail = [slice(None)] * 3
+        head[axis], tail[axis] = slice(0, -1), slice(1, None)
+        # keep p -> p+1 only if p+1 is a seed voxel, and p+1 -> p only if p is
+        graph[tuple(head)] &= np.where(seed_map[tuple(tail)], np.uint8(255), np.uint8(255 - plus))
+        graph[tuple(tail)] &= np.where(seed_map[tuple(head)], np.uint8(255), np.uint8(255 - minus))
+        edge = [slice(None)] * 3
+        edge[axis] = slice(-1, None)
+        graph[tuple(edge)] &= np.uint8(255 - plus)  # nothing beyond the crop
+        edge[axis] = slice(0, 1)
+        graph[tuple(edge)] &= np.uint8(255 - minus)
+    parts = np.ascontiguousarray(cc3d.color_connectivity_graph(graph, connectivity=6))
+    parts[graph == 0] = 0
+    # Same partition, renumbered in raster order as every other seed labelling here.
+    labels, n = cc3d.connected_components(parts, connectivity=6, return_N=True, out_dtype=np.uint32)
+    return np.ascontiguousarray(labels), n
+
+
+def _crop_seeds(
+    inside: np.ndarray,
+    score: np.ndarray,
+    contour: np.ndarray | None,
+    s: _Settings,
+    edges: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds of one component's crop: components of the seed map, or with ``edges`` (the strong
+    affinity graph) components of that graph among the component's voxels.
+
+    Returns:
+        seeds uint32 (crop) numbered 1..k in raster order of their first voxels, small seeds
+        cleared; int64 (k,) local flat index of each seed's first voxel.
+    """
+    seed_map = inside.copy() if edges is not None else inside & _above(score, s.seed_threshold)
+    if contour is not None:
+        seed_map &= _below(contour, s.contour_threshold)
+    if edges is not None:
+        seeds, n = _graph_components(seed_map, edges)
+    else:
+        seeds, n = cc3d.connected_components(
+            seed_map, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
+        )
+    if n == 0:
+        return seeds, np.zeros(0, dtype=np.int64)
+    flat = seeds.reshape(-1)
+    where = np.flatnonzero(flat)
+    labels = flat[where]
+    first = _first_voxels(labels, where, n)
+    kept = np.flatnonzero(np.bincount(labels, minlength=n + 1)[1:] >= s.min_seed_size)
+    if kept.size < n:
+        renumber = np.zeros(n + 1, dtype=np.uint32)
+        renumber[kept + 1] = np.arange(1, kept.size + 1, dtype=np.uint32)
+        fastremap.remap_from_array(flat, renumber)  # in place; flat is a view of seeds
+    return seeds, first[kept]
+
+
+def _to_global(local: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Flat indices in a crop at ``box`` -> flat indices in the volume of ``shape``."""
+    crop_shape = tuple(sl.stop - sl.start for sl in box)
+    coords = np.unravel_index(local, crop_shape)
+    shifted = tuple(c + sl.start for c, sl in zip(coords, box, strict=True))
+    return np.ravel_multi_index(shifted, shape).astype(np.int64)
+
+
+def _split_component(
+    comps: np.ndarray,
+    comp: int,
+    box: tuple[slice, ...],
+    score: np.ndarray,
+    contour: np.ndarray | None,
+    s: _Settings,
+    next_id: int,
+    edges: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one mask component in place in ``comps``.
+
+    A single-seed component keeps its id ``comp``; a multi-seed one has its voxels rewritten to
+    temporary ids ``next_id, next_id + 1, ...`` (above every component id), 0 for small instances.
+
+    Returns:
+        (ids, first voxels): the component or temporary ids of its instances and the global flat
+        index of their seeds' first voxels, both int64 (n_instances,).
+    """
+    region = comps[box]
+    inside = region == comp
+    if np.count_nonzero(inside) < max(s.min_size, 1):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    crop_score = score[box]
+    crop_contour = None if contour is None else contour[box]
+    crop_edges = None if edges is None else edges[box]
+    seeds, first = _crop_seeds(inside, crop_score, crop_contour, s, crop_edges)
+    first = _to_global(first, box, comps.shape)
+    if first.size <= 1:
+        return np.full(first.size, comp, dtype=np.int64), first
+    height = flood_height(crop_score, seeds)
+    flooded = watershed(height, seeds, mask=inside, connectivity=_RANK[s.connectivity])
+    values = flooded[inside]
+    sizes = np.bincount(values, minlength=first.size + 1)[1:]
+    big = np.flatnonzero(sizes >= s.min_size)
+    ids = np.zeros(first.size + 1, dtype=np.uint32)
+    ids[big + 1] = next_id + np.arange(big.size, dtype=np.uint32)
+    region[inside] = ids[values]
+    return ids[big + 1].astype(np.int64), first[big]
+
+
+def _decode(
+    score: np.ndarray,
+    contour: np.ndarray | None,
+    s: _Settings,
+    edges: np.ndarray | None = None,
+    region_edges: np.ndarray | None = None,
+) -> np.ndarray:
+    """Decode component by component. Components are those of the mask on the grid or, with
+    ``region_edges`` (affinity decoders), of the graph of mask voxels joined by those edges."""
+    mask = np.ascontiguousarray(_above(score, s.mask_threshold))
+    if region_edges is None:
+        comps, n = cc3d.connected_components(
+            mask, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
+        )
+    else:
+        comps, n = _graph_components(mask, region_edges)
+    del mask
+    if n == 0:
+        return comps
+    ids, firsts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    next_id = n + 1
+    for comp, box in enumerate(ndimage.find_objects(comps), start=1):
+        if box is None or math.prod(sl.stop - sl.start for sl in box) < s.min_size:
+            continue  # an instance never outgrows its component, nor the component its box
+        comp_ids, first = _split_component(comps, comp, box, score, contour, s, next_id, edges)
+        next_id += int(np.count_nonzero(comp_ids > n))
+        ids.append(comp_ids)
+        firsts.append(first)
+    if next_id > 2**32:
+        raise ValueError(f"too many components and instances ({next_id}) for uint32 ids")
+    keys, first = np.concatenate(ids), np.concatenate(firsts)
+    lut = np.zeros(next_id, dtype=np.uint32)
+    lut[keys[np.argsort(first)]] = np.arange(1, keys.size + 1, dtype=np.uint32)
+    flat = comps.ravel(order="K")  # a view for C- or F-ordered output
+    if np.shares_memory(flat, comps):
+        fastremap.remap_from_array(flat, lut)  # in place: component/temporary id -> final id
+    else:
+        comps[...] = lut[comps]
+    return comps
+
+
+def seeded_watershed(
+    score: np.ndarray,
+    contour: np.ndarray | None = None,
+    *,
+    seed_threshold: float,
+    mask_threshold: float,
+    contour_threshold: float = 1.0,
+    min_seed_size: int = 32,
+    min_size: int = 1024,
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Seeded watershed of an inside score, component by component (see the module docstring).
+
+    Args:
+        score: (Z, Y, X) uint8 in [0, 255] (probability x 255) or float in [0, 1]; high inside.
+        contour: None, or (Z, Y, X) like ``score``; seeds also need contour < contour_threshold.
+        seed_threshold, mask_threshold, contour_threshold: probabilities in [0, 1].
+        min_seed_size: seeds with fewer voxels are dropped.
+        min_size: instances with fewer voxels are removed.
+        connectivity: 6, 18 or 26, for mask components, seeds and flooding alike.
+
+    Returns:
+        uint32 (Z, Y, X): 0 background, instances 1..N in C order of their seeds' first voxels.
+        Peak memory beyond the inputs: about 5 bytes per voxel, plus about 40 per voxel of the
+        largest multi-seed component's bounding box.
+    """
+    s = _Settings(
+        seed_threshold, contour_threshold, mask_threshold, min_seed_size, min_size, connectivity
+    )
+    _check_settings(s)
+    score = np.asarray(score)
+    if score.ndim != 3:
+        raise ValueError(f"score must be (Z, Y, X), got shape {score.shape}")
+    _check_values(score, "score")
+    if contour is not None:
+        contour = np.asarray(contour)
+        if contour.shape != score.shape:
+            raise ValueError(f"contour shape {contour.shape} differs from score {score.shape}")
+        _check_values(contour, "contour")
+    return _decode(score, contour, s)
+
+
+# --------------------------------------------------------------------------- affinities
+
+
+def _nearest_neighbour_channels(offsets: tuple[Offset, ...]) -> list[tuple[int, int, int]]:
+    """(channel, axis, step) of each offset that is one step along one axis."""
+    found = []
+    for channel, offset in enumerate(offsets):
+        axes = [a for a, v in enumerate(offset) if v != 0]
+        if len(axes) == 1 and abs(offset[axes[0]]) == 1:
+            found.append((channel, axes[0], offset[axes[0]]))
+    if not found:
+        raise ValueError(f"offsets {offsets} hold no nearest-neighbour offset (one +-1 step)")
+    return found
+
+
+def _edge_slices(
+    shape: tuple[int, ...], axis: int, partner: int, source_shift: int, z0: int, z1: int
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slab voxels p (z in [z0, z1)) whose neighbour p + partner along ``axis`` is in the volume.
+
+    Returns (target, source): target indexes the slab, source the volume at p + source_shift.
+    """
+    target, source = [], []
+    for ax, size in enumerate(shape):
+        lo, hi = (z0, z1) if ax == 0 else (0, size)
+        start, stop, shift = lo, hi, 0
+        if ax == axis:
+            start, shift = max(lo, -partner), source_shift
+            stop = max(min(hi, size - partner), start)
+        target.append(slice(start - lo, stop - lo))
+        source.append(slice(start + shift, stop + shift))
+    return tuple(target), tuple(source)
+
+
+def _inside_slab(affs: np.ndarray, nn: list[tuple[int, int, int]], z0: int, z1: int) -> np.ndarray:
+    shape = affs.shape[1:]
+    total = np.zeros((z1 - z0, *shape[1:]), np.uint32 if affs.dtype == np.uint8 else np.float64)
+    count = np.zeros(total.shape, dtype=np.uint8)
+    for channel, axis, step in nn:
+        # edge p -- p+d is stored at p; edge p-d -- p is stored at p-d
+        for partner, shift in ((step, 0), (-step, -step)):
+            target, source = _edge_slices(shape, axis, partner, shift, z0, z1)
+            total[target] += affs[channel][source]
+            count[target] += 1
+    if affs.dtype == np.uint8:  # mean rounded half up, in integers
+        mean = (2 * total + count) // (2 * np.maximum(count, 1))
+        return np.where(count > 0, mean, 0).astype(np.uint8)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
+def affinity_inside(affs: np.ndarray, offsets: tuple[Offset, ...] = DEFAULT_OFFSETS) -> np.ndarray:
+    """Per-voxel inside score: the mean affinity of the nearest-neighbour edges at each voxel.
+
+    Channel i with offset d (one +-1 step along one axis) adds affs[i, p] (edge p -- p+d) and
+    affs[i, p-d] (edge p-d -- p) where the edge lies in the volume; longer offsets are ignored.
+    Computed over z-slabs, so the extra memory is the output plus a few slab-sized arrays.
+
+    Args:
+        affs: (C, Z, Y, X) uint8 in [0, 255] or float in [0, 1]; channel i belongs to offsets[i].
+        offsets: C distinct (dz, dy, dx) offsets.
+
+    Returns:
+        (Z, Y, X): uint8 (the mean rounded half up) for uint8 input, else float32 in [0, 1];
+        0 where a voxel has no edge in the volume.
+    """
+    offsets = normalize_offsets(offsets)
+    affs = check_probs(affs, len(offsets), f"({len(offsets)}, Z, Y, X) (one channel per offset)")
+    nn = _nearest_neighbour_channels(offsets)
+    out = np.empty(affs.shape[1:], dtype=np.uint8 if affs.dtype == np.uint8 else np.float32)
+    depth = max(1, _SLAB_VOXELS // max(1, math.prod(out.shape[1:])))
+    for z0 in range(0, out.shape[0], depth):
+        z1 = min(z0 + depth, out.shape[0])
+        out[z0:z1] = _inside_slab(affs, nn, z0, z1)
+    return out
+
+
+def strong_edges(
+    affs: np.ndarray, threshold: float, offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+) -> np.ndarray:
+    """The graph of nearest-neighbour edges with affinity > threshold, as voxel bits.
+
+    Args:
+        affs: (C, Z, Y, X) uint8 in [0, 255] or float in [0, 1]; channel i belongs to offsets[i].
+        threshold: probability in [0, 1].
+        offsets: C distinct (dz, dy, dx) offsets; only one-step offsets make edges.
+
+    Returns:
+        uint8 (Z, Y, X) bitfield in cc3d's 6-connected voxel-graph convention: bits 1 / 2 for the
+        edge to z + 1 / z - 1, 4 / 8 for y, 16 / 32 for x. 1 byte per voxel.
+    """
+    offsets = normalize_offsets(offsets)
+    affs = check_probs(affs, len(offsets), f"({len(offsets)}, Z, Y, X) (one channel per offset)")
+    graph = np.zeros(affs.shape[1:], dtype=np.uint8)
+    for channel, axis, step in _nearest_neighbour_channels(offsets):
+        lower = [slice(None)] * 3  # p with p + step in the volume
+        upper = [slice(None)] * 3  # p + step
+        lower[axis] = slice(max(0, -step), graph.shape[axis] - max(0, step))
+        upper[axis] = slice(max(0, step), graph.shape[axis] - max(0, -step))
+        strong = _above(affs[channel][tuple(lower)], threshold)
+        plus, minus = _DIRECTION_BITS[axis]
+        forward, backward = (plus, minus) if step > 0 else (minus, plus)
+        graph[tuple(lower)] |= strong * np.uint8(forward)
+        graph[tuple(upper)] |= strong * np.uint8(backward)
+    return graph
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+class _Decoder:
+    """Checks shared by the decoder dataclasses (offsets: lists from YAML become tuples)."""
+
+    def __post_init__(self) -> None:
+        if hasattr(self, "offsets"):
+            object.__setattr__(self, "offsets", normalize_offsets(self.offsets))
+            _nearest_neighbour_channels(self.offsets)
+        _check_settings(self._settings)
+
+    @property
+    def _settings(self) -> _Settings:
+        values = {f: getattr(self, f) for f in _Settings._fields if hasattr(self, f)}
+        return _Settings(**{"contour_threshold": 1.0, **values})
+
+
+@dataclass(frozen=True)
+class BCWatershed(_Decoder):
+    """The BC decoder (``bc_watershed``); call with probs (2, Z, Y, X) -> uint32 (Z, Y, X)."""
+
+    seed_threshold: float = 0.85
+    contour_threshold: float = 0.6
+    mask_threshold: float = 0.8
+    min_seed_size: int = 32
+    min_size: int = 1024
+    connectivity: int = 26
+
+    @property
+    def n_channels(self) -> int:
+        """Channels expected in probs: foreground, contour."""
+        return 2
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        probs = check_probs(probs, 2, "(2, Z, Y, X) (foreground, contour)")
+        return _decode(probs[0], probs[1], self._settings)
+
+
+@dataclass(frozen=True)
+class AffinityWatershed(_Decoder):
+    """The A decoder (``affinity_watershed``); call with affs (len(offsets), Z, Y, X)."""
+
+    seed_threshold: float = 0.9
+    mask_threshold: float = 0.5
+    min_seed_size: int = 32
+    min_size: int = 1024
+    connectivity: int = 6
+    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+
+    @property
+    def n_channels(self) -> int:
+        """Channels expected in affs: one per offset."""
+        return len(self.offsets)
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        edges = strong_edges(probs, self.seed_threshold, self.offsets)
+        regions = strong_edges(probs, self.mask_threshold, self.offsets)
+        inside = affinity_inside(probs, self.offsets)
+        return _decode(inside, None, self._settings, edges, regions)
+
+
+@dataclass(frozen=True)
+class ACWatershed(_Decoder):
+    """The AC decoder (``ac_watershed``); call with probs (len(offsets) + 1, Z, Y, X)."""
+
+    seed_threshold: float = 0.85
+    contour_threshold: float = 0.6
+    mask_threshold: float = 0.5
+    min_seed_size: int = 32
+    min_size: int = 1024
+    connectivity: int = 6
+    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+
+    @property
+    def n_channels(self) -> int:
+        """Channels expected in probs: one per offset, then the contour."""
+        return len(self.offsets) + 1
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        layout = f"({self.n_channels}, Z, Y, X) (affinities, contour)"
+        probs = check_probs(probs, self.n_channels, layout)
+        affs = probs[:-1]
+        edges = strong_edges(affs, self.seed_threshold, self.offsets)
+        regions = strong_edges(affs, self.mask_threshold, self.offsets)
+        inside = affinity_inside(affs, self.offsets)
+        return _decode(inside, probs[-1], self._settings, edges, regions)
+
+
+def bc_watershed(
+    probs: np.ndarray,
+    seed_threshold: float = 0.85,
+    contour_threshold: float = 0.6,
+    mask_threshold: float = 0.8,
+    min_seed_size: int = 32,
+    min_size: int = 1024,
+    connectivity: int = 26,
+) -> np.ndarray:
+    """The BC decoder: seeds where foreground F is high and contour C low; flood -F in F > mask.
+
+    Args:
+        probs: (2, Z, Y, X) uint8 in [0, 255] or float in [0, 1]; channel 0 F, channel 1 C.
+        seed_threshold, contour_threshold, mask_threshold: probabilities in [0, 1].
+        min_seed_size, min_size: smaller seeds / instances (voxels) are dropped.
+        connectivity: 6, 18 or 26, for mask components, seeds and flooding.
+
+    Returns:
+        uint32 (Z, Y, X) instance ids 1..N, see ``seeded_watershed``. Peak memory beyond the
+        input: about 5 bytes per voxel, plus ~40 per voxel of the largest multi-seed crop.
+    """
+    return BCWatershed(
+        seed_threshold, contour_threshold, mask_threshold, min_seed_size, min_size, connectivity
+    )(probs)
+
+
+def affinity_watershed(
+    affs: np.ndarray,
+    seed_threshold: float = 0.9,
+    mask_threshold: float = 0.5,
+    min_seed_size: int = 32,
+    min_size: int = 1024,
+    connectivity: int = 6,
+    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS,
+) -> np.ndarray:
+    """The A decoder: seeds = components of the edges > seed_threshold, flood of
+    ``affinity_inside(affs, offsets)`` within the components of the edges > mask_threshold.
+
+    Args:
+        affs: (len(offsets), Z, Y, X) uint8 in [0, 255] or float in [0, 1].
+        Others as ``bc_watershed``; offsets as (dz, dy, dx) tuples or lists.
+
+    Returns:
+        uint32 (Z, Y, X) instance ids 1..N. Peak memory beyond the input: the inside map (1 byte
+        per voxel for uint8, 4 for float), two edge bitfields (2 bytes) plus about 5, plus ~40
+        per voxel of the largest
+        multi-seed crop.
+    """
+    return AffinityWatershed(
+        seed_threshold, mask_threshold, min_seed_size, min_size, connectivity, offsets
+    )(affs)
+
+
+def ac_watershed(
+    probs: np.ndarray,
+    seed_threshold: float = 0.85,
+    contour_threshold: float = 0.6,
+    mask_threshold: float = 0.5,
+    min_seed_size: int = 32,
+    min_size: int = 1024,
+    connectivity: int = 6,
+    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS,
+) -> np.ndarray:
+    """The AC decoder: as ``affinity_watershed``, and seeds need contour < contour_threshold.
+
+    Args:
+        probs: (len(offsets) + 1, Z, Y, X) uint8 or float in [0, 1]: affinities, then contour.
+
+    Returns:
+        uint32 (Z, Y, X) instance ids 1..N; memory as ``affinity_watershed``.
+    """
+    return ACWatershed(
+        seed_threshold,
+        contour_threshold,
+        mask_threshold,
+        min_seed_size,
+        min_size,
+        connectivity,
+        offsets,
+    )(probs)

@@ -1,5 +1,0 @@
-"""Networks: plain ``nn.Module`` classes, no Lightning and no config."""
-
-from mitoseg.nets.unet import ResidualBlock3d, ResidualUNet3D, SqueezeExcitation3d
-
-__all__ = ["ResidualBlock3d", "ResidualUNet3D", "SqueezeExcitation3d"]

@@ -1,0 +1,442 @@
+"""Datasets and the LightningDataModule: random training patches, validation and test tiles.
+
+Volumes live in zarr and are opened lazily inside each data-loader worker. Sources that are not
+zarr yet (TIFF stacks, slice folders, HDF5) and the synthetic default are written to a cache folder
+once, in ``prepare_data``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mitoseg import io
+from mitoseg.datasets.volumes import FileVolumes, SyntheticVolumes, VolumePaths
+from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
+from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
+from mitoseg.train.augment import Augmenter
+
+__all__ = [  # the volume sources stay importable from here (configs name mitoseg.train.data.*)
+    "EpochSampler",
+    "EvalSet",
+    "FileVolumes",
+    "PatchDataset",
+    "ResumableLoader",
+    "SyntheticVolumes",
+    "TileDataset",
+    "VolumeDataModule",
+    "VolumePaths",
+    "to_float",
+]
+
+log = logging.getLogger(__name__)
+
+
+def to_float(raw: np.ndarray) -> np.ndarray:
+    """Scale integer raw data to float32 [0, 1] by its dtype's range; floats pass through."""
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+    return raw.astype(np.float32)
+
+
+class EpochSampler(DistributedSampler):
+    """Indices ``epoch * length + i``: every training sample of every epoch has its own seed.
+
+    Under DDP, rank ``r`` of ``world`` takes ``i = r, r + world, ...``, so ranks (and the
+    data-loader workers of each, which get distinct indices) draw different patches, and
+    ``length`` stays the number of samples per epoch over all ranks. (A DistributedSampler, so
+    Lightning keeps it instead of wrapping it in one whose ``set_epoch`` would not reach it.)
+
+    Lightning calls :meth:`set_epoch`, also after resuming, and :class:`ResumableLoader` has the
+    resumed epoch start where the interrupted one stopped (:meth:`skip_once`), so a resumed run
+    draws the patches that the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(length), num_replicas=world_size, rank=rank, shuffle=False)
+        self.length = int(length)
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip_once(self, samples: int) -> None:
+        """Start the next iteration ``samples`` (of this rank's) into the epoch."""
+        self._skip = int(samples)
+
+    def _mine(self) -> range:
+        start = self.epoch * self.length
+        return range(start + self.rank, start + self.length, self.num_replicas)
+
+    def __len__(self) -> int:
+        return len(self._mine())
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self._mine()
+        skip, self._skip = min(self._skip, len(mine)), 0
+        return iter(mine[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that knows how far into the epoch it is.
+
+    Lightning stores :meth:`state_dict` in each checkpoint and hands it to :meth:`load_state_dict`
+    on resume. The first epoch after that continues after the batches already trained on
+    (without reading them when the sampler is an :class:`EpochSampler`) instead of starting the
+    epoch again, and later epochs follow on. (Resuming from a checkpoint written after
+    validation, Lightning counts one epoch too many; the loader's own epoch is what the sampler
+    gets, so the samples are still those of the uninterrupted run.)
+    """
+
+    _position: tuple[int, int] = (0, 0)  # (epoch, batches yielded in it)
+    _resume: tuple[int, int] | None = None  # where the first iteration after a resume starts
+    _offset = 0  # this loader's epoch minus Lightning's (its set_epoch), fixed at a resume
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self._position
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        self._resume = (epoch + 1, 0) if batches >= len(self) else (epoch, batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning's set_epoch.
+        epoch, start = int(getattr(self.sampler, "epoch", 0)), 0
+        if self._resume is not None:
+            (resume_epoch, start), self._resume = self._resume, None
+            self._offset = resume_epoch - epoch
+        epoch += self._offset
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        skip = start
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.skip_once(start * int(self.batch_size or 1))
+            skip = 0
+        self._position = (epoch, start)
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip:  # another sampler: read and drop what was trained on
+                continue
+            self._position = (epoch, self._position[1] + 1)
+            yield batch
+
+
+class _ZarrDataset(Dataset):
+    """Opens ``paths.raw`` and (when ``_with_labels``) ``paths.labels`` on first use, i.e. inside
+    each data-loader worker; open arrays are never pickled."""
+
+    paths: VolumePaths
+    _arrays: tuple[Any, Any] | None = None
+
+    def _with_labels(self) -> bool:
+        return self.paths.labels is not None
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._arrays is None:
+            labels = self.paths.labels if self._with_labels() else None
+            self._arrays = (
+                io.open_volume(self.paths.raw),
+                io.open_volume(labels) if labels is not None else None,
+            )
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    @property
+    def _labels_path(self) -> Path:
+        assert self.paths.labels is not None
+        return self.paths.labels
+
+
+class PatchDataset(_ZarrDataset):
+    """Random training patches from a region of a zarr volume.
+
+    Sample ``i`` is drawn with ``np.random.default_rng([seed, i])``, independent of workers
+    and processes. Items: ``raw`` float32 (1, Z, Y, X) in [0, 1] and ``target`` float32
+    (C, Z, Y, X).
+    """
+
+    def __init__(
+        self,
+        paths: VolumePaths,
+        region: Box,
+        patch_shape: Sequence[int],
+        target: Callable[[np.ndarray], np.ndarray],
+        augment: Augmenter | None = None,
+        seed: int = 0,
+        length: int = 64,
+        foreground_prob: float = 0.5,
+    ) -> None:
+        self.paths, self.region = paths, region
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        check_patch_fits(self.patch_shape, region, paths.raw)
+        self.target, self.augment = target, augment
+        self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
+        self._blocks: list[Box] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _draw_box(self, rng: np.random.Generator, labels: Any) -> Box:
+        region, patch = self.region, self.patch_shape
+        if rng.random() < self.foreground_prob and self.foreground_blocks(labels):
+            # A random foreground voxel of a random block that holds foreground, at a random
+            # place inside the patch: every such patch shows foreground, at one block read.
+            block = self._blocks[int(rng.integers(len(self._blocks)))]
+            voxels = np.flatnonzero(read_box(labels, block, self._labels_path))
+            voxel = np.unravel_index(voxels[rng.integers(len(voxels))], block.shape)
+            offset = [
+                int(np.clip(o + v - rng.integers(0, p), ro, ro + rs - p))
+                for o, v, p, ro, rs in zip(
+                    block.offset, voxel, patch, region.offset, region.shape, strict=True
+                )
+            ]
+        else:
+            offset = [
+                int(o + rng.integers(0, r - p + 1))
+                for o, r, p in zip(region.offset, region.shape, patch, strict=True)
+            ]
+        return Box(tuple(offset), patch)  # type: ignore[arg-type]
+
+    def foreground_blocks(self, labels: Any) -> list[Box]:
+        """Chunk-sized blocks of the region holding foreground; found once, one block in memory."""
+        if self._blocks is None:
+            chunks = getattr(labels, "chunks", self.patch_shape)
+            starts = [
+                range(o, o + s, c)
+                for o, s, c in zip(self.region.offset, self.region.shape, chunks, strict=True)
+            ]
+            stop = self.region.stop
+            self._blocks = []
+            for start in itertools.product(*starts):
+                shape = tuple(min(c, e - b) for b, c, e in zip(start, chunks, stop, strict=True))
+                block = Box(start, shape)  # type: ignore[arg-type]
+                if np.any(read_box(labels, block, self._labels_path)):
+                    self._blocks.append(block)
+        return self._blocks
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        raw_array, label_array = self._open()
+        rng = np.random.default_rng([self.seed, int(index)])
+        box = self._draw_box(rng, label_array)
+        raw = to_float(read_box(raw_array, box, self.paths.raw))
+        labels = read_box(label_array, box, self._labels_path)
+        if self.augment is not None:
+            raw, labels = self.augment(raw, labels, rng)
+        return {
+            "raw": torch.from_numpy(np.ascontiguousarray(raw))[None],
+            "target": torch.from_numpy(np.ascontiguousarray(self.target(labels))),
+        }
+
+
+class TileDataset(_ZarrDataset):
+    """Inference tiles over a region of a raw volume, in z-major order.
+
+    Items: ``raw`` float32 (1, tz, ty, tx), padded by reflection where the region is smaller than
+    the tile; ``box`` int64 (6,): the tile's offset and (clipped) shape in region coordinates;
+    and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation.
+    """
+
+    def __init__(
+        self,
+        paths: VolumePaths,
+        tile_shape: Sequence[int],
+        overlap: float = 0.5,
+        region: Box | None = None,
+        target: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.tile_shape = tuple(int(t) for t in tile_shape)
+        self.region = region
+        self.target = target
+        shape = self.region.shape if region is not None else io.open_volume(paths.raw).shape
+        self.shape = tuple(int(s) for s in shape)
+        self.tiles = tile_grid(
+            self.shape, self.tile_shape, overlap_stride(self.tile_shape, overlap)
+        )
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def _with_labels(self) -> bool:
+        return self.target is not None and self.paths.labels is not None
+
+    def _read(self, array: Any, box: Box, path: Path) -> np.ndarray:
+        if self.region is not None:
+            box = box.shift(self.region.offset)
+        data = read_box(array, box, path)
+        pad = [(0, t - s) for t, s in zip(self.tile_shape, data.shape, strict=True)]
+        if any(p[1] for p in pad):
+            data = np.pad(data, pad, mode="reflect" if min(data.shape) > 1 else "edge")
+        return data
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        raw_array, label_array = self._open()
+        box = self.tiles[index]
+        item = {
+            "raw": torch.from_numpy(to_float(self._read(raw_array, box, self.paths.raw)))[None],
+            "box": torch.tensor(box.offset + box.shape, dtype=torch.int64),
+        }
+        if self.target is not None and label_array is not None:
+            labels = self._read(label_array, box, self._labels_path)
+            item["target"] = torch.from_numpy(self.target(labels))
+        return item
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A volume (region) predicted at test time: ``val`` (held out of training) or ``test``."""
+
+    name: str
+    paths: VolumePaths
+    region: Box
+
+
+class VolumeDataModule(pl.LightningDataModule):
+    """Training patches, validation tiles and test tiles from zarr-backed volumes.
+
+    Validation is either a separate volume (``val``, e.g. MitoEM's official slices 400-499) or,
+    without one, the last ``val_fraction`` of the training volume along ``val_axis``, never sampled
+    for training. The test volume is only used by ``test``; without labels it is predicted and
+    decoded but not scored (e.g. MitoEM's hidden test labels).
+
+    Args:
+        train: the training volume (:class:`FileVolumes` or :class:`SyntheticVolumes`).
+        val: a separate validation volume with labels, or None to split ``train``.
+        test: the test volume, or None.
+        isotropic: whether voxels are (about) isotropic; False for e.g. 30 x 8 x 8 nm data. The
+            configs derive the augmentation and the target's in-plane contours from it.
+        target: labels -> target callable (the target config's transform).
+        root: folder that relative paths of ``train`` and ``test`` are resolved against.
+        cache_dir: where converted and synthetic volumes are written once.
+        patch_shape: training patch (z, y, x).
+        samples_per_epoch: patches per training epoch (over all processes).
+        tile_shape, tile_overlap, tile_batch_size: test-time tiling.
+    """
+
+    def __init__(
+        self,
+        train: FileVolumes | SyntheticVolumes,
+        test: FileVolumes | SyntheticVolumes | None = None,
+        val: FileVolumes | SyntheticVolumes | None = None,
+        *,
+        isotropic: bool = True,
+        target: Callable[[np.ndarray], np.ndarray],
+        root: str | None = None,
+        cache_dir: str = "data_cache",
+        patch_shape: Sequence[int] = (32, 64, 64),
+        batch_size: int = 2,
+        num_workers: int = 0,
+        samples_per_epoch: int = 64,
+        val_fraction: float = 0.2,
+        val_axis: int = 2,
+        foreground_prob: float = 0.5,
+        augment: Augmenter | None = None,
+        seed: int = 0,
+        tile_shape: Sequence[int] | None = None,
+        tile_overlap: float = 0.5,
+        tile_batch_size: int = 2,
+    ) -> None:
+        super().__init__()
+        self.train_volumes, self.test_volumes, self.target = train, test, target
+        self.val_volumes, self.isotropic = val, isotropic
+        self.root = Path(root) if root else None
+        self.cache_dir = Path(cache_dir)
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.tile_shape = tuple(int(t) for t in (tile_shape or patch_shape))
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self.val_fraction, self.val_axis = val_fraction, val_axis
+        self.foreground_prob, self.augment = foreground_prob, augment
+        self.tile_overlap, self.tile_batch_size = tile_overlap, tile_batch_size
+        self.eval_sets: list[EvalSet] = []
+
+    def prepare_data(self) -> None:
+        for volumes in (self.train_volumes, self.val_volumes, self.test_volumes):
+            if volumes is not None:
+                volumes.prepare(self.cache_dir, self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_paths = self.train_volumes.prepare(self.cache_dir, self.root)
+        if self.train_paths.labels is None:
+            raise io.VolumeError(f"training volume {self.train_paths.raw} has no labels")
+        self._setup_regions()
+        check_patch_fits(self.patch_shape, self.train_region, self.train_paths.raw)
+        if not has_foreground(self.train_paths.labels, self.train_region):
+            raise io.VolumeError(
+                f"training labels {self.train_paths.labels} hold no foreground in the training "
+                f"region {self.train_region}: there is nothing to learn"
+            )
+
+    def _setup_regions(self) -> None:
+        shape = io.open_volume(self.train_paths.raw).shape
+        if self.val_volumes is None:
+            self.train_region, self.val_region = split_axis(
+                Box.whole(shape), self.val_axis, self.val_fraction
+            )
+            self.val_paths = self.train_paths
+        else:
+            self.val_paths = self.val_volumes.prepare(self.cache_dir, self.root)
+            if self.val_paths.labels is None:
+                raise io.VolumeError(f"validation volume {self.val_paths.raw} has no labels")
+            self.train_region = Box.whole(shape)
+            self.val_region = Box.whole(io.open_volume(self.val_paths.raw).shape)
+        self.eval_sets = [EvalSet("val", self.val_paths, self.val_region)]
+        if self.test_volumes is not None:
+            test_paths = self.test_volumes.prepare(self.cache_dir, self.root)
+            test_shape = io.open_volume(test_paths.raw).shape
+            self.eval_sets.append(EvalSet("test", test_paths, Box.whole(test_shape)))
+
+    def _loader(
+        self, dataset: Dataset, batch_size: int, cls: type[DataLoader] = DataLoader, **kwargs: Any
+    ) -> DataLoader:
+        return cls(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = PatchDataset(
+            self.train_paths,
+            self.train_region,
+            self.patch_shape,
+            self.target,
+            self.augment,
+            seed=self.seed,
+            length=self.samples_per_epoch,
+            foreground_prob=self.foreground_prob,
+        )
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = EpochSampler(len(dataset), rank, world)
+        return self._loader(dataset, self.batch_size, ResumableLoader, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = TileDataset(
+            self.val_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
+        )
+        return self._loader(dataset, self.batch_size)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [
+            self._loader(
+                TileDataset(s.paths, self.tile_shape, self.tile_overlap, region=s.region),
+                self.tile_batch_size,
+            )
+            for s in self.eval_sets
+        ]
