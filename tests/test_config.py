@@ -15,6 +15,7 @@ import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
 from mitoseg.cli.common import CONFIG_PATH, build_datamodule
 
 CONF = Path(CONFIG_PATH)
+ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 NEEDS = {
@@ -116,3 +117,10 @@ def test_anisotropic_data_gives_in_plane_targets_and_no_z_transposes(tmp_path: P
     assert cfg.target.transform.in_plane is True and cfg.data.augment.isotropic is False
     cfg = compose_train(["target=bc"], tmp_path)
     assert cfg.target.transform.in_plane is False and cfg.data.augment.isotropic is True
+
+
+def test_top_level_conf_is_the_packaged_config_folder() -> None:
+    link = ROOT / "conf"
+    assert link.is_symlink() and (link / "train.yaml").is_file()
+    assert (link / "train.yaml").samefile(ROOT / "src" / "mitoseg" / "conf" / "train.yaml")
+    assert (link / "train.yaml").read_bytes() == (CONF / "train.yaml").read_bytes()
