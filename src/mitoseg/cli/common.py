@@ -16,7 +16,7 @@ from torch import nn
 from mitoseg.analyze.report import write_text_atomic
 from mitoseg.evaluate.semantic import format_table
 from mitoseg.train.callbacks import CHECKPOINT_KEY
-from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only
+from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only, upgrade_targets
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
             f"checkpoint {path} has no '{CHECKPOINT_KEY}.config' entry: it was not written by "
             "mitoseg-train, so the model and target are unknown"
         )
-    config = OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+    # A checkpoint of an earlier layout names classes where they were then.
+    config = OmegaConf.create(upgrade_targets(checkpoint[CHECKPOINT_KEY]["config"]))
     prefix = "net."
     weights = {
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)

@@ -30,6 +30,45 @@ from mitoseg.analyze.report import write_atomic
 log = logging.getLogger(__name__)
 
 
+# Modules that moved since checkpoints were first written: a stored config's ``_target_`` that
+# starts with a key is read as the value (longest key first). Only ever add to this table.
+MOVED_MODULES = {
+    "mitoseg.synthetic_shapes": "mitoseg.datasets.synthetic_shapes",
+    "mitoseg.synthetic": "mitoseg.datasets.synthetic",
+    "mitoseg.volumes": "mitoseg.datasets.volumes",
+    "mitoseg.augment": "mitoseg.train.augment",
+    "mitoseg.targets": "mitoseg.train.targets",
+    "mitoseg.losses": "mitoseg.train.losses",
+    "mitoseg.nets": "mitoseg.train.nets",
+    "mitoseg.module": "mitoseg.train.module",
+    "mitoseg.data": "mitoseg.train.data",
+    "mitoseg.callbacks": "mitoseg.train.callbacks",
+    "mitoseg.checkpoint_io": "mitoseg.train.checkpoints",
+    "mitoseg.postprocess": "mitoseg.decode.masks",
+    "mitoseg.watershed": "mitoseg.decode.watershed",
+}
+
+
+def upgrade_targets(config: Any) -> Any:
+    """``config`` (plain dicts and lists) with every ``_target_`` of an earlier layout rewritten
+    to where that class or function lives now (:data:`MOVED_MODULES`); other values unchanged."""
+    if isinstance(config, dict):
+        return {
+            k: _moved(v) if k == "_target_" and isinstance(v, str) else upgrade_targets(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [upgrade_targets(v) for v in config]
+    return config
+
+
+def _moved(target: str) -> str:
+    for old in sorted(MOVED_MODULES, key=len, reverse=True):
+        if target == old or target.startswith(old + "."):
+            return MOVED_MODULES[old] + target[len(old) :]
+    return target
+
+
 class UnsafeCheckpointError(ValueError):
     """A checkpoint that cannot be loaded as plain data (weights-only); names the file."""
 
