@@ -15,7 +15,7 @@ import torch
 
 from mitoseg import io
 from mitoseg.predict.blocks import journal_path, partial_path
-from mitoseg.train.data import EpochSampler
+from mitoseg.train.sampling import EpochSampler
 
 BIN = Path(sys.executable).parent
 TINY = [

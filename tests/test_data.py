@@ -6,7 +6,6 @@ from mitoseg import io
 from mitoseg.geometry import Box
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.data import (
-    EpochSampler,
     FileVolumes,
     PatchDataset,
     SyntheticVolumes,
@@ -14,6 +13,7 @@ from mitoseg.train.data import (
     VolumeDataModule,
     VolumePaths,
 )
+from mitoseg.train.sampling import EpochSampler
 from mitoseg.train.targets import Semantic
 
 

@@ -40,14 +40,13 @@ from mitoseg.train.checkpoints import (
     UnsafeCheckpointError,
 )
 from mitoseg.train.data import (
-    EpochSampler,
     FileVolumes,
     PatchDataset,
-    ResumableLoader,
     TileDataset,
     VolumeDataModule,
     VolumePaths,
 )
+from mitoseg.train.sampling import EpochSampler, ResumableLoader
 from mitoseg.train.targets import Semantic
 from tests.test_cli import BIN, TINY, run
 from tests.test_config import compose_train
