@@ -1,4 +1,4 @@
-"""Tests for mitoseg.datasets.download and mitoseg-download, against a local HTTP server."""
+"""Tests for mitoseg.datasets.fetch and .registry and mitoseg-download, on a local HTTP server."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import tifffile
 from PIL import Image
 
 from mitoseg.cli.download import main
-from mitoseg.datasets import download
-from mitoseg.datasets.download import (
+from mitoseg.datasets import registry
+from mitoseg.datasets.fetch import (
     ArchiveKind,
     ChecksumError,
     DownloadError,
@@ -105,11 +105,11 @@ def _payload(size: int = 300_000) -> bytes:
 
 def _patch(monkeypatch, name: str, server: _Server, **changes) -> None:
     """Registry entry ``name`` with the sha256 of the archives the server holds."""
-    dataset = download.DATASETS[name]
+    dataset = registry.DATASETS[name]
     files = tuple(
         replace(f, sha256=_sha((server.root / f.name).read_bytes())) for f in dataset.files
     )
-    monkeypatch.setitem(download.DATASETS, name, replace(dataset, files=files, **changes))
+    monkeypatch.setitem(registry.DATASETS, name, replace(dataset, files=files, **changes))
 
 
 # ----------------------------------------------------------------------------- Lucchi++
@@ -184,10 +184,10 @@ def test_lucchipp_casser_release_layout(server, monkeypatch, tmp_path):
                     image.save(buffer, format="PNG")
                     zf.writestr(f"Lucchi++/{name}", buffer.getvalue())
     _patch(monkeypatch, "lucchipp", server)
-    first = download.download_dataset("lucchipp", tmp_path, base_url=server.url, convert=False)
+    first = registry.download_dataset("lucchipp", tmp_path, base_url=server.url, convert=False)
     assert first.arrays == () and (first.source / "Lucchi++" / "Test_Out" / "11.png").is_file()
     assert not (first.root / "zarr").exists()
-    result = download.download_dataset("lucchipp", tmp_path, base_url=server.url)
+    result = registry.download_dataset("lucchipp", tmp_path, base_url=server.url)
     assert not result.already_done and len(server.requests) == 1  # converts what it has
     assert [p.relative_to(result.root / "zarr").as_posix() for p in result.arrays] == [
         "test/labels.zarr",
@@ -203,10 +203,10 @@ def test_unknown_checksum_is_refused_with_the_hash_then_accepted(
     server, lucchi_zip, monkeypatch, tmp_path, capsys
 ):
     _, members = lucchi_zip
-    dataset = download.DATASETS["lucchipp"]
+    dataset = registry.DATASETS["lucchipp"]
     files = tuple(replace(f, sha256=None) for f in dataset.files)
     monkeypatch.setitem(
-        download.DATASETS, "lucchipp", replace(dataset, files=files, members_sha256=members)
+        registry.DATASETS, "lucchipp", replace(dataset, files=files, members_sha256=members)
     )
     monkeypatch.setenv("MITOSEG_DOWNLOAD_BASE_URL", server.url)
     argv = ["lucchipp", "--dest", str(tmp_path)]
@@ -226,9 +226,9 @@ def test_wrong_archive_checksum_is_refused_and_kept_aside(server, tmp_path, caps
     payload = _payload()
     (server.root / "lucchi_pp.zip").write_bytes(payload)
     _patch(monkeypatch, "lucchipp", server)
-    dataset = download.DATASETS["lucchipp"]
+    dataset = registry.DATASETS["lucchipp"]
     files = (replace(dataset.files[0], sha256="0" * 64),)
-    monkeypatch.setitem(download.DATASETS, "lucchipp", replace(dataset, files=files))
+    monkeypatch.setitem(registry.DATASETS, "lucchipp", replace(dataset, files=files))
     assert main(["lucchipp", "--dest", str(tmp_path), "--base-url", server.url]) == 1
     err = capsys.readouterr().err
     assert "lucchi_pp.zip" in err and "0" * 64 in err and _sha(payload) in err
@@ -253,7 +253,7 @@ def test_mitoem_release_archives_convert(server, monkeypatch, tmp_path):
             for path in sorted((root / f"mito_{split}").iterdir()):
                 zf.write(path, f"mito-{split}-v2/{path.name}")
     _patch(monkeypatch, "mitoem-r", server)
-    result = download.download_dataset("mitoem-r", tmp_path / "d", base_url=server.url)
+    result = registry.download_dataset("mitoem-r", tmp_path / "d", base_url=server.url)
     assert sorted(p.name for p in result.source.iterdir()) == ["im", "mito_train", "mito_val"]
     for split, (z0, z1) in release["splits"].items():
         raw = open_volume(result.root / "zarr" / split / "raw.zarr")
@@ -415,16 +415,16 @@ def test_tar_with_inside_links_extracts(tmp_path):
 
 
 def test_registry_entries_are_well_formed():
-    names = [f.name for d in download.DATASETS.values() for f in d.files]
+    names = [f.name for d in registry.DATASETS.values() for f in d.files]
     assert len(names) == len(set(names)), "a mirror serves every file by name in one folder"
-    assert set(download.DATASETS) == {"lucchipp", "mitoem-r", "mitoem-h"}
-    for key, dataset in download.DATASETS.items():
+    assert set(registry.DATASETS) == {"lucchipp", "mitoem-r", "mitoem-h"}
+    for key, dataset in registry.DATASETS.items():
         assert dataset.name == key and dataset.files
         for file in dataset.files:
             assert file.url.startswith(("https://", "http://"))
             assert file.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", file.sha256)
             assert "?" not in file.name and file.url.split("?")[0].endswith(file.name)
-            assert download.file_url(file, "http://m/x/") == f"http://m/x/{file.name}"
+            assert registry.file_url(file, "http://m/x/") == f"http://m/x/{file.name}"
 
 
 @pytest.mark.realdata
@@ -432,4 +432,4 @@ def test_lucchi_member_checksums_match_the_shared_copy():
     listed = dict(
         reversed(line.split()) for line in (LUCCHI / "SHA256SUMS.txt").read_text().splitlines()
     )
-    assert {n: listed[n] for n in download.LUCCHI_TIFF_SHA256} == download.LUCCHI_TIFF_SHA256
+    assert {n: listed[n] for n in registry.LUCCHI_TIFF_SHA256} == registry.LUCCHI_TIFF_SHA256

@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from mitoseg.datasets.download import DATASETS, DownloadError, UnverifiedError, download_dataset
+from mitoseg.datasets.fetch import DownloadError, UnverifiedError
+from mitoseg.datasets.registry import DATASETS, download_dataset
 from mitoseg.io import VolumeError, open_volume
 
 BASE_URL_ENV = "MITOSEG_DOWNLOAD_BASE_URL"
