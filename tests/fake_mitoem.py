@@ -5,7 +5,7 @@ Usage in a test::
     from tests.fake_mitoem import write_fake_release
 
     release = write_fake_release(tmp_path / "MitoEM-R", depth=(8, 4, 8), size=64)
-    release["root"]                   # pass to mitoseg-convert --mitoem / io.convert_release
+    release["root"]                   # pass to mitoseg-convert --mitoem / convert_release
     release["raw"][slice(*release["splits"]["val"])]   # the val raw, uint8 (4, 64, 64)
 """
 

@@ -11,6 +11,7 @@ NUMPY_ONLY = (
     "datasets.volumes",
     "datasets.fetch",
     "datasets.registry",
+    "datasets.mitoem",
     "train.augment",
     "train.targets",
     "predict.blend",

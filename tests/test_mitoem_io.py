@@ -13,11 +13,10 @@ import tifffile
 from PIL import Image
 
 from mitoseg.cli.convert import main
+from mitoseg.datasets.mitoem import convert_release, find_release
 from mitoseg.io import (
     VolumeError,
     convert,
-    convert_release,
-    find_release,
     open_source,
     open_volume,
     read_listing,
@@ -176,7 +175,7 @@ def test_a_later_slice_of_another_shape_names_listing_and_entry(release, tmp_pat
 def test_dtype_disagreeing_with_the_slices_is_logged(release, tmp_path, caplog):
     listing = _listing(release, "mito_val.json") | {"dtype": "uint8"}
     listing["image"] = [str(release["root"] / p) for p in listing["image"]]
-    with caplog.at_level(logging.WARNING, logger="mitoseg.io.mitoem"):
+    with caplog.at_level(logging.WARNING, logger="mitoseg.io.listing"):
         out = convert(_write(tmp_path / "l.json", listing), tmp_path / "o.zarr", labels=True)
     assert "key 'dtype' says uint8" in caplog.text and "uint32" in caplog.text
     np.testing.assert_array_equal(out[:], release["labels"][8:12])

@@ -28,14 +28,8 @@ from typing import Any
 
 import zarr
 
-from mitoseg.io import (
-    DEFAULT_CHUNKS,
-    MITOEM_VOXEL_SIZE_NM,
-    VolumeError,
-    check_same_shape,
-    convert,
-    convert_release,
-)
+from mitoseg.datasets.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release
+from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
 
 logger = logging.getLogger(__name__)
 

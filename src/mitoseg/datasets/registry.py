@@ -35,7 +35,8 @@ from mitoseg.datasets.fetch import (
     fetch,
     verify_members,
 )
-from mitoseg.io import MITOEM_VOXEL_SIZE_NM, atomic_dir, convert, convert_release
+from mitoseg.datasets.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release
+from mitoseg.io import atomic_dir, convert
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ LUCCHI_TIFF_SHA256 = {
     "test_im.tif": "34902393064d3657013e4a680c253376a420a7796bdbea996c77626421886221",
     "test_label.tif": "7ec99a2b985e3ed903fed1025af61eb4c829e5f256817a66d40cba26f6680744",
 }
-# Label folders of the MitoEM label archives -> the names mitoseg.io.convert_release reads.
+# Label folders of the MitoEM label archives -> the names mitoseg.datasets.mitoem reads.
 MITOEM_RENAMES = {"mito-train-v2": "mito_train", "mito-val-v2": "mito_val"}
 
 

@@ -1,6 +1,7 @@
 """Volume I/O: open and create zarr volumes, convert slices / TIFF / HDF5 / zarr into zarr.
 
-JSON slice listings and whole MitoEM releases are read by :mod:`mitoseg.io.mitoem`.
+JSON slice listings are read by :mod:`mitoseg.io.listing`; whole MitoEM releases are found and
+converted by :mod:`mitoseg.datasets.mitoem`.
 
 Every volume written is an OME-Zarr group (NGFF 0.5 on zarr v3, see :mod:`mitoseg.io.ome`): the
 ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array at ``0`` (Blosc zstd) with attributes ``axes``,
@@ -11,7 +12,7 @@ Bad input raises :class:`VolumeError`.
 
 from mitoseg.io.conversion import convert
 from mitoseg.io.errors import VolumeError
-from mitoseg.io.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release, find_release, read_listing
+from mitoseg.io.listing import read_listing
 from mitoseg.io.normalize import normalize_labels
 from mitoseg.io.sources import check_same_shape, natural_key, open_source, volume_shape
 from mitoseg.io.store import (
@@ -30,16 +31,13 @@ from mitoseg.io.store import (
 __all__ = [
     "AXES",
     "DEFAULT_CHUNKS",
-    "MITOEM_VOXEL_SIZE_NM",
     "VolumeError",
     "atomic_dir",
     "check_same_shape",
     "clip_chunks",
     "convert",
-    "convert_release",
     "create_volume",
     "finalize_volume",
-    "find_release",
     "natural_key",
     "normalize_labels",
     "open_levels",

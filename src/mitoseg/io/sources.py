@@ -359,7 +359,7 @@ def open_source(src: str | Path, dataset: str | None = None) -> Source:
 
     Args:
         src: a folder of 2D slices, a JSON slice listing (MitoEM ``im_train.json`` style, see
-            :func:`mitoseg.io.mitoem.read_listing`), a multi-page or 3D TIFF, an HDF5 file or a
+            :func:`mitoseg.io.listing.read_listing`), a multi-page or 3D TIFF, an HDF5 file or a
             zarr array / group.
         dataset: dataset / array key inside an HDF5 file or zarr group; None picks the only
             3D one.
@@ -382,8 +382,8 @@ def open_source(src: str | Path, dataset: str | None = None) -> Source:
     if suffix in HDF5_SUFFIXES:
         return _open_hdf5(path, dataset)
     if suffix == LISTING_SUFFIX:
-        # Imported here: mitoem builds on this module (its listing source is a SliceFilesSource).
-        from mitoseg.io.mitoem import open_listing
+        # Imported here: listing builds on this module (its source is a SliceFilesSource).
+        from mitoseg.io.listing import open_listing
 
         return open_listing(path)
     supported = " ".join((*TIFF_SUFFIXES, *HDF5_SUFFIXES, LISTING_SUFFIX))
