@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
 from mitoseg.cli.common import CONFIG_PATH, build_datamodule
@@ -53,6 +53,46 @@ def test_every_experiment_composes_and_instantiates(experiment: str, tmp_path: P
     datamodule, module, trainer = build(cfg)
     assert module.net is not None and trainer.max_steps == cfg.trainer.max_steps
     assert datamodule.patch_shape == tuple(cfg.data.patch_shape)
+
+
+def resolved(overrides: list[str], tmp_path: Path) -> dict:
+    """The composed config, resolved, without the hydra node (runtime keys, choices)."""
+    cfg = compose_train(overrides, tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+INSTANCE_EXPERIMENTS = {"mitoem": ["data.root=/data"], "synthetic_instance": []}
+ALIASES = {"mitoem": "mitoem", "synthetic_instance": "synthetic"}
+DECODERS = {"a": "AffinityWatershed", "ac": "ACWatershed", "bc": "BCWatershed"}
+
+
+@pytest.mark.parametrize("target", ["a", "ac", "bc"])
+@pytest.mark.parametrize("base", sorted(INSTANCE_EXPERIMENTS))
+def test_experiment_alias_is_the_base_experiment_with_its_target(
+    base: str, target: str, tmp_path: Path
+) -> None:
+    needs = INSTANCE_EXPERIMENTS[base]
+    alias = resolved([f"experiment={ALIASES[base]}_{target}", *needs], tmp_path)
+    assert alias == resolved([f"experiment={base}", f"target={target}", *needs], tmp_path)
+    # The target drives the decoder and its sweep; target= on the command line beats the alias's.
+    assert alias["target"]["name"] == target
+    assert alias["postprocess"]["_target_"].endswith("." + DECODERS[target])
+    assert set(alias["evaluate"]["sweep"]) <= set(alias["postprocess"])
+    other = next(t for t in DECODERS if t != target)
+    overridden = resolved(
+        [f"experiment={ALIASES[base]}_{target}", f"target={other}", *needs], tmp_path
+    )
+    assert overridden["target"]["name"] == other
+    assert overridden["postprocess"]["_target_"].endswith("." + DECODERS[other])
+
+
+@pytest.mark.parametrize("base", sorted(INSTANCE_EXPERIMENTS))
+def test_instance_experiment_defaults_to_target_bc(base: str, tmp_path: Path) -> None:
+    needs = INSTANCE_EXPERIMENTS[base]
+    cfg = resolved([f"experiment={base}", *needs], tmp_path)
+    assert cfg == resolved([f"experiment={ALIASES[base]}_bc", *needs], tmp_path)
 
 
 @pytest.mark.parametrize("model", MODELS)
