@@ -25,6 +25,7 @@ from mitoseg.io import (
     write_volume,
 )
 from mitoseg.io import conversion as io_conversion
+from mitoseg.io import slices as io_slices
 from mitoseg.io import sources as io_sources
 from mitoseg.io.normalize import binary_encoding
 
@@ -416,9 +417,9 @@ def _assert_streamed(events: list[tuple[str, int]], slab: int) -> None:
 def test_folder_conversion_streams_one_slab_at_a_time(tmp_path, monkeypatch):
     folder = _png_folder(tmp_path / "s", _vol((11, 8, 8)))
     events: list[tuple[str, int]] = []
-    decode = io_sources._decode_slice
+    decode = io_slices._decode_slice
     monkeypatch.setattr(
-        io_sources, "_decode_slice", lambda p: events.append(("read", 1)) or decode(p)
+        io_slices, "_decode_slice", lambda p: events.append(("read", 1)) or decode(p)
     )
     _spy_writes(monkeypatch, events)
     convert(folder, tmp_path / "o.zarr", chunks=(3, 8, 8))

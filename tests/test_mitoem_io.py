@@ -22,7 +22,7 @@ from mitoseg.io import (
     read_listing,
     volume_shape,
 )
-from mitoseg.io import sources as io_sources
+from mitoseg.io import slices as io_slices
 from tests.fake_mitoem import ID_OFFSET, write_fake_release
 
 
@@ -183,13 +183,13 @@ def test_dtype_disagreeing_with_the_slices_is_logged(release, tmp_path, caplog):
 
 def test_listing_is_streamed_one_slice_at_a_time(release, tmp_path, monkeypatch):
     decoded: list[str] = []
-    decode = io_sources._decode_slice
+    decode = io_slices._decode_slice
 
     def spy(path: Path) -> np.ndarray:
         decoded.append(path.name)
         return decode(path)
 
-    monkeypatch.setattr(io_sources, "_decode_slice", spy)
+    monkeypatch.setattr(io_slices, "_decode_slice", spy)
     listing = release["root"] / "im_train.json"
     assert volume_shape(listing) == (8, 64, 64) and decoded == []  # headers only
     convert(listing, tmp_path / "o.zarr", chunks=(3, 64, 64))

@@ -19,7 +19,8 @@ import zarr
 
 from mitoseg.io.conversion import convert
 from mitoseg.io.errors import VolumeError
-from mitoseg.io.sources import SliceFilesSource, open_source
+from mitoseg.io.slices import SliceFilesSource
+from mitoseg.io.sources import open_source
 from mitoseg.io.store import DEFAULT_CHUNKS
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ import numpy.typing as npt
 import zarr
 from tqdm import tqdm
 
+from mitoseg.io.containers import TiffPagesSource
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.normalize import (
     binary_encoding,
@@ -21,7 +22,9 @@ from mitoseg.io.normalize import (
     normalize_labels,
     normalize_raw,
 )
-from mitoseg.io.sources import SliceFilesSource, Source, TiffPagesSource, open_source
+from mitoseg.io.slices import SliceFilesSource
+from mitoseg.io.source import Source
+from mitoseg.io.sources import open_source
 from mitoseg.io.store import (
     AXES,
     DEFAULT_CHUNKS,

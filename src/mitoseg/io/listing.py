@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mitoseg.io.errors import VolumeError
-from mitoseg.io.sources import SliceFilesSource, _slice_size
+from mitoseg.io.slices import SliceFilesSource, _slice_size
 
 logger = logging.getLogger(__name__)
 

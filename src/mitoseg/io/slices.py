@@ -1,0 +1,136 @@
+"""Slice files: a volume stored as one 2D image file (PNG, TIFF, JPEG) per z slice.
+
+:class:`SliceFilesSource` decodes the files one at a time and checks that they agree;
+:class:`FolderSource` reads a folder of them in natural order of the file names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from mitoseg.io.errors import VolumeError
+from mitoseg.io.source import Source
+
+SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# PIL modes that numpy cannot take as they are, and what to convert them to first.
+_PIL_CONVERT = {
+    "P": "RGBA",
+    "PA": "RGBA",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
+
+
+def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """Sort key that orders digit runs by value: ``im2.png`` < ``im10.png``.
+
+    Ties such as ``im2.png`` / ``im02.png`` fall back to the plain name, so the order is total.
+    """
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def _decode_slice(path: Path) -> np.ndarray:
+    """One 2D slice file as ``(Y, X)`` or ``(Y, X, C)``."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                return tif.pages.first.asarray()
+        with Image.open(path) as img:
+            mode = _PIL_CONVERT.get(img.mode)
+            return np.asarray(img.convert(mode) if mode else img)
+    except Exception as err:  # decoders raise many types (OSError, ValueError, zlib.error, ...)
+        raise VolumeError(f"cannot read slice {path}: {err}") from err
+
+
+def _slice_size(path: Path) -> tuple[int, int]:
+    """``(Y, X)`` of a 2D slice file, read from its header only."""
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                if page.imagedepth > 1:
+                    raise VolumeError(f"slice {path} is 3D (shape {page.shape}), expected 2D")
+                return int(page.imagelength), int(page.imagewidth)
+        with Image.open(path) as img:
+            return img.height, img.width
+    except VolumeError:
+        raise
+    except Exception as err:
+        raise VolumeError(f"cannot read slice {path}: {err}") from err
+
+
+class SliceFilesSource(Source):
+    """2D slice files (PNG, TIFF, JPEG), one per z slice, decoded one at a time.
+
+    Every slice must have the ``(Y, X)`` of ``shape`` and the shape and dtype of the first slice
+    decoded; ``shape_origin`` says where ``shape`` came from, for error messages.
+    """
+
+    def __init__(
+        self, path: Path, files: list[Path], slice_shape: tuple[int, int], shape_origin: str
+    ) -> None:
+        self.path, self.files, self.shape_origin = path, files, shape_origin
+        self.shape = (len(files), *slice_shape)
+        # (file, shape, dtype) of the first slice decoded: the others must match it.
+        self._ref: tuple[Path, tuple[int, ...], np.dtype] | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self._ref is None:
+            self._decode(0)
+        assert self._ref is not None
+        return self._ref[2]
+
+    def describe(self, z: int) -> str:
+        return f"slice {z} ({self.files[z].name})"
+
+    def _decode(self, z: int) -> np.ndarray:
+        path, image = self.files[z], _decode_slice(self.files[z])
+        if image.shape[:2] != self.shape[1:]:
+            raise VolumeError(
+                f"slice {path} has shape {image.shape}, but {self.shape_origin} "
+                f"has shape {self.shape[1:]}"
+            )
+        if self._ref is None:
+            self._ref = (path, image.shape, image.dtype)
+        ref_path, ref_shape, ref_dtype = self._ref
+        if (image.shape, image.dtype) != (ref_shape, ref_dtype):
+            raise VolumeError(
+                f"slice {path} has shape {image.shape} and dtype {image.dtype}, but slice "
+                f"{ref_path.name} has shape {ref_shape} and dtype {ref_dtype}"
+            )
+        return image
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        first = self._decode(z0)
+        out = np.empty((z1 - z0, *first.shape), dtype=first.dtype)
+        out[0] = first
+        for z in range(z0 + 1, z1):
+            out[z - z0] = self._decode(z)
+        return out
+
+
+class FolderSource(SliceFilesSource):
+    """A folder of 2D slices (PNG, TIFF, JPEG), in natural order of the file names."""
+
+    def __init__(self, path: Path) -> None:
+        files = sorted(
+            (
+                p
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLICE_SUFFIXES
+            ),
+            key=lambda p: natural_key(p.name),
+        )
+        if not files:
+            raise VolumeError(f"no image slices ({' '.join(SLICE_SUFFIXES)}) in folder {path}")
+        super().__init__(path, files, _slice_size(files[0]), f"the first slice {files[0].name}")
