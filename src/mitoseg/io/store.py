@@ -21,8 +21,15 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from mitoseg.io import ome
 from mitoseg.io.errors import VolumeError
+from mitoseg.io.ome import (
+    LEVEL0,
+    is_volume_group,
+    level_paths,
+    volume_axes,
+    volume_group_attributes,
+    write_pyramid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,31 +100,31 @@ def create_volume(
     shape = tuple(int(s) for s in shape)
     attrs = dict(attrs or {})
     try:
-        group_attrs = ome.volume_group_attributes(shape, attrs)
+        group_attrs = volume_group_attributes(shape, attrs)
     except ValueError as err:
         raise VolumeError(f"{path}: {err}") from err
     group = zarr.create_group(store=str(path), attributes=group_attrs, overwrite=overwrite)
     return group.create_array(
-        ome.LEVEL0,
+        LEVEL0,
         shape=shape,
         chunks=clip_chunks(shape, chunks),
         dtype=dt,
         compressors=[_compressor(dt)],
         fill_value=0,
         attributes=attrs,
-        dimension_names=ome.volume_axes(shape, attrs),
+        dimension_names=volume_axes(shape, attrs),
     )
 
 
 def finalize_volume(path: str | Path, min_size: int | None = None) -> int:
-    """Build the multiscale pyramid of a complete volume (see :func:`ome.write_pyramid`).
+    """Build the multiscale pyramid of a complete volume (see :func:`.ome.write_pyramid`).
 
     Returns:
         The number of downsampled levels; 0 for a plain array, which is left as it is.
     """
-    if not ome.is_volume_group(path):
+    if not is_volume_group(path):
         return 0
-    return ome.write_pyramid(path, min_size)
+    return write_pyramid(path, min_size)
 
 
 def open_volume(path: str | Path) -> zarr.Array:
@@ -154,7 +161,7 @@ def open_levels(path: str | Path) -> list[zarr.Array]:
     if isinstance(node, zarr.Array):
         return [node]
     members = sorted(node.array_keys()) if isinstance(node, zarr.Group) else []
-    paths = ome.level_paths(node.attrs.asdict()) if isinstance(node, zarr.Group) else []
+    paths = level_paths(node.attrs.asdict()) if isinstance(node, zarr.Group) else []
     if not paths:
         raise VolumeError(f"{path} is a zarr group, not an array; arrays inside: {members}")
     try:
