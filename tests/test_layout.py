@@ -30,6 +30,7 @@ NUMPY_ONLY = (
     "decode.run",
     "decode.blockwise",
     "evaluate.semantic",
+    "evaluate.contingency",
     "evaluate.instance",
     "evaluate.blockwise",
     "analyze.measure",

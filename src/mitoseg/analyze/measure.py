@@ -26,7 +26,7 @@ import numpy as np
 from skimage.measure import marching_cubes, mesh_surface_area
 from skimage.morphology import skeletonize
 
-from mitoseg.evaluate.instance import LabelVolume
+from mitoseg.evaluate.contingency import LabelVolume
 
 log = logging.getLogger(__name__)
 

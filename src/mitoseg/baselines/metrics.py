@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from mitoseg.evaluate.instance import SIZE_RANGES, Overlaps, scores_from_overlaps
+from mitoseg.evaluate.contingency import Overlaps
+from mitoseg.evaluate.instance import SIZE_RANGES, scores_from_overlaps
 
 
 def overlaps_whole(truth: np.ndarray, pred: np.ndarray) -> Overlaps:

@@ -16,7 +16,8 @@ import numpy as np
 from mitoseg.decode.blockwise import store
 from mitoseg.decode.blockwise.blocks import Block, BlockGrid, block_grid
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
-from mitoseg.evaluate.instance import Overlaps, _slab_overlaps, scores_from_overlaps
+from mitoseg.evaluate.contingency import Overlaps, _slab_overlaps
+from mitoseg.evaluate.instance import scores_from_overlaps
 from mitoseg.evaluate.semantic import Confusion
 
 
