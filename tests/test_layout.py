@@ -23,6 +23,8 @@ NUMPY_ONLY = (
     "datasets.registry",
     "datasets.mitoem",
     "train.augment",
+    "train.augment_intensity",
+    "train.augment_spatial",
     "train.targets",
     "predict.blend",
     "decode.masks",

@@ -2,7 +2,8 @@
 
 An ``Augmenter`` holds the parameters; every call takes the random generator, so a patch's
 augmentation is reproducible from the generator's seed. Geometric transforms are applied
-identically to raw and labels; intensity transforms touch raw only.
+identically to raw and labels (:mod:`mitoseg.train.augment_spatial`); intensity transforms
+touch raw only (:mod:`mitoseg.train.augment_intensity`).
 
 Orientations: flips along z, y, x (probability 0.5 each), a random transpose among axes of equal
 size (isotropic) or of y and x only (anisotropic: z is never swapped), and random 90-degree
@@ -26,251 +27,44 @@ sees resolution changes within one patch. Labels are kept. Off by default, drawi
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
 
+from mitoseg.train.augment_intensity import (
+    adjust_intensity,
+    cut_blur,
+    fill_sections,
+    line_kernel,
+    motion_blur,
+)
+from mitoseg.train.augment_spatial import (
+    Orientation,
+    allowed_permutations,
+    elastic_coordinates,
+    reflect_index,
+    rotation_planes,
+    shift_sections,
+    upsample,
+)
 
-def allowed_permutations(shape: Sequence[int], isotropic: bool) -> list[tuple[int, ...]]:
-    """Axis permutations that keep ``shape``; never across z when not ``isotropic``.
-
-    Args:
-        shape: (Z, Y, X) of the patch.
-        isotropic: whether z may be exchanged with y or x.
-
-    Returns:
-        Permutations for ``np.transpose``, the identity first.
-    """
-    perms = [
-        p
-        for p in itertools.permutations(range(3))
-        if all(shape[a] == shape[i] for i, a in enumerate(p))
-    ]
-    return perms if isotropic else [p for p in perms if p[0] == 0]
-
-
-def rotation_planes(shape: Sequence[int], isotropic: bool) -> list[tuple[int, int]]:
-    """Planes (axis pairs for ``np.rot90``) of equal size; only y-x when not ``isotropic``."""
-    planes = [(1, 2), (0, 1), (0, 2)] if isotropic else [(1, 2)]
-    return [(a, b) for a, b in planes if shape[a] == shape[b]]
-
-
-@lru_cache(maxsize=64)
-def _zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """float32 (n_out, n_in): ``ndimage.zoom(v, n_out / n_in, order=3)`` as a matrix on ``v``."""
-    eye = np.eye(n_in)
-    columns = [ndimage.zoom(e, n_out / n_in, order=3) for e in eye]
-    matrix = np.stack(columns, axis=1).astype(np.float32)
-    matrix.flags.writeable = False
-    return matrix
-
-
-def upsample(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Cubic-spline upsampling, equal to ``ndimage.zoom(coarse, shape / coarse.shape, order=3)``.
-
-    Zoom is separable, so it is applied as one small matrix per axis, which is about 50 times
-    faster than ``ndimage.zoom`` for a displacement field.
-
-    Args:
-        coarse: float array (any number of dimensions).
-        shape: output shape, same length as ``coarse.shape``.
-
-    Returns:
-        float32 array of ``shape``.
-    """
-    out = coarse.astype(np.float32)
-    for axis, n_out in enumerate(shape):
-        matrix = _zoom_matrix(coarse.shape[axis], int(n_out))
-        out = np.moveaxis(np.tensordot(matrix, out, axes=(1, axis)), 0, axis)
-    return np.ascontiguousarray(out)
-
-
-def elastic_coordinates(
-    shape: Sequence[int], alpha: float, sigma: float, planar: bool, rng: np.random.Generator
-) -> np.ndarray:
-    """Sampling coordinates of a smooth random deformation.
-
-    Control points every ``2 * sigma`` voxels are displaced uniformly in [-alpha, alpha] voxels
-    per axis and the displacement is upsampled with cubic splines (``upsample``). The spacing of
-    2 sigma gives about the smoothness of white noise blurred by a Gaussian of std sigma; control
-    points every sigma voxels would fold about 20 % of the voxels at alpha 6, sigma 8 (about
-    0.2 % with 2 sigma). ``planar`` displaces only y and x, one field for all slices.
-
-    Args:
-        shape: (Z, Y, X) of the patch.
-        alpha: largest displacement of a control point, in voxels.
-        sigma: smoothness in voxels.
-        planar: displace in the y-x plane only (anisotropic data).
-        rng: random generator.
-
-    Returns:
-        float32 (3, Z, Y, X): for each output voxel, the (z, y, x) position to sample the input.
-    """
-    axes = (1, 2) if planar else (0, 1, 2)
-    field_shape = tuple(shape[a] for a in axes)
-    grid = tuple(max(2, int(np.ceil(n / (2.0 * sigma))) + 1) for n in field_shape)
-    coarse = rng.uniform(-alpha, alpha, (len(axes), *grid))
-    coords = np.empty((3, *shape), dtype=np.float32)
-    for axis in range(3):
-        view = [-1 if a == axis else 1 for a in range(3)]
-        coords[axis] = np.arange(shape[axis], dtype=np.float32).reshape(view)
-    for i, axis in enumerate(axes):
-        coords[axis] += upsample(coarse[i], field_shape)  # (Y, X) broadcasts over z when planar
-    return coords
-
-
-def adjust_intensity(
-    raw: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float, gamma: float
-) -> np.ndarray:
-    """Random contrast (about the mean), brightness and gamma.
-
-    Args:
-        raw: float32 (Z, Y, X) in [0, 1].
-        rng: random generator.
-        brightness: shift drawn from [-brightness, brightness].
-        contrast: scale drawn from [1 - contrast, 1 + contrast], about the patch mean.
-        gamma: exponent exp(u), u drawn from [-gamma, gamma].
-
-    Returns:
-        float32 (Z, Y, X) in [0, 1], a new array.
-    """
-    scale = 1.0 + rng.uniform(-contrast, contrast)
-    shift = rng.uniform(-brightness, brightness)
-    exponent = np.exp(rng.uniform(-gamma, gamma))
-    mean = float(raw.mean())
-    out = (raw - np.float32(mean)) * np.float32(scale) + np.float32(mean + shift)
-    np.clip(out, 0.0, 1.0, out=out)
-    np.power(out, np.float32(exponent), out=out)
-    return out
-
-
-def fill_sections(raw: np.ndarray, sections: Sequence[int]) -> np.ndarray:
-    """Missing sections: each listed z-slice replaced by its own mean grey.
-
-    A lost or blank section shows no structure; filling it with its mean (rather than
-    interpolating the neighbours) keeps the patch's brightness and hides every edge, so the
-    labels, which are kept, must be inferred from the sections around it.
-
-    Args:
-        raw: float32 (Z, Y, X) in [0, 1].
-        sections: distinct z indices in [0, Z).
-
-    Returns:
-        float32 (Z, Y, X) in [0, 1], a new array.
-    """
-    if any(not 0 <= z < raw.shape[0] for z in sections):
-        raise ValueError(f"sections must lie in [0, {raw.shape[0]}), got {list(sections)}")
-    out = np.array(raw, dtype=np.float32, order="C", copy=True)
-    for z in sections:
-        out[z] = out[z].mean(dtype=np.float64)
-    return out
-
-
-def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
-    """Integer indices folded into [0, n) by half-sample symmetric reflection (..., 1, 0 | 0, 1)."""
-    folded = np.mod(index, 2 * n)
-    return np.where(folded < n, folded, 2 * n - 1 - folded)
-
-
-def shift_sections(array: np.ndarray, start: int, shift: tuple[int, int]) -> np.ndarray:
-    """Misalignment step: the slices from ``start`` on moved by ``shift`` voxels in y-x.
-
-    ``out[z, y, x] = array[z, y - dy, x - dx]`` for ``z >= start``; the strip that the shift
-    reveals is the image mirrored at its edge (half-sample symmetric, as ``mode="reflect"`` of the
-    elastic deformation), so raw and labels stay consistent and no new ids appear.
-
-    Args:
-        array: (Z, Y, X) of any dtype, raw or labels.
-        start: first shifted slice, in [0, Z].
-        shift: (dy, dx) in voxels.
-
-    Returns:
-        A new C-contiguous array of the input's shape and dtype.
-    """
-    if array.ndim != 3 or not 0 <= start <= array.shape[0]:
-        raise ValueError(f"need a 3D array and start in [0, Z], got {array.shape}, {start}")
-    out = np.array(array, order="C", copy=True)
-    ys = reflect_index(np.arange(array.shape[1]) - int(shift[0]), array.shape[1])
-    xs = reflect_index(np.arange(array.shape[2]) - int(shift[1]), array.shape[2])
-    out[start:] = array[start:, ys[:, None], xs[None, :]]
-    return out
-
-
-def line_kernel(length: int, angle: float) -> np.ndarray:
-    """Motion-blur kernel: a centred line segment of ``length`` voxels, normalised to sum 1.
-
-    The segment is sampled finely and each sample goes to its nearest voxel, so an axis-aligned
-    segment of odd length is a box filter of that length (even: half weights at both ends).
-
-    Args:
-        length: segment length in voxels, >= 1.
-        angle: direction in the y-x plane in radians; 0 is along x, pi / 2 along y.
-
-    Returns:
-        float64 (K, K) with K = 2 * (length // 2) + 1, non-negative, summing to 1.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    half, samples = length // 2, 16 * length
-    t = -length / 2.0 + (np.arange(samples) + 0.5) / 16.0
-    ys = half + np.rint(t * np.sin(angle)).astype(int)
-    xs = half + np.rint(t * np.cos(angle)).astype(int)
-    kernel = np.zeros((2 * half + 1, 2 * half + 1))
-    np.add.at(kernel, (ys, xs), 1.0 / samples)
-    return kernel
-
-
-def motion_blur(
-    raw: np.ndarray, sections: Sequence[int], angles: Sequence[float], length: int
-) -> np.ndarray:
-    """Line blur of ``length`` voxels on the listed z-slices, each along its own direction.
-
-    Args:
-        raw: float32 (Z, Y, X) in [0, 1].
-        sections: distinct z indices in [0, Z).
-        angles: one in-plane direction per section, radians (see ``line_kernel``).
-        length: kernel length in voxels.
-
-    Returns:
-        float32 (Z, Y, X) in [0, 1], a new array; other slices are unchanged.
-    """
-    if len(sections) != len(angles) or any(not 0 <= z < raw.shape[0] for z in sections):
-        raise ValueError(f"need one angle per section in [0, {raw.shape[0]}): {sections}")
-    out = np.array(raw, dtype=np.float32, order="C", copy=True)
-    for z, angle in zip(sections, angles, strict=True):
-        ndimage.convolve(raw[z], line_kernel(length, angle), output=out[z], mode="reflect")
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def cut_blur(raw: np.ndarray, box: Sequence[slice], factor: int, planar: bool) -> np.ndarray:
-    """Raw with the voxels in ``box`` replaced by a ``factor``-times lower-resolution copy.
-
-    The box is averaged over ``factor`` voxels per axis, subsampled by ``factor`` and linearly
-    interpolated back to its shape; z is left at full resolution when ``planar``.
-
-    Args:
-        raw: float32 (Z, Y, X) in [0, 1].
-        box: three slices with positive extents inside ``raw``.
-        factor: integer downsampling factor >= 2.
-        planar: downsample in y-x only (anisotropic data).
-
-    Returns:
-        float32 (Z, Y, X) in [0, 1], a new array equal to ``raw`` outside ``box``.
-    """
-    region = np.asarray(raw[tuple(box)], dtype=np.float32)
-    if region.ndim != 3 or region.size == 0 or factor < 2:
-        raise ValueError(f"need a non-empty 3D box and factor >= 2, got {region.shape}, {factor}")
-    factors = [1 if planar and axis == 0 else min(factor, n) for axis, n in enumerate(region.shape)]
-    smooth = ndimage.uniform_filter(region, size=factors, mode="reflect")
-    coarse = smooth[tuple(slice(f // 2, None, f) for f in factors)]
-    zoom = [n / c for n, c in zip(region.shape, coarse.shape, strict=True)]
-    out = np.array(raw, dtype=np.float32, order="C", copy=True)
-    out[tuple(box)] = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)
-    return np.clip(out, 0.0, 1.0, out=out)
+__all__ = [  # the transforms stay importable from here
+    "Augmenter",
+    "Orientation",
+    "adjust_intensity",
+    "allowed_permutations",
+    "cut_blur",
+    "elastic_coordinates",
+    "fill_sections",
+    "line_kernel",
+    "motion_blur",
+    "reflect_index",
+    "rotation_planes",
+    "shift_sections",
+    "upsample",
+]
 
 
 def _validate_inputs(raw: np.ndarray, labels: np.ndarray) -> None:
@@ -278,28 +72,6 @@ def _validate_inputs(raw: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError(f"need raw and labels of one 3D shape, got {raw.shape} and {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integer, got {labels.dtype}")
-
-
-@dataclass(frozen=True)
-class Orientation:
-    """An element of the orientation group: transpose, then 90-degree rotations, then flips.
-
-    Attributes:
-        perm: axis permutation for ``np.transpose``.
-        rotations: ``(k, (axis_a, axis_b))`` pairs for ``np.rot90``, applied in order.
-        flips: axes to reverse.
-    """
-
-    perm: tuple[int, ...] = (0, 1, 2)
-    rotations: tuple[tuple[int, tuple[int, int]], ...] = ()
-    flips: tuple[int, ...] = ()
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """The oriented (Z, Y, X) array, a view of ``array``."""
-        array = np.transpose(array, self.perm)
-        for k, plane in self.rotations:
-            array = np.rot90(array, k, axes=plane)
-        return np.flip(array, self.flips) if self.flips else array
 
 
 _PROBABILITIES = ("elastic_prob", "intensity_prob") + tuple(
