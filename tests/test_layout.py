@@ -18,6 +18,7 @@ NUMPY_ONLY = (
     "geometry",
     "datasets.synthetic",
     "datasets.synthetic_shapes",
+    "datasets.synthetic_textures",
     "datasets.volumes",
     "datasets.fetch",
     "datasets.registry",
