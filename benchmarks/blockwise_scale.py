@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record
 
 STAGES = ("decode", "evaluate", "cc")
 SLAB = 80  # z-slices of the repeated pattern; not a multiple of the block depth
@@ -344,6 +345,27 @@ def main() -> None:
     )
     print(table(rows))
     print(flatness(rows))
+    pairs = [
+        (a, b)
+        for a in rows
+        for b in rows
+        if a["stage"] == b["stage"] == "decode"
+        and a["gvox"] == b["gvox"]
+        and a["workers"] == 1
+        and b["workers"] == 2
+    ]
+    if pairs:  # the headline: decode with 2 workers against 1, at the largest size
+        one, two = pairs[-1]
+        record(
+            "blockwise_decode_2_workers_seconds",
+            two["seconds"],
+            "s",
+            baseline=one["seconds"],
+            baseline_name="the same blockwise bc_watershed decode on Dask with 1 worker",
+            notes=f"{two['gvox']:.2f} Gvox, block {args.block_shape}, halo {args.halo}: "
+            f"{one['seconds'] / two['seconds']:.2f}x, same ids: {one['result'] == two['result']}, "
+            f"worker peak {max(two['worker_mib']):.0f} MiB",
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from results import record
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -187,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
             volumes[name] = volume_mib(case, data, large_dir)
     print(f"data {data}, chunks {tuple(args.chunks)}\n")
     print(table(results, volumes))
+    large = "raw synthetic multi-page TIFF"
+    if large in results:  # the headline: peak memory does not grow with the volume
+        base = float(results["baseline (imports only)"]["peak_mib"])
+        peak = float(results[large]["peak_mib"])
+        record(
+            "convert_peak_rss_mib",
+            peak,
+            "MiB",
+            baseline=base,
+            baseline_name="peak RSS of a child process that only imports the conversion modules",
+            notes=f"{args.large_pages}-page synthetic multi-page TIFF ({volumes[large]:.0f} MiB): "
+            f"{peak - base:.0f} MiB above imports, chunks {tuple(args.chunks)}",
+        )
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record
 
 HERE = Path(__file__).resolve().parent
 KEYS = ("fg_iou", "mean_iou", "precision", "recall", "f1")
@@ -144,6 +145,22 @@ def main() -> None:
     text = table([rows[k] for k in ("ours", "monai") if k in rows])
     (args.out / "summary.md").write_text(text + "\n")
     print(text)
+    if "ours" in rows:  # the headline: ours against the baseline of this --out folder
+        ours, monai = rows["ours"], rows.get("monai")
+        words = ours["command"].split()
+        seed = next((w.split("=", 1)[1] for w in words if w.startswith("seed=")), "0")
+        record(
+            f"lucchipp_cpu_test_fg_iou_seed{seed}",
+            ours["test"]["fg_iou"],
+            "IoU",
+            baseline=monai["test"]["fg_iou"] if monai else None,
+            baseline_name="plain MONAI UNet baseline (benchmarks/lucchipp_monai_baseline.py)"
+            if monai
+            else None,
+            date=ours.get("date"),
+            notes=f"Lucchi++ test fg IoU, {ours['minutes']:g} min, {ours['steps']} steps, "
+            f"threshold {ours['threshold']} chosen on validation",
+        )
 
 
 if __name__ == "__main__":

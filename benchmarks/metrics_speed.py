@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record
 
 IMPLEMENTATIONS = ("ours", "unique", "skimage")
 _INPLANE = 1024  # Y = X of every benchmark volume
@@ -169,6 +170,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def record_headline(rows: list[dict]) -> None:
+    """ours against the np.unique baseline (else skimage) at the largest size both ran."""
+    for ref in ("unique", "skimage"):
+        pairs = [
+            (o, b)
+            for o in rows
+            for b in rows
+            if o["impl"] == "ours" and b["impl"] == ref and b["gvox"] == o["gvox"]
+        ]
+        if pairs:
+            break
+    else:
+        return
+    ours, base = pairs[-1]
+    others = ", ".join(
+        f"{r['impl']} {r['seconds']:.2f} s ({r['speedup']:.1f}x, {r['extra_mib']:.0f} MiB)"
+        for r in rows
+        if r["gvox"] == ours["gvox"] and r["impl"] != "ours"
+    )
+    record(
+        "instance_metrics_seconds",
+        ours["seconds"],
+        "s",
+        baseline=base["seconds"],
+        baseline_name=f"whole-volume {ref} version (mitoseg.baselines.metrics)",
+        notes=f"{ours['gvox']:.2f} Gvox, ours {ours['extra_mib']:.0f} MiB; {others}; "
+        f"same scores: {all(r.get('identical', True) for r in rows)}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.02], help="Gvox")
@@ -187,6 +218,7 @@ def main() -> None:
     rows = [row for gvox in args.sizes for row in bench_size(gvox, tiles, args)]
     print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(markdown(rows))
+    record_headline(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=list))
     if not all(r.get("identical", True) for r in rows):

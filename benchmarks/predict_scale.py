@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import record
 
 PLANE = (1024, 1024)
 TILE = (32, 128, 128)
@@ -144,6 +145,7 @@ def main() -> None:
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="mitoseg-predict-bench-"))
     print("| Gvox | shape | impl | s | Mvox/s | peak MiB above imports | ratio vs MONAI |")
     print("|---|---|---|---|---|---|---|")
+    headline = None  # the largest size that both ran
     for size in args.sizes:
         depth = max(32, round(size * 1e9 / (PLANE[0] * PLANE[1]) / 32) * 32)
         raw = scratch / f"raw_{depth}.zarr"
@@ -172,6 +174,29 @@ def main() -> None:
                      f"{r['seconds']:.1f}", f"{speed:.2f}", f"{extra:.0f}", ratio]  # fmt: skip
             print("| " + " | ".join(cells) + " |", flush=True)
         print(json.dumps({"gvox": voxels / 1e9, **rows}), file=sys.stderr, flush=True)
+        if {"ours", "monai"} <= rows.keys():
+            headline = voxels, rows
+    if headline:
+        voxels, rows = headline
+        ours, monai = rows["ours"], rows["monai"]
+        name = "MONAI sliding_window_inference on the whole volume, same network and tiling"
+        notes = f"{voxels / 1e9:.2f} Gvox, block {args.block}, {args.workers} loader worker(s)"
+        record(
+            "predict_blockwise_mvox_per_s",
+            voxels / ours["seconds"] / 1e6,
+            "Mvox/s",
+            baseline=voxels / monai["seconds"] / 1e6,
+            baseline_name=name,
+            notes=notes,
+        )
+        record(
+            "predict_blockwise_peak_mib",
+            ours["peak_mib"] - ours["base_mib"],
+            "MiB",
+            baseline=monai["peak_mib"] - monai["base_mib"],
+            baseline_name=name,
+            notes=notes + ", peak RSS above imports",
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,11 @@ def machine_description() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = next(
-                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
                 "",
             )
     except OSError:
