@@ -164,8 +164,9 @@ def peak_kib() -> int:
 
 
 def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
-    from mitoseg.decode.blockwise import blockwise_overlaps, connected_components, decode_blockwise
+    from mitoseg.decode.blockwise import connected_components, decode_blockwise
     from mitoseg.decode.watershed import BCWatershed
+    from mitoseg.evaluate.blockwise import blockwise_overlaps
     from mitoseg.evaluate.instance import scores_from_overlaps
 
     block, halo = tuple(args.block_shape), tuple(args.halo)

@@ -4,7 +4,8 @@ MONAI ``UNet`` (channels 16-32-64-128, strides 2, 2 residual units, its default 
 AdamW with cosine decay over the wall-clock budget, random 96^3 crops of the whole training
 volume, batch 2, BCE + Dice, random flips and 90-degree rotations in every plane (which with the
 flips give every transpose), then MONAI ``sliding_window_inference`` with Gaussian blending on the
-test volume, thresholded at 0.5. Scores come from ``mitoseg.evaluate.semantic`` so that both rows of the
+test volume, thresholded at 0.5. Scores come from ``mitoseg.evaluate.semantic`` so that both rows
+of the
 benchmark are counted by the same code.
 
     python benchmarks/lucchipp_monai_baseline.py --root ../shared/data/lucchi_pp --minutes 60 \

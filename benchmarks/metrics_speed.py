@@ -1,6 +1,7 @@
 """Instance metrics: mitoseg's one-pass ``instance_scores`` against whole-volume baselines.
 
-The ground truth tiles ``mitoseg.datasets.synthetic.make_volume`` labels (a few seeds, ids offset per
+The ground truth tiles ``mitoseg.datasets.synthetic.make_volume`` labels (a few seeds, ids offset
+per
 tile) to each requested size; the prediction drops 5 % of the ids, merges 5 % into their
 neighbour id and shifts everything by one voxel in x. Each implementation runs in its own
 subprocess on the same arrays (loaded from .npy), which reports wall time and peak RSS above

@@ -1,4 +1,4 @@
-"""Tests for mitoseg.train.augment: shapes, joint consistency, reachable orientations, determinism."""
+"""mitoseg.train.augment: shapes, joint consistency, reachable orientations, determinism."""
 
 from __future__ import annotations
 

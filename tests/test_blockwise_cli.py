@@ -1,4 +1,5 @@
-"""``mitoseg-segment blockwise=true``: the same outputs, attributes and scores as the in-memory
+"""``mitoseg-segment blockwise.enabled=true``: the same outputs, attributes and scores as the
+in-memory
 path, in this process, on a local Dask cluster, and on an existing cluster given its address."""
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def test_blockwise_in_process_equals_in_memory(bc_volume, tmp_path: Path) -> Non
     inputs = [f"probs={probs}", f"labels={labels}", *BC]
     memory = _segment(tmp_path, "memory", *inputs)
     blocks = _segment(
-        tmp_path, "blocks", *inputs, "blockwise=true", "dask.workers=0",
-        "block_shape=[12,24,24]", "halo=[12,24,24]",
+        tmp_path, "blocks", *inputs, "blockwise.enabled=true", "blockwise.dask.workers=0",
+        "blockwise.block_shape=[12,24,24]", "blockwise.halo=[12,24,24]",
     )  # fmt: skip
     expected = io.open_volume(tmp_path / "memory" / "instances.zarr")
     out = io.open_volume(tmp_path / "blocks" / "instances.zarr")
@@ -78,14 +79,15 @@ def _affinity_run(tmp_path: Path, *overrides: str) -> tuple[dict, np.ndarray, np
     result = _segment(
         tmp_path, "out", f"probs={tmp_path / 'affs.zarr'}", "postprocess=affinity_watershed",
         "postprocess.seed_threshold=0.75", "postprocess.min_seed_size=3",
-        "postprocess.min_size=10", "blockwise=true", "block_shape=[12,24,24]", "halo=[12,24,24]",
+        "postprocess.min_size=10", "blockwise.enabled=true", "blockwise.block_shape=[12,24,24]",
+        "blockwise.halo=[12,24,24]",
         *overrides,
     )  # fmt: skip
     return result, io.open_volume(tmp_path / "out" / "instances.zarr")[:], decoder(probs)
 
 
 def test_local_cluster_of_two_worker_processes(tmp_path: Path) -> None:
-    result, out, expected = _affinity_run(tmp_path, "dask.workers=2")
+    result, out, expected = _affinity_run(tmp_path, "blockwise.dask.workers=2")
     np.testing.assert_array_equal(out, expected)
     assert "scores" not in result and result["blockwise"]["instances"] == out.max() > 50
 
@@ -102,8 +104,9 @@ def test_existing_cluster_by_address(bc_volume, tmp_path: Path) -> None:
         get_task_stream(observer) as stream,
     ):
         blocks = _segment(
-            tmp_path, "blocks", *inputs, "blockwise=true", "block_shape=[12,24,24]",
-            f"dask.address={cluster.scheduler_address}",
+            tmp_path, "blocks", *inputs, "blockwise.enabled=true",
+            "blockwise.block_shape=[12,24,24]",
+            f"blockwise.dask.address={cluster.scheduler_address}",
         )  # fmt: skip
     assert {task["key"].rsplit("-", 5)[0] for task in stream.data} == {"semantic_task"}
     expected = io.open_volume(tmp_path / "memory" / "mask.zarr")
@@ -115,8 +118,8 @@ def test_existing_cluster_by_address(bc_volume, tmp_path: Path) -> None:
 def test_console_script_on_a_local_cluster(bc_volume, tmp_path: Path) -> None:
     probs, labels = bc_volume
     done = run(
-        "mitoseg-segment", f"probs={probs}", f"labels={labels}", *BC, "blockwise=true",
-        "block_shape=[12,24,24]", "hydra.run.dir=run", cwd=tmp_path,
+        "mitoseg-segment", f"probs={probs}", f"labels={labels}", *BC, "blockwise.enabled=true",
+        "blockwise.block_shape=[12,24,24]", "hydra.run.dir=run", cwd=tmp_path,
     )  # fmt: skip
     assert "blockwise: 8 blocks" in done.stdout and "ap75" in done.stdout
     assert io.open_volume(tmp_path / "run" / "instances.zarr").dtype == np.uint32

@@ -11,14 +11,14 @@ from scipy import ndimage
 
 from mitoseg import io
 from mitoseg.decode import run as decode
-from mitoseg.decode.blockwise import (
+from mitoseg.decode.blockwise import decode_blockwise
+from mitoseg.decode.masks import BinarizeMedian
+from mitoseg.evaluate.blockwise import (
     adjusted_rand_index,
     blockwise_confusion,
     blockwise_instance_scores,
     blockwise_overlaps,
-    decode_blockwise,
 )
-from mitoseg.decode.masks import BinarizeMedian
 from mitoseg.evaluate.instance import Overlaps, instance_scores, overlaps
 from mitoseg.evaluate.semantic import Confusion
 
@@ -92,6 +92,6 @@ def test_semantic_decoder_blockwise_equals_whole_volume(dtype: str, tmp_path: Pa
     mask = io.open_volume(tmp_path / "mask.zarr")
     np.testing.assert_array_equal(mask[:], decoder(probs).astype(np.uint8))
     assert mask.attrs["kind"] == "mask" and mask.chunks == (4, 16, 8)
-    expected = decode.decode_and_score(decoder, io.open_volume(tmp_path / "probs.zarr"), labels)
+    expected = decode.decode_in_memory(decoder, io.open_volume(tmp_path / "probs.zarr"), labels)
     assert run.scores == expected and 0 < run.scores["fg_iou"] < 1
     assert run.summary["blocks"] == 3 * 3 * 4

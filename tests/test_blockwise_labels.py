@@ -12,10 +12,9 @@ from scipy import ndimage
 
 from mitoseg import io
 from mitoseg.decode import watershed as ws
-from mitoseg.decode.blockwise import affinity_components, block_grid, connected_components
-from mitoseg.decode.blockwise.blocks import intersect
+from mitoseg.decode.blockwise import affinity_components, connected_components
 from mitoseg.decode.blockwise.labels import first_voxels, label_grid
-from mitoseg.geometry import Box
+from mitoseg.geometry import Box, block_grid, intersect
 
 OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 

@@ -11,8 +11,9 @@ import pytest
 
 from mitoseg import io
 from mitoseg.decode import watershed as ws
-from mitoseg.decode.blockwise import adjusted_rand_index, decode_blockwise
+from mitoseg.decode.blockwise import decode_blockwise
 from mitoseg.decode.blockwise import store as block_store
+from mitoseg.evaluate.blockwise import adjusted_rand_index
 from mitoseg.evaluate.instance import instance_scores, overlaps, scores_from_overlaps
 from tests.test_watershed import OFFSETS, _affinity_probs, _bc_probs, _perfect_bc
 

@@ -3,6 +3,7 @@ predicts and trains."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from mitoseg import io
-from mitoseg.predict.blocks import journal_path, partial_path
+from mitoseg.files import partial_path
+from mitoseg.predict.blocks import journal_path
 from mitoseg.train.sampling import EpochSampler
 
 BIN = Path(sys.executable).parent
@@ -106,8 +108,12 @@ def test_ddp_training_two_processes(setup) -> None:
     cwd = setup[0] / "ddp_train"
     cwd.mkdir()
     ddp = ["trainer.devices=2", "+trainer.strategy=ddp", "trainer.max_steps=4"]
-    result = run(cwd, "mitoseg-train", *TINY, *ddp)
-    assert result.stdout.count("test fg_iou") == 1  # rank 0 tests and reports once
+    # Test-time blocks of 8 slices: each set has several, shared by the two ranks.
+    blocks = [f"callbacks.test_evaluation.{k}=[8,64,64]" for k in ("block_shape", "chunk_shape")]
+    result = run(cwd, "mitoseg-train", *TINY, *ddp, *blocks)
+    assert result.stdout.count("test fg_iou") == 1  # rank 0 decodes, scores and reports once
+    for rank in (0, 1):  # every rank predicted its own blocks of the test-time sets
+        assert re.search(rf"rank {rank} wrote [1-9]\d* blocks", result.stdout + result.stderr)
     out = cwd / "run"
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     # events.out.tfevents.<time>.<host>.<pid>.<n>: only one process (rank 0) logs
@@ -115,6 +121,14 @@ def test_ddp_training_two_processes(setup) -> None:
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert json.loads((out / "metrics.json").read_text())["final"]["set"] == "test"
+    # What the two ranks predicted equals mitoseg-predict in one process, bit for bit.
+    raw = next((cwd / "cache").glob("synthetic-*seed1000*")) / "raw.zarr"
+    (best,) = (out / "checkpoints").glob("step*.ckpt")
+    run(cwd, "mitoseg-predict", f"ckpt={best}", f"input={raw}", "output=probs.zarr",
+        "trainer.enable_progress_bar=false")  # fmt: skip
+    np.testing.assert_array_equal(
+        io.open_volume(cwd / "probs.zarr")[:], io.open_volume(out / "test_probs.zarr")[:]
+    )
 
 
 def test_epoch_sampler_gives_ranks_disjoint_samples() -> None:

@@ -12,7 +12,8 @@ import tifffile
 import zarr
 
 from mitoseg import io
-from mitoseg.analyze.report import mask_output
+from mitoseg.decode.masks import BinarizeMedian
+from mitoseg.decode.run import _mask_output
 from mitoseg.io import ome
 
 
@@ -215,7 +216,7 @@ def test_atomic_outputs_get_their_pyramid_before_the_rename(tmp_path, monkeypatc
     np.testing.assert_array_equal(again[:], vol)
     probs = SimpleNamespace(shape=(1, *vol.shape), chunks=(1, 4, 8, 8))
     mask = (vol > 100).astype(np.uint8)
-    with mask_output(tmp_path / "mask.zarr", probs, 0.5) as out:
+    with _mask_output(tmp_path / "mask.zarr", BinarizeMedian(0.5), probs) as out:
         out[...] = mask
         assert not (tmp_path / "mask.zarr").exists()
     levels = io.open_levels(tmp_path / "mask.zarr")

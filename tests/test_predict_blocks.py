@@ -1,5 +1,6 @@
 """Blockwise prediction: no seams, resume after a crash, one output for any block shape."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from mitoseg import io
+from mitoseg.files import partial_path
 from mitoseg.geometry import (
     block_grid,
     bounding_box,
@@ -18,15 +20,15 @@ from mitoseg.geometry import (
 )
 from mitoseg.predict.blend import blend_weight
 from mitoseg.predict.blocks import (
+    NOTHING,
     BlockDataset,
     BlockJournal,
     BlockPlan,
-    BlockPredictData,
-    BlockWriter,
+    BlockSampler,
     journal_path,
-    partial_path,
 )
 from mitoseg.predict.tiles import BlockBlender, boxes_from_batch
+from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
 from mitoseg.train.module import SegmentationModule
 
 SHAPE = (24, 40, 36)
@@ -78,9 +80,9 @@ def run_blocks(plan: BlockPlan, output: Path, net: nn.Module, **kwargs) -> np.nd
         enable_checkpointing=False,
         enable_progress_bar=False,
         use_distributed_sampler=False,
-        callbacks=[BlockWriter(plan, output, progress=False)],
+        callbacks=[BlockWriter([PredictJob(plan, output)], progress=False)],
     )
-    data = BlockPredictData(plan, output, **kwargs)
+    data = BlockPredictData(PredictJob(plan, output), **kwargs)
     trainer.predict(module, datamodule=data, return_predictions=False)
     return io.open_volume(output)[:]
 
@@ -89,7 +91,7 @@ def test_tiles_touching_is_the_brute_force_selection() -> None:
     volume, tile = (23, 41, 17), (8, 16, 16)
     stride = overlap_stride(tile, 0.5)
     tiles = tile_grid(volume, tile, stride)
-    for block in block_grid(volume, (8, 12, 10)):
+    for block in (b.write_roi for b in block_grid(volume, (8, 12, 10))):
         expected = [
             t
             for t in tiles
@@ -100,7 +102,7 @@ def test_tiles_touching_is_the_brute_force_selection() -> None:
 
 def test_block_grid_covers_every_voxel_once() -> None:
     count = np.zeros((23, 41, 17), dtype=int)
-    for block in block_grid(count.shape, (8, 12, 10)):
+    for block in (b.write_roi for b in block_grid(count.shape, (8, 12, 10))):
         count[block.slices] += 1
     assert (count == 1).all()
 
@@ -153,7 +155,7 @@ def test_block_written_but_not_recorded_is_redone(tmp_path: Path, raw: Path, mon
     expected = run_blocks(plan, tmp_path / "whole.zarr", small_net())
     output = tmp_path / "p.zarr"
     FailAt.fail_at = 7
-    monkeypatch.setattr("mitoseg.predict.blocks.BlockJournal", FailAt)
+    monkeypatch.setattr("mitoseg.predict.writer.BlockJournal", FailAt)
     with pytest.raises(Killed):
         run_blocks(plan, output, small_net())
     done = BlockJournal(journal_path(output)).done()
@@ -170,7 +172,7 @@ def test_block_written_but_not_recorded_is_redone(tmp_path: Path, raw: Path, mon
 def test_resume_refuses_other_settings(tmp_path: Path, raw: Path, monkeypatch) -> None:
     output = tmp_path / "p.zarr"
     FailAt.fail_at = 3
-    monkeypatch.setattr("mitoseg.predict.blocks.BlockJournal", FailAt)
+    monkeypatch.setattr("mitoseg.predict.writer.BlockJournal", FailAt)
     with pytest.raises(Killed):
         run_blocks(plan_for(raw, (4, 8, 12)), output, small_net())
     FailAt.fail_at = -1
@@ -193,7 +195,7 @@ def test_finished_output_is_refused_without_overwrite(tmp_path: Path, raw: Path)
 def test_block_reads_only_its_tiles_bounding_box(raw: Path) -> None:
     plan = plan_for(raw, (4, 8, 12))
     blocks = plan.blocks()
-    dataset = BlockDataset(plan, range(len(blocks)))
+    dataset = BlockDataset(plan)
     volume = io.open_volume(raw)[:]
     for index in (0, 13, len(blocks) - 1):
         item = dataset[index]
@@ -205,6 +207,29 @@ def test_block_reads_only_its_tiles_bounding_box(raw: Path) -> None:
         offset = [w + o for w, o in zip(write[:3], read.offset, strict=True)]
         assert offset == list(blocks[index].offset)
         assert len(item["tiles"]) == len(tiles)
+
+
+def test_a_region_plan_reads_its_region_of_the_volume(raw: Path) -> None:
+    """The validation part of a training volume is predicted as a plan with an offset: its
+    blocks read the region's voxels, and its output has the region's shape."""
+    region = dataclasses.replace(plan_for(raw, (4, 8, 12)), shape=(16, 24, 24), offset=(4, 8, 12))
+    volume = io.open_volume(raw)[:]
+    dataset = BlockDataset(region)
+    for index in (0, len(region.blocks()) - 1):
+        item = dataset[index]
+        read = bounding_box(
+            tiles_touching(region.shape, region.tile_shape, region.stride, region.blocks()[index])
+        )
+        expected = volume[read.shift(region.offset).slices]
+        np.testing.assert_array_equal(item["raw"].numpy(), expected)
+
+
+def test_block_sampler_gives_ranks_contiguous_disjoint_unfinished_blocks() -> None:
+    ranks = [list(BlockSampler(10, rank, 3, done={1, 7})) for rank in range(3)]
+    assert ranks == [[0, 2], [3, 4, 5], [6, 8, 9]]
+    # A rank with nothing left still takes one step, an empty item.
+    assert list(BlockSampler(10, 0, 3, done={0, 1, 2})) == [NOTHING]
+    assert BlockDataset.__getitem__(None, NOTHING) == {"index": NOTHING}  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -231,7 +256,7 @@ def test_next_block_reuses_the_tiles_it_shares(raw: Path, block, tile) -> None:
             return torch.sigmoid(net(x))
 
     def blend(plan: BlockPlan) -> np.ndarray:
-        dataset = BlockDataset(plan, range(len(plan.blocks())))
+        dataset = BlockDataset(plan)
         blender = BlockBlender(torch.from_numpy(blend_weight(plan.tile_shape)), batch_size=3)
         out = np.zeros((2, *SHAPE), dtype=np.float32)
         for index, box in enumerate(plan.blocks()):

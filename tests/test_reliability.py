@@ -27,11 +27,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from mitoseg import io
-from mitoseg.analyze.report import write_json_atomic
 from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
 from mitoseg.cli.predict import predict
 from mitoseg.cli.train import resume_checkpoint, train
 from mitoseg.datasets.synthetic import make_volume
+from mitoseg.files import write_json_atomic
 from mitoseg.geometry import Box
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.checkpoints import (

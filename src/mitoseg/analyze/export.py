@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from mitoseg import io
-from mitoseg.analyze.report import write_atomic
+from mitoseg.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from mitoseg.analyze.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS, write_atomic
+from mitoseg.decode.base import INSTANCE_COLUMNS, SEMANTIC_COLUMNS
+from mitoseg.files import write_atomic
 
 # Panel layout of the overlay, in pixels; dpi 64 makes figure inches exact binary fractions,
 # so the PNG has exactly the computed pixel size.

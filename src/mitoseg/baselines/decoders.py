@@ -214,7 +214,8 @@ def _affinity_decode(
     settings: dict,
     tie_break: bool,
 ) -> np.ndarray:
-    """Graph seeds and regions, one whole-volume watershed per region (see mitoseg.decode.watershed)."""
+    """Graph seeds and regions, one whole-volume watershed per region (as mitoseg.decode.watershed
+    does)."""
     rank = _RANK[settings["connectivity"]]
     inside = affinity_inside(affs, offsets)
     mask = _above(inside, settings["mask_threshold"])

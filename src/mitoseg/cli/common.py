@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mitoseg.analyze.report import write_text_atomic
 from mitoseg.evaluate.semantic import format_table
+from mitoseg.files import write_text_atomic
 from mitoseg.train.callbacks import CHECKPOINT_KEY
 from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only, upgrade_targets
 

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from mitoseg.analyze import measure
-from mitoseg.analyze.report import write_atomic, write_json_atomic, write_text_atomic
 from mitoseg.decode.blockwise import connected_components, dask_client
+from mitoseg.files import write_atomic, write_json_atomic, write_text_atomic
 from mitoseg.io import VolumeError, open_volume
 
 logger = logging.getLogger(__name__)

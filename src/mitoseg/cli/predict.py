@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint
-from mitoseg.predict.blocks import BlockPlan, BlockPredictData, BlockWriter
+from mitoseg.predict.blocks import BlockPlan
+from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
 from mitoseg.train.data import FileVolumes
 from mitoseg.train.module import SegmentationModule
 
@@ -73,15 +74,18 @@ def predict(cfg: DictConfig) -> Path:
     except ValueError as err:
         raise io.VolumeError(str(err)) from err
     voxel_size = io.open_volume(paths.raw).attrs.get("voxel_size_nm", voxel_size)
-    data = BlockPredictData(plan, output, cfg.overwrite, voxel_size, cfg.num_workers)
+    job = PredictJob(plan, output, tuple(float(v) for v in voxel_size))
+    data = BlockPredictData(job, cfg.overwrite, cfg.num_workers)
     module = SegmentationModule(
         net,
         tta=settings.tta,
         channels=plan.channels,
         tile_batch=int(settings.batch_size),
         blend=plan.blend,
+        # the memory layout the model was tested with at the end of training (same numbers)
+        channels_last=bool(settings.get("channels_last", False)),
     )
-    writer = BlockWriter(plan, output, progress=bool(cfg.trainer.enable_progress_bar))
+    writer = BlockWriter([job], progress=bool(cfg.trainer.enable_progress_bar))
     trainer = pl.Trainer(
         **{**cfg.trainer, "enable_progress_bar": False},
         logger=False,

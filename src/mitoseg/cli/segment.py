@@ -11,72 +11,54 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
-from mitoseg.analyze.report import columns_of, write_json_atomic
+from mitoseg.analyze.report import columns_of
 from mitoseg.cli.common import CONFIG_PATH, write_sweep_summary
 from mitoseg.datasets.volumes import FileVolumes
-from mitoseg.decode import run as decode
+from mitoseg.decode.base import check_channels, params
+from mitoseg.decode.run import BlockwiseOptions, output_name, run_decoder
 from mitoseg.evaluate.semantic import format_table
+from mitoseg.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
+def to_container(cfg: Any) -> Any:
+    """A config node as plain data (dicts, lists), interpolations resolved."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
-    probs = io.open_volume(cfg.probs)
     decoder = instantiate(cfg.postprocess)
-    decode.check_channels(decoder, probs, str(cfg.probs))
-    labels, labels_path = None, None
-    if cfg.labels is not None:
+    check_channels(decoder, io.open_volume(cfg.probs), str(cfg.probs))
+    labels = None
+    if cfg.labels is not None:  # any format mitoseg-convert reads, converted once to the cache
         paths = FileVolumes(cfg.labels, raw_dataset=cfg.labels_dataset).prepare(Path(cfg.cache_dir))
-        labels_path = paths.raw
-        labels = io.open_volume(labels_path)
-        if tuple(labels.shape) != tuple(probs.shape[1:]):
-            raise io.VolumeError(
-                f"labels {cfg.labels} have shape {tuple(labels.shape)} but probabilities "
-                f"{cfg.probs} have (Z, Y, X) {tuple(probs.shape[1:])}"
-            )
+        labels = paths.raw
     output_dir = Path(cfg.output_dir)
-    output = output_dir / f"{decode.output_name(decoder)}.zarr" if cfg.save_output else None
+    output = output_dir / f"{output_name(decoder)}.zarr" if cfg.save_output else None
+    blockwise = BlockwiseOptions.from_dict(to_container(cfg.blockwise))
+    run = run_decoder(
+        decoder, cfg.probs, output, labels, blockwise=blockwise, work_dir=cfg.output_dir,
+        progress=cfg.progress, slab=cfg.slab,
+    )  # fmt: skip
     result: dict[str, Any] = {
         "probs": str(cfg.probs),
         "labels": None if cfg.labels is None else str(cfg.labels),
         "decoder": type(decoder).__name__,
-        "postprocess": decode.params(decoder),
+        "postprocess": params(decoder),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
-    if cfg.blockwise:
-        scores, result["blockwise"] = _segment_blockwise(cfg, decoder, labels_path, output)
-    else:
-        scores = decode.decode_and_score(decoder, probs, labels, output, slab=cfg.slab)
-    if scores is not None:
-        result["scores"] = scores
+    if blockwise is not None:
+        shapes = {"block_shape": list(blockwise.block_shape), "halo": list(blockwise.halo)}
+        result["blockwise"] = shapes | run.summary
+    if run.scores is not None:
+        result["scores"] = run.scores
     write_json_atomic(output_dir / "metrics.json", result)
     return result
-
-
-def _segment_blockwise(
-    cfg: DictConfig, decoder: Any, labels_path: Path | None, output: Path | None
-) -> tuple[dict[str, float] | None, dict[str, Any]]:
-    """Decode and score on Dask (``blockwise=true``): scores and the run summary."""
-    from mitoseg.decode.blockwise import dask_client, decode_blockwise
-
-    with dask_client(cfg.dask.address, cfg.dask.workers) as client:
-        run = decode_blockwise(
-            decoder,
-            cfg.probs,
-            output,
-            labels_path,
-            block_shape=tuple(cfg.block_shape),
-            halo=tuple(cfg.halo),
-            client=client,
-            work_dir=cfg.output_dir,
-            progress=cfg.progress,
-        )
-    summary = {"block_shape": list(cfg.block_shape), "halo": list(cfg.halo), **run.summary}
-    return run.scores, summary
 
 
 def blockwise_line(summary: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +27,8 @@ from mitoseg.cli.common import (
     resolved,
     write_sweep_summary,
 )
-from mitoseg.train.callbacks import ConfigInCheckpoint, TestEvaluation
+from mitoseg.evaluate.testtime import TestEvaluation
+from mitoseg.train.callbacks import ConfigInCheckpoint
 from mitoseg.train.checkpoints import RngStateInCheckpoint
 
 log = logging.getLogger(__name__)
@@ -94,23 +94,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluation = next(c for c in callbacks if isinstance(c, TestEvaluation))
-    if trainer.world_size > 1:
-        # Test-time stitching needs every tile of a volume in one process: after DDP training,
-        # global rank 0 tests alone on one device and the other ranks are done.
-        if not trainer.is_global_zero:
-            return {}
-        torch.distributed.destroy_process_group()  # the other ranks are gone
-        trainer = pl.Trainer(
-            accelerator=cfg.trainer.accelerator,
-            devices=1,
-            precision=cfg.trainer.precision,
-            logger=logger,
-            callbacks=[evaluation],
-            default_root_dir=cfg.output_dir,
-            enable_progress_bar=cfg.trainer.enable_progress_bar,
-        )
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-    return evaluation.metrics
+    # Every rank predicts its own blocks of the validation part and the test volume (under
+    # DDP too); global rank 0 then decodes and scores them.
+    tested = best or str(ckpt or "last weights")
+    loaders = evaluation.loaders(trainer, datamodule.eval_sets, tested)
+    trainer.test(module, dataloaders=loaders, ckpt_path=best or None, weights_only=True)
+    if not trainer.is_global_zero:
+        return {}
+    return evaluation.evaluate(
+        datamodule.eval_sets, best or None, logger or None, trainer.global_step
+    )
 
 
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Shapes of synthetic mitochondria, rasterised on their bounding boxes (numpy and scipy only).
 
-Used by :mod:`mitoseg.datasets.synthetic`: rotated ellipsoids, touching pairs (two ids sharing a face) and
+Used by :mod:`mitoseg.datasets.synthetic`: rotated ellipsoids, touching pairs (two ids sharing a
+face) and
 necked chains ("mitochondria on a string": two or three ellipsoid bodies joined by thin tubes,
 one id). Every object keeps a gap to all others unless it is meant to touch. Positions and sizes
 are physical, in nm, (z, y, x); voxel ``i`` has its centre at ``i * voxel_size_nm``.

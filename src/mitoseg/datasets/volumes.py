@@ -121,7 +121,8 @@ def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
 
 
 class SyntheticVolumes:
-    """A synthetic EM volume with known instances (:func:`mitoseg.datasets.synthetic.make_volume`)."""
+    """A synthetic EM volume with known instances
+    (:func:`mitoseg.datasets.synthetic.make_volume`)."""
 
     def __init__(
         self,

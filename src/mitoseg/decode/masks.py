@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
+
+from mitoseg.decode.base import OutputKind
 
 
 def binary_median(mask: np.ndarray, size: int = 7) -> np.ndarray:
@@ -67,13 +69,20 @@ class BinarizeMedian:
         median_size: odd box edge of the median filter; 0 disables it.
     """
 
+    kind: ClassVar[OutputKind] = OutputKind.MASK
+
     threshold: float = 0.5
     median_size: int = 7
 
     @property
-    def halo(self) -> int:
+    def n_channels(self) -> int:
+        """Channels read: the foreground (channel 0; others are ignored)."""
+        return 1
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
         """Context in voxels a block needs on each side to give the whole-volume result."""
-        return self.median_size // 2
+        return (self.median_size // 2,) * 3
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         """probs: (C, Z, Y, X) or (Z, Y, X); channel 0 is the foreground. Returns bool (Z, Y, X)."""
@@ -99,7 +108,7 @@ def decode_slabwise(
     whole-volume call.
     """
     depth = probs.shape[1]
-    for read, crop in iter_slabs(depth, slab, decoder.halo):
+    for read, crop in iter_slabs(depth, slab, decoder.halo[0]):
         # Interior faces read a full halo and true volume borders are the same borders the
         # whole-volume filter reflects at, so every kept voxel matches the whole-volume result.
         mask = decoder(np.asarray(probs[:, read]))[crop]

@@ -1,98 +1,212 @@
-"""Decode saved probabilities and score the result: the core shared by the test-time callback and
-``mitoseg-segment`` (numpy only; never runs a network).
+"""Run a decoder on saved probabilities and score the result, in memory or block by block: the
+one path of ``mitoseg-segment`` and of the test-time evaluation of ``mitoseg-train`` (numpy,
+zarr; never runs a network).
 
-A *decoder* is a frozen dataclass from the target's ``postprocess`` config: the semantic
-:class:`~mitoseg.decode.masks.BinarizeMedian` (probabilities -> mask, streamed over z-slabs) or an
-instance decoder from :mod:`mitoseg.decode.watershed` (probabilities -> instance ids, whole volume).
-A sweep decodes the same probabilities with every combination of parameter values.
+:func:`run_decoder` decodes one probability zarr (writing ``mask.zarr`` / ``instances.zarr`` if
+asked) and scores it against labels; :func:`sweep` scores every combination of a parameter grid
+and never writes. With ``blockwise=None`` the work happens in this process: mask decoders stream
+over z-slabs (memory O(slab x Y x X)), instance decoders hold the volume. With
+:class:`BlockwiseOptions` it happens block by block on Dask (:mod:`mitoseg.decode.blockwise`),
+for volumes larger than memory; peak memory follows the block, not the volume.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mitoseg import io
-from mitoseg.analyze.report import INSTANCE_COLUMNS, SEMANTIC_COLUMNS, mask_output, voxel_size_of
-from mitoseg.decode.masks import BinarizeMedian, decode_slabwise
+from mitoseg.decode.base import Decoder, OutputKind, check_channels, params
+from mitoseg.decode.masks import decode_slabwise
 from mitoseg.evaluate.instance import instance_scores
 from mitoseg.evaluate.semantic import Confusion, evaluate_thresholds, semantic_scores
 
 
-def is_semantic(decoder: Any) -> bool:
-    """Whether ``decoder`` outputs a mask (else instance ids)."""
-    return isinstance(decoder, BinarizeMedian)
+@dataclass(frozen=True)
+class DaskOptions:
+    """Where blocks run.
+
+    Args:
+        address: scheduler of an existing cluster (e.g. ``tcp://host:8786``), whose workers see
+            the same paths; None: start a local cluster.
+        workers: processes of the local cluster (1 thread each); 0: no Dask, run the blocks one
+            by one in this process.
+    """
+
+    address: str | None = None
+    workers: int = 2
 
 
-def score_columns(decoder: Any) -> tuple[str, ...]:
-    """The main score keys of ``decoder``'s kind, in display order."""
-    return SEMANTIC_COLUMNS if is_semantic(decoder) else INSTANCE_COLUMNS
+@dataclass(frozen=True)
+class BlockwiseOptions:
+    """How to decode block by block: the one schema of blockwise options (``blockwise`` of
+    ``mitoseg-segment``, ``evaluate.blockwise`` of ``mitoseg-train``).
+
+    Args:
+        block_shape: write_roi (z, y, x), rounded up to a multiple of the probabilities' chunks.
+        halo: flood context per side of instance decoders (z, y, x); exact when every
+            multi-seed component fits in it. Mask decoders use their own exact halo.
+        dask: where the blocks run.
+    """
+
+    block_shape: tuple[int, int, int] = (64, 512, 512)
+    halo: tuple[int, int, int] = (16, 64, 64)
+    dask: DaskOptions = field(default_factory=DaskOptions)
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any] | None) -> BlockwiseOptions | None:
+        """From a config mapping; None or ``enabled: false`` means in memory."""
+        if not options or not options.get("enabled", True):
+            return None
+        values = {k: v for k, v in options.items() if k != "enabled"}
+        dask = DaskOptions(**dict(values.pop("dask", None) or {}))
+        shapes = {
+            k: tuple(int(x) for x in values.pop(k)) for k in ("block_shape", "halo") if k in values
+        }
+        if values:
+            raise ValueError(f"unknown blockwise options {sorted(values)}")
+        return cls(dask=dask, **shapes)  # type: ignore[arg-type]
 
 
-def output_name(decoder: Any) -> str:
+@dataclass
+class DecodeResult:
+    """Scores (None without labels), the output written (None when not kept) and, blockwise,
+    the run's summary (blocks, voxels, seconds, Mvox/s, stage times, instances)."""
+
+    scores: dict[str, float] | None
+    output: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def output_name(decoder: Decoder) -> str:
     """Base name of the decoded output: ``mask`` or ``instances``."""
-    return "mask" if is_semantic(decoder) else "instances"
+    return decoder.kind.value
 
 
-def params(decoder: Any) -> dict[str, Any]:
-    """The decoder's parameters as JSON-friendly values."""
-    return {k: _plain(v) for k, v in dataclasses.asdict(decoder).items()}
+def voxel_size_of(volume: Any) -> dict[str, Any]:
+    """``{"voxel_size_nm": [...]}`` of a volume that has it, else ``{}`` (to pass it on)."""
+    voxel_size = dict(getattr(volume, "attrs", {})).get("voxel_size_nm")
+    return {} if voxel_size is None else {"voxel_size_nm": list(voxel_size)}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
+def output_attrs(decoder: Decoder, probs: Any) -> dict[str, Any]:
+    """Attributes of a decoded output: axes, kind, the decoder's settings, the voxel size."""
+    attrs: dict[str, Any] = {"axes": list(io.AXES), "kind": decoder.kind.value}
+    if decoder.kind is OutputKind.MASK:
+        attrs["threshold"] = decoder.threshold  # type: ignore[attr-defined]
+    else:
+        attrs["decoder"] = params(decoder)
+    return attrs | voxel_size_of(probs)
 
 
-def check_channels(decoder: Any, probs: Any, source: str) -> None:
-    """Raise :class:`io.VolumeError` when ``probs`` (C, Z, Y, X) does not fit ``decoder``."""
-    if probs.ndim != 4:
-        raise io.VolumeError(f"{source}: expected (C, Z, Y, X) probabilities, got {probs.shape}")
-    expected = 1 if is_semantic(decoder) else decoder.n_channels
-    names = dict(getattr(probs, "attrs", {})).get("channels")
-    if probs.shape[0] < expected or (not is_semantic(decoder) and probs.shape[0] != expected):
+@contextmanager
+def dask_session(blockwise: BlockwiseOptions | None) -> Iterator[Any]:
+    """A Dask client for ``blockwise`` (None in memory, or with ``dask.workers=0``)."""
+    if blockwise is None:
+        yield None
+        return
+    from mitoseg.decode.blockwise import dask_client
+
+    with dask_client(blockwise.dask.address, blockwise.dask.workers) as client:
+        yield client
+
+
+def run_decoder(
+    decoder: Decoder,
+    probs: str | Path,
+    output: str | Path | None = None,
+    labels: str | Path | None = None,
+    *,
+    blockwise: BlockwiseOptions | None = None,
+    client: Any = None,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+    slab: int = 32,
+) -> DecodeResult:
+    """Decode the probabilities at ``probs``; write ``output`` if given; score against ``labels``.
+
+    Args:
+        decoder: any :class:`~mitoseg.decode.base.Decoder`.
+        probs: a (C, Z, Y, X) zarr of probabilities (uint8 p x 255, or float in [0, 1]).
+        output: where to write the mask (uint8 {0, 1}) or the instances (uint32), chunked like
+            ``probs``, atomically; None: not kept.
+        labels: a (Z, Y, X) ground-truth zarr (non-zero: foreground, or instance ids), or None.
+        blockwise: None in memory, or how to run block by block.
+        client: a ``distributed.Client`` for blockwise runs; None: one is started from
+            ``blockwise.dask`` for this call.
+        work_dir: blockwise scratch space (workers must see it); None: beside the output.
+        progress: blockwise progress bars.
+        slab: z-slices per read in memory.
+
+    Returns:
+        Semantic scores (masks) or instance scores, the output path and the run's summary.
+    """
+    volume = io.open_volume(probs)
+    check_channels(decoder, volume, str(probs))
+    label_volume = None if labels is None else io.open_volume(labels)
+    if label_volume is not None and tuple(label_volume.shape) != tuple(volume.shape[1:]):
         raise io.VolumeError(
-            f"{source} has {probs.shape[0]} channels {names or ''} but decoder "
-            f"{type(decoder).__name__} needs {expected}: the probabilities come from another "
-            "target (pick the postprocess config of the target the model was trained with)"
+            f"labels {labels} have shape {tuple(label_volume.shape)} but probabilities {probs} "
+            f"have (Z, Y, X) {tuple(volume.shape[1:])}"
         )
+    if blockwise is None:
+        target = None if output is None else Path(output)
+        scores = decode_in_memory(decoder, volume, label_volume, target, slab)
+        return DecodeResult(scores, target)
+    from mitoseg.decode.blockwise.decode import decode_blockwise
+
+    session = nullcontext(client) if client is not None else dask_session(blockwise)
+    with session as active:
+        return decode_blockwise(
+            decoder, probs, output, labels, block_shape=blockwise.block_shape,
+            halo=blockwise.halo, client=active, work_dir=work_dir, progress=progress,
+        )  # fmt: skip
 
 
-def decode_and_score(
-    decoder: Any,
+def decode_in_memory(
+    decoder: Decoder,
     probs: Any,
     labels: Any | None = None,
     output: Path | None = None,
     slab: int = 32,
 ) -> dict[str, float] | None:
-    """Decode ``probs`` (C, Z, Y, X); write the result to ``output`` (zarr, atomically) if given;
-    return the scores against ``labels`` (Z, Y, X) or None without labels.
-
-    Semantic decoders stream over z-slabs (memory O(slab x Y x X)); instance decoders hold the
-    volume (see their docstrings for bytes per voxel).
-    """
-    if is_semantic(decoder):
+    """Decode array-like ``probs`` (C, Z, Y, X) in this process; write ``output`` (zarr,
+    atomically) if given; return the scores against array-like ``labels`` (Z, Y, X) or None."""
+    if decoder.kind is OutputKind.MASK:
         confusion = Confusion()
-        with mask_output(output, probs, decoder.threshold, output is not None) as out:
-            for z, mask in decode_slabwise(decoder, probs, out, slab=slab):
+        with _mask_output(output, decoder, probs) as out:
+            for z, mask in decode_slabwise(decoder, probs, out, slab=slab):  # type: ignore[arg-type]
                 if labels is not None:
                     confusion += Confusion.from_masks(mask, np.asarray(labels[z]) > 0)
         return semantic_scores(confusion) if labels is not None else None
     instances = decoder(np.asarray(probs))
     if output is not None:
-        attrs = {"axes": list(io.AXES), "kind": "instances", "decoder": params(decoder)}
-        attrs |= voxel_size_of(probs)
         chunks = tuple(getattr(probs, "chunks", (1, *io.DEFAULT_CHUNKS)))[1:]
+        attrs = output_attrs(decoder, probs)
         io.write_volume(output, instances, chunks=chunks, attrs=attrs, overwrite=True)
     if labels is None:
         return None
     return instance_scores(np.asarray(labels), instances, slab=slab)
+
+
+@contextmanager
+def _mask_output(path: Path | None, decoder: Decoder, probs: Any) -> Iterator[Any]:
+    """A uint8 (Z, Y, X) zarr shaped like ``probs`` (C, Z, Y, X), renamed to ``path`` only when
+    complete; None without a path."""
+    if path is None:
+        yield None
+        return
+    with io.atomic_dir(Path(path), overwrite=True) as tmp:
+        chunks = tuple(getattr(probs, "chunks", (1, *io.DEFAULT_CHUNKS)))[1:]
+        attrs = output_attrs(decoder, probs)
+        yield io.create_volume(tmp, probs.shape[1:], "uint8", chunks=chunks, attrs=attrs)
 
 
 def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -105,17 +219,22 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def sweep(
-    decoder: Any,
+    decoder: Decoder,
     grid: Mapping[str, Sequence[Any]],
-    probs: Any,
-    labels: Any,
+    probs: str | Path,
+    labels: str | Path,
+    *,
+    blockwise: BlockwiseOptions | None = None,
+    client: Any = None,
+    work_dir: str | Path | None = None,
     slab: int = 32,
 ) -> list[dict[str, Any]]:
-    """Score ``decoder`` with every combination of ``grid`` on ``probs`` against ``labels``.
+    """Score ``decoder`` with every combination of ``grid`` on ``probs`` against ``labels``
+    (zarr paths), without writing outputs.
 
     Returns one row per combination: the decoder's parameters, then its scores.
     """
-    fields = {f.name for f in dataclasses.fields(decoder)}
+    fields = {f.name for f in dataclasses.fields(decoder)}  # type: ignore[arg-type]
     unknown = set(grid) - fields
     if unknown:
         raise ValueError(
@@ -123,18 +242,34 @@ def sweep(
             f"(it has {sorted(fields)})"
         )
     points = grid_points(grid)
-    if is_semantic(decoder) and set(grid) <= {"threshold"}:
-        thresholds = [p.get("threshold", decoder.threshold) for p in points]
-        scores = evaluate_thresholds(probs, labels, thresholds, decoder.median_size, slab)
-        return [{**params(decoder), "threshold": t, **scores[t]} for t in thresholds]
-    if not is_semantic(decoder):
-        probs, labels = np.asarray(probs), np.asarray(labels)  # read once for every point
-    rows = []
-    for point in points:
-        current = dataclasses.replace(decoder, **point)
-        scores = decode_and_score(current, probs, labels, slab=slab)
-        rows.append({**params(current), **(scores or {})})
-    return rows
+    if blockwise is None:
+        volume, truth = io.open_volume(probs), io.open_volume(labels)
+        check_channels(decoder, volume, str(probs))
+        if decoder.kind is OutputKind.MASK and set(grid) <= {"threshold"}:
+            # One pass over the slabs for every threshold.
+            thresholds = [p.get("threshold", decoder.threshold) for p in points]  # type: ignore[attr-defined]
+            median = decoder.median_size  # type: ignore[attr-defined]
+            scores = evaluate_thresholds(volume, truth, thresholds, median, slab)
+            return [{**params(decoder), "threshold": t, **scores[t]} for t in thresholds]
+        if decoder.kind is OutputKind.INSTANCES:
+            volume, truth = np.asarray(volume), np.asarray(truth)  # read once for every point
+        rows = []
+        for point in points:
+            current = dataclasses.replace(decoder, **point)  # type: ignore[type-var]
+            scores = decode_in_memory(current, volume, truth, slab=slab)
+            rows.append({**params(current), **(scores or {})})
+        return rows
+    session = nullcontext(client) if client is not None else dask_session(blockwise)
+    with session as active:
+        rows = []
+        for point in points:
+            current = dataclasses.replace(decoder, **point)  # type: ignore[type-var]
+            result = run_decoder(
+                current, probs, None, labels, blockwise=blockwise, client=active,
+                work_dir=work_dir,
+            )  # fmt: skip
+            rows.append({**params(current), **(result.scores or {})})
+        return rows
 
 
 def best(rows: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any]:

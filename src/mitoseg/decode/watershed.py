@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import cc3d
 import fastremap
@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from mitoseg.decode.base import OutputKind
 from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
 
 _RANK = {6: 1, 18: 2, 26: 3}  # cc3d connectivity -> skimage connectivity (max orthogonal steps)
@@ -473,16 +474,38 @@ def strong_edges(
 class _Decoder:
     """Checks shared by the decoder dataclasses (offsets: lists from YAML become tuples)."""
 
+    kind: ClassVar[OutputKind] = OutputKind.INSTANCES
+    # Seeds and masks come from affinity graphs (A, AC) rather than a foreground channel (BC).
+    uses_affinities: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
-        if hasattr(self, "offsets"):
-            object.__setattr__(self, "offsets", normalize_offsets(self.offsets))
-            _nearest_neighbour_channels(self.offsets)
         _check_settings(self._settings)
+
+    @property
+    def halo(self) -> None:
+        """None: a flood can reach any distance; blockwise runs take the runner's halo."""
+        return None
+
+    @property
+    def contour_cut(self) -> float | None:
+        """Contour probability at or above which a voxel cannot seed; None without a contour."""
+        return None
 
     @property
     def _settings(self) -> _Settings:
         values = {f: getattr(self, f) for f in _Settings._fields if hasattr(self, f)}
         return _Settings(**{"contour_threshold": 1.0, **values})
+
+
+class _AffinityDecoder(_Decoder):
+    """A decoder reading affinities along ``offsets`` (lists from YAML become tuples)."""
+
+    uses_affinities: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offsets", normalize_offsets(self.offsets))  # type: ignore[attr-defined]
+        _nearest_neighbour_channels(self.offsets)  # type: ignore[attr-defined]
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -501,13 +524,17 @@ class BCWatershed(_Decoder):
         """Channels expected in probs: foreground, contour."""
         return 2
 
+    @property
+    def contour_cut(self) -> float:
+        return self.contour_threshold
+
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         probs = check_probs(probs, 2, "(2, Z, Y, X) (foreground, contour)")
         return _decode(probs[0], probs[1], self._settings)
 
 
 @dataclass(frozen=True)
-class AffinityWatershed(_Decoder):
+class AffinityWatershed(_AffinityDecoder):
     """The A decoder (``affinity_watershed``); call with affs (len(offsets), Z, Y, X)."""
 
     seed_threshold: float = 0.9
@@ -530,7 +557,7 @@ class AffinityWatershed(_Decoder):
 
 
 @dataclass(frozen=True)
-class ACWatershed(_Decoder):
+class ACWatershed(_AffinityDecoder):
     """The AC decoder (``ac_watershed``); call with probs (len(offsets) + 1, Z, Y, X)."""
 
     seed_threshold: float = 0.85
@@ -545,6 +572,10 @@ class ACWatershed(_Decoder):
     def n_channels(self) -> int:
         """Channels expected in probs: one per offset, then the contour."""
         return len(self.offsets) + 1
+
+    @property
+    def contour_cut(self) -> float:
+        return self.contour_threshold
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         layout = f"({self.n_channels}, Z, Y, X) (affinities, contour)"

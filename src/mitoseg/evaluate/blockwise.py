@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, block_grid
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
 from mitoseg.evaluate.contingency import Overlaps, _slab_overlaps
 from mitoseg.evaluate.instance import scores_from_overlaps
 from mitoseg.evaluate.semantic import Confusion
+from mitoseg.geometry import Block, BlockGrid, block_grid
 
 
 def overlaps_task(block: Block, truth: str, pred: str) -> Overlaps:

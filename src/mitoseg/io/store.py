@@ -8,8 +8,6 @@ zarr arrays (older outputs, user inputs).
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from mitoseg import files
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.ome import (
     LEVEL0,
@@ -180,23 +179,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _sibling(dst: Path, tag: str) -> Path:
-    """New empty directory ``.{dst.name}.{tag}-<random>`` next to ``dst``."""
-    # Not tempfile.mkdtemp: its 0o700 mode would stick to the renamed output.
-    path = dst.parent / f".{dst.name}.{tag}-{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
 @contextmanager
 def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
-    """Build a directory under a temporary name and rename it to ``dst`` on success.
-
-    Yields an empty directory ``dst.parent / ".{dst.name}.tmp-<random>"``. On normal exit it
-    replaces ``dst`` (removing an old ``dst`` only now, when ``overwrite``); on any exception,
-    including KeyboardInterrupt, it is deleted and ``dst`` is left untouched. When the directory
-    holds a volume (see :func:`create_volume`), its pyramid is built before the rename: the
-    volume is complete then, and readers never see it without its levels.
+    """:func:`mitoseg.files.atomic_dir` for volumes: when the folder holds a volume (see
+    :func:`create_volume`), its pyramid is built before the rename, so readers never see it
+    without its levels.
 
     Raises:
         VolumeError: ``dst`` exists and ``overwrite`` is False.
@@ -204,22 +191,8 @@ def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(dst, "tmp")
-    try:
+    with files.atomic_dir(dst, overwrite, finish=finalize_volume) as tmp:
         yield tmp
-        finalize_volume(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dst.exists() or dst.is_symlink():
-        # Move the old output aside first so dst is never half-deleted.
-        old = _sibling(dst, "old")
-        os.replace(dst, old / dst.name)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
     logger.debug("wrote %s", dst)
 
 

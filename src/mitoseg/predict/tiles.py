@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mitoseg.geometry import Box
+from mitoseg.geometry import Box, intersect, local_slices
 
 
 def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
 
 def to_storage(probs: torch.Tensor, dtype: str) -> torch.Tensor:
     """Float probabilities in [0, 1] -> the output dtype (uint8 means round(255 p)), on their
-    device, as ``stitch.to_storage`` does in numpy."""
+    device."""
     if dtype == "uint8":
         return torch.round(probs.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
     return probs.to(getattr(torch, dtype))
@@ -38,13 +38,13 @@ def boxes_from_batch(batch_boxes: torch.Tensor) -> list[Box]:
     return [Box(tuple(b[:3]), tuple(b[3:])) for b in batch_boxes.tolist()]  # type: ignore[arg-type]
 
 
-def _overlap(tile: Box, write: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices of the part of ``tile`` inside ``write``: (in tile coordinates, in write's)."""
-    lo = [max(t, w) for t, w in zip(tile.offset, write.offset, strict=True)]
-    hi = [min(t, w) for t, w in zip(tile.stop, write.stop, strict=True)]
-    in_tile = tuple(slice(a - t, b - t) for a, b, t in zip(lo, hi, tile.offset, strict=True))
-    in_write = tuple(slice(a - w, b - w) for a, b, w in zip(lo, hi, write.offset, strict=True))
-    return in_tile, in_write
+def _overlap(tile: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices of the part of ``tile`` inside ``region``: (in tile coordinates, in region's)."""
+    part = intersect(tile, region)
+    if part is None:
+        empty = (slice(0, 0),) * 3
+        return empty, empty
+    return local_slices(part, tile), local_slices(part, region)
 
 
 class WeightSums:

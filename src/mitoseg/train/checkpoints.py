@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mitoseg.analyze.report import write_atomic
+from mitoseg.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Datasets and the LightningDataModule: random training patches, validation and test tiles.
+"""Datasets and the LightningDataModule: random training patches, validation tiles, and the sets
+evaluated at test time (predicted by :class:`mitoseg.evaluate.testtime.TestEvaluation`).
 
 Volumes live in zarr and are opened lazily inside each data-loader worker. Sources that are not
 zarr yet (TIFF stacks, slice folders, HDF5) and the synthetic default are written to a cache folder
@@ -222,7 +223,8 @@ class EvalSet:
 
 
 class VolumeDataModule(pl.LightningDataModule):
-    """Training patches, validation tiles and test tiles from zarr-backed volumes.
+    """Training patches and validation tiles from zarr-backed volumes; the sets evaluated at test
+    time (``eval_sets``).
 
     Validation is either a separate volume (``val``, e.g. MitoEM's official slices 400-499) or,
     without one, the last ``val_fraction`` of the training volume along ``val_axis``, never sampled
@@ -240,7 +242,6 @@ class VolumeDataModule(pl.LightningDataModule):
         cache_dir: where converted and synthetic volumes are written once.
         patch_shape: training patch (z, y, x).
         samples_per_epoch: patches per training epoch (over all processes).
-        tile_shape, tile_overlap, tile_batch_size: test-time tiling.
     """
 
     def __init__(
@@ -262,9 +263,6 @@ class VolumeDataModule(pl.LightningDataModule):
         foreground_prob: float = 0.5,
         augment: Augmenter | None = None,
         seed: int = 0,
-        tile_shape: Sequence[int] | None = None,
-        tile_overlap: float = 0.5,
-        tile_batch_size: int = 2,
     ) -> None:
         super().__init__()
         self.train_volumes, self.test_volumes, self.target = train, test, target
@@ -272,12 +270,10 @@ class VolumeDataModule(pl.LightningDataModule):
         self.root = Path(root) if root else None
         self.cache_dir = Path(cache_dir)
         self.patch_shape = tuple(int(p) for p in patch_shape)
-        self.tile_shape = tuple(int(t) for t in (tile_shape or patch_shape))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.val_fraction, self.val_axis = val_fraction, val_axis
         self.foreground_prob, self.augment = foreground_prob, augment
-        self.tile_overlap, self.tile_batch_size = tile_overlap, tile_batch_size
         self.eval_sets: list[EvalSet] = []
 
     def prepare_data(self) -> None:
@@ -348,12 +344,3 @@ class VolumeDataModule(pl.LightningDataModule):
             self.val_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
         )
         return self._loader(dataset, self.batch_size)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [
-            self._loader(
-                TileDataset(s.paths, self.tile_shape, self.tile_overlap, region=s.region),
-                self.tile_batch_size,
-            )
-            for s in self.eval_sets
-        ]

@@ -1,6 +1,6 @@
 """The LightningModule: training and validation steps, test-time prediction, optimisers.
 
-No file I/O here: stitching and writing happen in :mod:`mitoseg.train.callbacks`.
+No file I/O here: blocks are written by :class:`mitoseg.predict.writer.BlockWriter`.
 """
 
 from __future__ import annotations
@@ -220,11 +220,11 @@ class SegmentationModule(pl.LightningModule):
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> Any:
-        if "tiles" in batch:
-            return {"probs": self._predict_block(batch), "index": batch["index"]}
-        if "raw" not in batch:  # an empty work item (see predict_blocks.BlockPredictData)
+        """A block (see :class:`mitoseg.predict.blocks.BlockDataset`) -> its blended
+        probabilities and index; an empty work item -> its index alone."""
+        if "tiles" not in batch:  # an empty work item (see predict.blocks.BlockSampler)
             return {"index": batch["index"]}
-        return {"probs": self.predict_probs(batch["raw"]), "box": batch["box"]}
+        return {"probs": self._predict_block(batch), "index": batch["index"]}
 
     def _predict_block(self, batch: dict[str, Any]) -> torch.Tensor:
         """A whole block (see :class:`mitoseg.predict.blocks.BlockDataset`): its tiles, blended."""

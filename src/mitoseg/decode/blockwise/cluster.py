@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mitoseg.decode.blockwise.blocks import Block
+from mitoseg.geometry import Block
 
 log = logging.getLogger(__name__)
 

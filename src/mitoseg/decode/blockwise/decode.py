@@ -10,37 +10,24 @@ the block shape and halo, not on the volume.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mitoseg import io
-from mitoseg.analyze.report import voxel_size_of
+from mitoseg.decode.base import OutputKind, check_channels
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, block_grid, local_slices
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
 from mitoseg.decode.blockwise.watershed import decode_instances
-from mitoseg.decode.run import check_channels, grid_points, is_semantic, output_name, params
+from mitoseg.decode.run import DecodeResult, output_attrs
 from mitoseg.evaluate.blockwise import blockwise_overlaps
 from mitoseg.evaluate.instance import scores_from_overlaps
 from mitoseg.evaluate.semantic import Confusion, semantic_scores
+from mitoseg.geometry import Block, BlockGrid, block_grid, local_slices
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BlockwiseResult:
-    """Scores (None without labels), the output written (None when not kept), and the run's
-    summary: blocks, voxels, seconds, Mvox/s, stage times, instances."""
-
-    scores: dict[str, float] | None
-    output: Path | None
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def semantic_task(
@@ -74,17 +61,9 @@ def _semantic(
     return None if labels is None else sum(parts, Confusion())
 
 
-def _attrs(decoder: Any, probs: Any) -> dict[str, Any]:
-    if is_semantic(decoder):
-        attrs = {"axes": list(io.AXES), "kind": "mask", "threshold": decoder.threshold}
-    else:
-        attrs = {"axes": list(io.AXES), "kind": "instances", "decoder": params(decoder)}
-    return attrs | voxel_size_of(probs)
-
-
 def _grid(decoder: Any, shape: Any, block_shape: Any, halo: Any, chunks: Any) -> BlockGrid:
-    if is_semantic(decoder):
-        halo = (decoder.halo,) * 3  # exactly the median filter's reach
+    if decoder.halo is not None:
+        halo = decoder.halo  # the decoder's exact reach
     return block_grid(shape, block_shape, halo, chunks)
 
 
@@ -99,7 +78,7 @@ def decode_blockwise(
     client: Any = None,
     work_dir: str | Path | None = None,
     progress: bool = True,
-) -> BlockwiseResult:
+) -> DecodeResult:
     """Decode ``probs`` block by block; write ``output`` if given; score against ``labels``.
 
     Args:
@@ -129,21 +108,21 @@ def decode_blockwise(
     grid = _grid(decoder, volume.shape[1:], block_shape, halo, chunks)
     run_log = RunLog()
     target = Path(output).absolute() if output is not None else None
-    near = Path(work_dir or (target or Path(probs)).parent).absolute() / output_name(decoder)
+    near = Path(work_dir or (target or Path(probs)).parent).absolute() / decoder.kind.value
     with store.scratch_dir(near) as scratch:
-        where = target or scratch / f"{output_name(decoder)}.zarr"
+        where = target or scratch / f"{decoder.kind.value}.zarr"
         with io.atomic_dir(where, overwrite=True) as tmp:
-            attrs = _attrs(decoder, volume)
-            dtype = np.uint8 if is_semantic(decoder) else np.uint32
+            attrs = output_attrs(decoder, volume)
+            dtype = np.uint8 if decoder.kind is OutputKind.MASK else np.uint32
             io.create_volume(tmp, grid.total_roi.shape, dtype, chunks=chunks, attrs=attrs)
             job = (decoder, probs, tmp, labels, grid, client, run_log, progress)
-            if is_semantic(decoder):
+            if decoder.kind is OutputKind.MASK:
                 confusion, n = _semantic(*job), None
             else:
                 n = decode_instances(
                     decoder, probs, tmp, grid, scratch / "work", chunks, client, run_log, progress
                 )
-        if is_semantic(decoder):
+        if decoder.kind is OutputKind.MASK:
             scores = None if confusion is None else semantic_scores(confusion)
         elif labels is not None:
             ov = blockwise_overlaps(labels, where, grid.block_shape, client, run_log, progress)
@@ -156,21 +135,4 @@ def decode_blockwise(
         type(decoder).__name__, summary["blocks"], summary["voxels"] / 1e6, summary["seconds"],
         summary["mvox_per_s"], "" if n is None else f", {n} instances",
     )  # fmt: skip
-    return BlockwiseResult(scores, target, summary)
-
-
-def sweep_blockwise(
-    decoder: Any,
-    grid: Mapping[str, Sequence[Any]],
-    probs: str | Path,
-    labels: str | Path,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """:func:`mitoseg.decode.run.sweep` block by block: one row per combination of ``grid``, the
-    decoder's parameters then its scores. ``options`` go to :func:`decode_blockwise`."""
-    rows = []
-    for point in grid_points(grid):
-        current = dataclasses.replace(decoder, **point)
-        result = decode_blockwise(current, probs, None, labels, **options)
-        rows.append({**params(current), **(result.scores or {})})
-    return rows
+    return DecodeResult(scores, target, summary)

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, intersect, local_slices
-from mitoseg.geometry import Box
+from mitoseg.geometry import Block, BlockGrid, Box, intersect, local_slices
 
 GRAPH = 0  # "connectivity" of graph labels: only the straight neighbour, through strong edges
 

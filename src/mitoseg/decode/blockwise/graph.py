@@ -2,7 +2,8 @@
 components and seeds (numpy, cc3d, zarr).
 
 A graph is given by nodes (a bool map) and strong edges (uint8 bits in cc3d's 6-connected
-convention, see :func:`mitoseg.decode.watershed.strong_edges`); kept are the edges between two nodes,
+convention, see :func:`mitoseg.decode.watershed.strong_edges`); kept are the edges between two
+nodes,
 and the nodes with at least one kept edge, as in the whole-volume ``_graph_components``. A block
 reads two voxels of context so that every edge of its voxels, and whether both ends are nodes,
 is known: a voxel whose only edges cross the block face still counts as a node. Across faces,
@@ -20,10 +21,10 @@ import numpy as np
 from mitoseg import io
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, block_grid, grow, local_slices
 from mitoseg.decode.blockwise.cluster import RunLog
 from mitoseg.decode.blockwise.faces import GRAPH
 from mitoseg.decode.blockwise.labels import BlockLabels, label_blocks, write_raster_labels
+from mitoseg.geometry import Block, BlockGrid, block_grid, grow, local_slices
 from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
 
 _BITS = ((1, 2), (4, 8), (16, 32))  # cc3d's bits per axis: (edge to +1, edge to -1)

@@ -31,7 +31,6 @@ from scipy.sparse.csgraph import connected_components as _graph_cc
 
 from mitoseg import io
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, block_grid
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
 from mitoseg.decode.blockwise.faces import (
     FaceStore,
@@ -40,6 +39,7 @@ from mitoseg.decode.blockwise.faces import (
     in_plane_steps,
     write_faces,
 )
+from mitoseg.geometry import Block, BlockGrid, block_grid
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ opened for writing by path (zarr, numpy only)."""
 from __future__ import annotations
 
 import functools
-import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from mitoseg import io
+from mitoseg import files, io
 from mitoseg.geometry import Box
 from mitoseg.io import ome
 
@@ -88,7 +87,7 @@ def scratch_dir(near: str | Path) -> Iterator[Path]:
     """A new directory ``.{name}.blockwise-<random>`` beside ``near``, removed on exit."""
     near = Path(near).absolute()
     near.parent.mkdir(parents=True, exist_ok=True)
-    path = near.parent / f".{near.name}.blockwise-{secrets.token_hex(4)}"
+    path = files.sibling(near, "blockwise")
     path.mkdir()
     try:
         yield path

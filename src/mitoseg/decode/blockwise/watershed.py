@@ -35,7 +35,6 @@ from skimage.segmentation import watershed
 
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.blocks import Block, BlockGrid, grow, intersect, local_slices
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
 from mitoseg.decode.blockwise.graph import CONTEXT, labels_of_graphs, restrict_edges
 from mitoseg.decode.blockwise.labels import (
@@ -45,24 +44,14 @@ from mitoseg.decode.blockwise.labels import (
     label_grid,
     remap_task,
 )
-from mitoseg.geometry import Box
+from mitoseg.geometry import Block, BlockGrid, Box, grow, intersect, local_slices
 
 _RANK = {6: 1, 18: 2, 26: 3}  # cc3d connectivity -> skimage connectivity
 
 
-def is_affinity(decoder: Any) -> bool:
-    """Whether ``decoder`` is an affinity decoder (A or AC) rather than BC."""
-    return hasattr(decoder, "offsets")
-
-
-def _contour_threshold(decoder: Any) -> float | None:
-    """The decoder's contour threshold, None without a contour channel (A)."""
-    return getattr(decoder, "contour_threshold", None)
-
-
 def check_decoder(decoder: Any) -> None:
     """Raise ValueError for settings the blockwise decoders do not reproduce."""
-    if is_affinity(decoder) and decoder.seed_threshold < decoder.mask_threshold:
+    if decoder.uses_affinities and decoder.seed_threshold < decoder.mask_threshold:
         raise ValueError(
             f"blockwise {type(decoder).__name__} needs seed_threshold >= mask_threshold (got "
             f"{decoder.seed_threshold} < {decoder.mask_threshold}): seed edges must be mask edges"
@@ -91,7 +80,7 @@ def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: An
     affs, offsets = data[: len(decoder.offsets)], decoder.offsets
     nodes = ws._above(ws.affinity_inside(affs, offsets), decoder.mask_threshold)
     comp_graph = restrict_edges(ws.strong_edges(affs, decoder.mask_threshold, offsets), nodes)
-    threshold = _contour_threshold(decoder)
+    threshold = decoder.contour_cut
     if threshold is not None:
         nodes &= ws._below(data[-1], threshold)
     seed_graph = restrict_edges(ws.strong_edges(affs, decoder.seed_threshold, offsets), nodes)
@@ -208,7 +197,7 @@ def _global(
 
 def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndarray:
     """The height's score over ``box``: foreground (BC) or the mean affinity (A, AC)."""
-    if not is_affinity(decoder):
+    if not decoder.uses_affinities:
         return store.read(probs, box, slice(0, 1))[0]
     context = grow(box, (1, 1, 1), grid.total_roi)
     affs = store.read(probs, context, slice(0, len(decoder.offsets)))
@@ -312,8 +301,8 @@ def decode_instances(
         The number of instances.
     """
     check_decoder(decoder)
-    label_fn = affinity_block_labels if is_affinity(decoder) else bc_block_labels
-    connectivity = 0 if is_affinity(decoder) else decoder.connectivity
+    label_fn = affinity_block_labels if decoder.uses_affinities else bc_block_labels
+    connectivity = 0 if decoder.uses_affinities else decoder.connectivity
     labelling = label_blocks(
         client, grid, scratch, chunks, connectivity, label_fn, probs, decoder,
         kinds=2, run_log=run_log, progress=progress,

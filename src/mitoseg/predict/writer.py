@@ -1,0 +1,236 @@
+"""Blockwise prediction in Lightning: outputs created, blocks written and recorded, outputs
+finished (the glue of :mod:`mitoseg.predict.blocks`).
+
+A :class:`PredictJob` is one output: its plan and its zarr path. Global rank 0 creates (or checks,
+to resume) every output before any rank predicts (:func:`prepare_output`); each rank runs its own
+blocks (:class:`~mitoseg.predict.blocks.BlockSampler`); :class:`BlockWriter` writes each block
+into the partial output and records it in the journal, so a run killed at any point and started
+again redoes unfinished blocks only; once every rank is done, rank 0 builds the pyramid and
+renames the output into place. ``mitoseg-predict`` runs one job (:class:`BlockPredictData`);
+the test-time evaluation of ``mitoseg-train`` runs one per evaluated set.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mitoseg import io
+from mitoseg.files import partial_path, publish
+from mitoseg.predict.blocks import (
+    NOTHING,
+    BlockJournal,
+    BlockPlan,
+    BlockSampler,
+    block_loader,
+    journal_path,
+)
+from mitoseg.predict.tiles import to_storage
+
+log = logging.getLogger(__name__)
+
+
+def create_probs(
+    path: Path,
+    channels: Sequence[str],
+    shape: tuple[int, ...],
+    dtype: str,
+    voxel_size_nm: Sequence[float] | None = None,
+    chunks: Sequence[int] = (32, 256, 256),
+) -> Any:
+    """A new (C, Z, Y, X) probability zarr at ``path`` (replacing what is there), chunked
+    (C, ``chunks``) clipped to the volume."""
+    n = len(channels)
+    chunks = (n, *(min(int(c), int(s)) for c, s in zip(chunks, shape, strict=True)))
+    attrs: dict[str, Any] = {
+        "axes": ["c", *io.AXES],
+        "kind": "probabilities",
+        "channels": list(channels),
+        "scale": 255 if dtype == "uint8" else 1,
+    }
+    if voxel_size_nm is not None:
+        attrs["voxel_size_nm"] = [float(v) for v in voxel_size_nm]
+    return io.create_volume(path, (n, *shape), dtype, chunks=chunks, attrs=attrs, overwrite=True)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One probability output: what to predict (``plan``) and where (``output``)."""
+
+    plan: BlockPlan
+    output: Path
+    voxel_size_nm: tuple[float, ...] | None = None
+
+    @property
+    def journal(self) -> BlockJournal:
+        return BlockJournal(journal_path(self.output))
+
+    def sampler(self, rank: int, world_size: int) -> BlockSampler:
+        """This rank's unfinished blocks."""
+        return BlockSampler(len(self.plan.blocks()), rank, world_size, self.journal.done())
+
+
+def prepare_output(job: PredictJob, overwrite: bool) -> None:
+    """Create the partial output and its journal, or check an unfinished one to resume it.
+
+    Raises:
+        VolumeError: the output exists and ``overwrite`` is False, or an unfinished output
+            there was started with other settings.
+    """
+    output, journal, plan = job.output, job.journal, job.plan
+    partial = partial_path(output)
+    if overwrite:
+        for path in (partial, journal.path):
+            if path.exists():
+                shutil.rmtree(path)
+    elif output.exists():
+        raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
+    if partial.exists():
+        journal.check(plan, output)
+        log.info("resuming %s: %d blocks already written", output, len(journal.done()))
+        return
+    if journal.path.exists():
+        shutil.rmtree(journal.path)  # a journal without its output records nothing
+    create_probs(partial, plan.channels, plan.shape, plan.dtype, job.voxel_size_nm, plan.chunks)
+    journal.create(plan)
+
+
+def finish_output(job: PredictJob) -> None:
+    """Check that every block is recorded, build the pyramid and move the output in place."""
+    n = len(job.plan.blocks())
+    missing = sorted(set(range(n)) - job.journal.done())
+    if missing:
+        raise RuntimeError(
+            f"{job.output}: blocks {missing[:10]} of {n} were not written; run again to finish them"
+        )
+    partial = partial_path(job.output)
+    io.finalize_volume(partial)
+    publish(partial, job.output)
+    shutil.rmtree(job.journal.path)
+
+
+class BlockWriter(pl.Callback):
+    """Write each predicted block into its job's partial output (data loader ``i`` is job ``i``),
+    record it, show progress; rank 0 finishes every output once all ranks are done.
+
+    Works for ``trainer.predict`` and ``trainer.test`` alike.
+
+    Args:
+        jobs: the outputs, in data-loader order.
+        progress: show a progress bar (rank 0: its blocks done / total, Mvox/s).
+    """
+
+    def __init__(self, jobs: Sequence[PredictJob] = (), progress: bool = True) -> None:
+        self.jobs, self.progress = list(jobs), progress
+        self.summary: dict[str, Any] = {}
+        self._outs: list[Any] = []
+        self._blocks: list[list[Any]] = []
+        self._bar: Any = None
+        self._voxels = 0
+        self._written = 0
+        self._start = 0.0
+
+    def _begin(self, trainer: pl.Trainer, loaders: Any) -> None:
+        loaders = loaders if isinstance(loaders, list) else [loaders]
+        self._outs = [io.open_volume_writable(partial_path(j.output)) for j in self.jobs]
+        self._blocks = [j.plan.blocks() for j in self.jobs]
+        mine = sum(len(loader.sampler.pending) for loader in loaders)
+        self._bar = tqdm(
+            total=mine,
+            unit="block",
+            desc=f"predict rank {trainer.global_rank}" if trainer.world_size > 1 else "predict",
+            disable=not self.progress or trainer.global_rank != 0,
+        )
+        self._voxels, self._written, self._start = 0, 0, time.perf_counter()
+
+    def _write(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
+        index = int(outputs["index"])
+        if index == NOTHING:
+            return
+        block = self._blocks[dataloader_idx][index]
+        out = self._outs[dataloader_idx]
+        out[(slice(None), *block.slices)] = (
+            to_storage(outputs["probs"], str(out.dtype)).cpu().numpy()
+        )
+        self.jobs[dataloader_idx].journal.mark(index)
+        self._voxels += block.size
+        self._written += 1
+        seconds = time.perf_counter() - self._start
+        self._bar.set_postfix_str(f"{self._voxels / max(seconds, 1e-9) / 1e6:.2f} Mvox/s")
+        self._bar.update(1)
+
+    def _end(self, trainer: pl.Trainer) -> None:
+        self._bar.close()
+        seconds = time.perf_counter() - self._start
+        log.info("rank %d wrote %d blocks in %.1f s", trainer.global_rank, self._written, seconds)
+        trainer.strategy.barrier("mitoseg-blocks-written")
+        if trainer.global_rank == 0:
+            for job in self.jobs:
+                finish_output(job)
+        trainer.strategy.barrier("mitoseg-output-final")
+        self.summary = {
+            "blocks": sum(len(b) for b in self._blocks),
+            "voxels": int(sum(np.prod(j.plan.shape) for j in self.jobs)),
+            "rank_blocks": self._written,
+            "rank_seconds": seconds,
+        }
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._begin(trainer, trainer.predict_dataloaders)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._begin(trainer, trainer.test_dataloaders)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
+        self._write(outputs, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
+        self._write(outputs, dataloader_idx)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer)
+
+
+class BlockPredictData(pl.LightningDataModule):
+    """``mitoseg-predict``'s data: creates or checks the output (global rank 0, before any rank
+    predicts) and serves each rank its unfinished blocks.
+
+    Args:
+        job: the output.
+        overwrite: start again, discarding a finished or unfinished output at ``job.output``.
+        num_workers: data-loader workers reading blocks.
+    """
+
+    prepare_data_per_node = False  # one shared file system: only global rank 0 prepares
+
+    def __init__(self, job: PredictJob, overwrite: bool = False, num_workers: int = 0) -> None:
+        super().__init__()
+        self.job, self.overwrite, self.num_workers = job, overwrite, num_workers
+        self.sampler: BlockSampler | None = None
+
+    def prepare_data(self) -> None:
+        prepare_output(self.job, self.overwrite)
+
+    def setup(self, stage: str) -> None:
+        self.sampler = self.job.sampler(self.trainer.global_rank, self.trainer.world_size)
+
+    @property
+    def pending(self) -> list[int]:
+        return self.sampler.pending if self.sampler is not None else []
+
+    def predict_dataloader(self) -> DataLoader:
+        assert self.sampler is not None
+        return block_loader(self.job.plan, self.sampler, self.num_workers)
