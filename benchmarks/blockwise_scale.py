@@ -165,7 +165,7 @@ def peak_kib() -> int:
 
 def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
     from mitoseg.decode.blockwise import connected_components, decode_blockwise
-    from mitoseg.decode.watershed import BCWatershed
+    from mitoseg.decode.instances import BCWatershed
     from mitoseg.evaluate.blockwise import blockwise_overlaps
     from mitoseg.evaluate.instance import scores_from_overlaps
 

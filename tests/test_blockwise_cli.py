@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH
 from mitoseg.cli.segment import blockwise_line, segment
-from mitoseg.decode import watershed as ws
+from mitoseg.decode import instances
 from tests.test_cli import run
 from tests.test_watershed import OFFSETS, _affinity_probs, _bc_probs
 
@@ -44,7 +44,7 @@ def _segment(tmp_path: Path, name: str, *overrides: str) -> dict:
 def bc_volume(tmp_path: Path) -> tuple[Path, Path]:
     """Noisy BC probabilities (2, 24, 48, 48) in chunks of (12, 24, 24), and labels."""
     probs = _bc_probs(0, "uint8")
-    labels = ws.bc_watershed(probs, 0.8, 0.5, 0.6, min_seed_size=3, min_size=10)
+    labels = instances.bc_watershed(probs, 0.8, 0.5, 0.6, min_seed_size=3, min_size=10)
     attrs = {"voxel_size_nm": [30.0, 8.0, 8.0], "kind": "probabilities"}
     io.write_volume(tmp_path / "probs.zarr", probs, chunks=(2, 12, 24, 24), attrs=attrs)
     io.write_volume(tmp_path / "labels.zarr", labels, chunks=(12, 24, 24))
@@ -75,7 +75,7 @@ def _affinity_run(tmp_path: Path, *overrides: str) -> tuple[dict, np.ndarray, np
     """The A decoder over all blocks: (result, instances written, whole-volume instances)."""
     probs = _affinity_probs(1, "uint8", OFFSETS, contour=False)
     io.write_volume(tmp_path / "affs.zarr", probs, chunks=(3, 12, 24, 24))
-    decoder = ws.AffinityWatershed(0.75, 0.5, min_seed_size=3, min_size=10)
+    decoder = instances.AffinityWatershed(0.75, 0.5, min_seed_size=3, min_size=10)
     result = _segment(
         tmp_path, "out", f"probs={tmp_path / 'affs.zarr'}", "postprocess=affinity_watershed",
         "postprocess.seed_threshold=0.75", "postprocess.min_seed_size=3",

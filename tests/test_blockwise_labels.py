@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from mitoseg import io
+from mitoseg.decode import affinity
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import affinity_components, connected_components
 from mitoseg.decode.blockwise.labels import first_voxels, label_grid
@@ -104,8 +105,8 @@ def test_affinity_components_equal_whole_volume_graph(dtype: str, tmp_path: Path
         tmp_path / "affs.zarr", tmp_path / "comps.zarr", threshold=0.5, block_shape=(4, 7, 6),
         progress=False,
     )  # fmt: skip
-    mask = ws._above(ws.affinity_inside(affs, OFFSETS), 0.5)
-    expected, n_expected = ws._graph_components(mask, ws.strong_edges(affs, 0.5, OFFSETS))
+    mask = ws._above(affinity.affinity_inside(affs, OFFSETS), 0.5)
+    expected, n_expected = ws._graph_components(mask, affinity.strong_edges(affs, 0.5, OFFSETS))
     np.testing.assert_array_equal(io.open_volume(tmp_path / "comps.zarr")[:], expected)
     assert n == n_expected >= 5
     # grid-adjacent components kept apart by weak edges: the graph matters here

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mitoseg import io
-from mitoseg.decode import watershed as ws
+from mitoseg.decode import instances
 from mitoseg.decode.blockwise import decode_blockwise
 from mitoseg.decode.blockwise import store as block_store
 from mitoseg.evaluate.blockwise import adjusted_rand_index
@@ -19,14 +19,14 @@ from tests.test_watershed import OFFSETS, _affinity_probs, _bc_probs, _perfect_b
 
 # (decoder, probabilities): noisy fields of separate cells and necked pairs, (24, 48, 48).
 DECODERS = {
-    "bc26_uint8": (ws.BCWatershed(0.7, 0.6, 0.55, 3, 10, 26), lambda: _bc_probs(0, "uint8")),
-    "bc6_float": (ws.BCWatershed(0.7, 0.6, 0.55, 3, 10, 6), lambda: _bc_probs(3, "float32")),
+    "bc26_uint8": (instances.BCWatershed(0.7, 0.6, 0.55, 3, 10, 26), lambda: _bc_probs(0, "uint8")),
+    "bc6_float": (instances.BCWatershed(0.7, 0.6, 0.55, 3, 10, 6), lambda: _bc_probs(3, "float32")),
     "a_uint8": (
-        ws.AffinityWatershed(0.75, 0.5, 3, 10),
+        instances.AffinityWatershed(0.75, 0.5, 3, 10),
         lambda: _affinity_probs(2, "uint8", OFFSETS, contour=False),
     ),
     "ac_float": (
-        ws.ACWatershed(0.75, 0.6, 0.5, 3, 10, 26),
+        instances.ACWatershed(0.75, 0.6, 0.5, 3, 10, 26),
         lambda: _affinity_probs(0, "float32", OFFSETS, contour=True),
     ),
 }
@@ -83,9 +83,15 @@ def test_perfect_targets_decode_to_the_ground_truth(
 
     labels, loose = instance_labels, dict(min_seed_size=0, min_size=0)
     target, decoder = {
-        "bc": (BinaryContour(width=4, in_plane=True), ws.BCWatershed(0.5, 0.5, 0.5, **loose)),
-        "a": (Affinity(), ws.AffinityWatershed(0.5, 0.1, **loose)),
-        "ac": (AffinityContour(width=4, in_plane=True), ws.ACWatershed(0.5, 0.5, 0.1, **loose)),
+        "bc": (
+            BinaryContour(width=4, in_plane=True),
+            instances.BCWatershed(0.5, 0.5, 0.5, **loose),
+        ),
+        "a": (Affinity(), instances.AffinityWatershed(0.5, 0.1, **loose)),
+        "ac": (
+            AffinityContour(width=4, in_plane=True),
+            instances.ACWatershed(0.5, 0.5, 0.1, **loose),
+        ),
     }[kind]
     probs = np.nan_to_num(target(labels), nan=1.0).astype(np.float32)
     out, _ = _decode(decoder, probs, tmp_path, (2, 8, 8), (12, 48, 48), (12, 48, 48))
@@ -109,7 +115,7 @@ def test_size_filters_are_global(min_seed_size: int, min_size: int, tmp_path: Pa
     labels[1:11, 10:20, 10:20] = 2
     labels[1:11, 20:26, 10:20] = 3  # touches 2
     probs = _perfect_bc(labels, "uint8")
-    decoder = ws.BCWatershed(0.85, 0.5, 0.8, min_seed_size, min_size)
+    decoder = instances.BCWatershed(0.85, 0.5, 0.8, min_seed_size, min_size)
     out, _ = _decode(decoder, probs, tmp_path, (12, 30, 30), (6, 15, 15), (6, 15, 15))
     np.testing.assert_array_equal(out, decoder(probs))
     assert out.max() == 1  # one instance (2 and 3 unsplit, or 3 too small), not none
@@ -136,7 +142,7 @@ def test_reads_are_bounded_by_the_block_not_the_volume(tmp_path: Path, monkeypat
 def test_affinity_seeds_must_be_mask_edges(tmp_path: Path) -> None:
     probs = _affinity_probs(0, "uint8", OFFSETS, contour=False)
     with pytest.raises(ValueError, match="seed_threshold >= mask_threshold"):
-        _decode(ws.AffinityWatershed(0.4, 0.5), probs, tmp_path, (0, 0, 0))
+        _decode(instances.AffinityWatershed(0.4, 0.5), probs, tmp_path, (0, 0, 0))
 
 
 def test_cut_off_voxels_take_the_nearest_seed_centroid() -> None:
@@ -163,5 +169,5 @@ def test_bad_input_in_one_block_raises_and_leaves_nothing(tmp_path: Path) -> Non
     probs = _bc_probs(0, "float32")
     probs[0, 20, 40, 40] = 1.5  # in the last block
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        _decode(ws.BCWatershed(), probs, tmp_path, (0, 0, 0))
+        _decode(instances.BCWatershed(), probs, tmp_path, (0, 0, 0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probs.zarr"]

@@ -55,6 +55,10 @@ def test_old_targets_are_rewritten_to_the_new_modules() -> None:
     assert config["target"]["transform"]["_target_"] == "mitoseg.train.targets.Semantic"
     assert config["postprocess"]["_target_"] == "mitoseg.decode.masks.BinarizeMedian"
     assert upgrade_targets({"_target_": "mitoseg.datasets.x"}) == {"_target_": "mitoseg.datasets.x"}
+    # an instance checkpoint of the flat layout names its decoder in mitoseg.watershed
+    old = {"postprocess": {"_target_": "mitoseg.watershed.BCWatershed", "min_size": 8}}
+    new = upgrade_targets(old)["postprocess"]
+    assert new == {"_target_": "mitoseg.decode.instances.BCWatershed", "min_size": 8}
 
 
 def test_old_checkpoint_loads_its_weights() -> None:

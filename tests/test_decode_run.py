@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from mitoseg import io
 from mitoseg.datasets.synthetic import make_instance_volume
 from mitoseg.decode.base import OutputKind, check_channels, params, score_columns
+from mitoseg.decode.instances import ACWatershed, AffinityWatershed, BCWatershed
 from mitoseg.decode.masks import BinarizeMedian
 from mitoseg.decode.run import BlockwiseOptions, DaskOptions, run_decoder, sweep
-from mitoseg.decode.watershed import ACWatershed, AffinityWatershed, BCWatershed
 from mitoseg.train.targets import BinaryContour
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "mitoseg" / "conf"

@@ -9,6 +9,7 @@ from skimage.segmentation import watershed as skimage_watershed
 
 from mitoseg.baselines import decoders as ref
 from mitoseg.datasets.synthetic import make_volume
+from mitoseg.decode import affinity, instances
 from mitoseg.decode import watershed as ws
 from mitoseg.train.targets import affinities, instance_contour
 
@@ -101,7 +102,7 @@ BC_SETTINGS = dict(seed_threshold=0.7, contour_threshold=0.6, mask_threshold=0.5
 def test_bc_identical_to_whole_volume_oracle(seed: int, connectivity: int, dtype: str) -> None:
     probs = _bc_probs(seed, dtype)
     kwargs = dict(BC_SETTINGS, min_seed_size=3, min_size=10, connectivity=connectivity)
-    ours = ws.bc_watershed(probs, **kwargs)
+    ours = instances.bc_watershed(probs, **kwargs)
     expected = ref.bc_watershed(probs, **kwargs)
     assert ours.dtype == np.uint32
     np.testing.assert_array_equal(ours, expected)
@@ -116,9 +117,11 @@ def test_views_thin_volumes_and_core_function_match_oracle() -> None:
     kwargs = dict(BC_SETTINGS, min_seed_size=3, min_size=10)
     view = probs.transpose(0, 1, 3, 2)  # not C-contiguous
     expected = ref.bc_watershed(np.ascontiguousarray(view), **kwargs)
-    np.testing.assert_array_equal(ws.bc_watershed(view, **kwargs), expected)
+    np.testing.assert_array_equal(instances.bc_watershed(view, **kwargs), expected)
     thin = probs[:, 5:6]
-    np.testing.assert_array_equal(ws.bc_watershed(thin, **kwargs), ref.bc_watershed(thin, **kwargs))
+    np.testing.assert_array_equal(
+        instances.bc_watershed(thin, **kwargs), ref.bc_watershed(thin, **kwargs)
+    )
     score = probs[0].astype(np.float64) / 255  # no contour: seeds from the score alone
     core = dict(seed_threshold=0.7, mask_threshold=0.55, min_seed_size=3, min_size=10)
     ours = ws.seeded_watershed(score, connectivity=6, **core)
@@ -145,7 +148,7 @@ def test_ties_between_seeds_are_resolved_like_the_oracle() -> None:
     plain = ref.bc_watershed(probs, tie_break=False, **kwargs)
     ordered = ref.bc_watershed(probs, **kwargs)
     assert np.count_nonzero(plain != ordered) > 0
-    np.testing.assert_array_equal(ws.bc_watershed(probs, **kwargs), ordered)
+    np.testing.assert_array_equal(instances.bc_watershed(probs, **kwargs), ordered)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
@@ -154,12 +157,12 @@ def test_affinity_decoders_identical_to_oracle(seed: int, dtype: str) -> None:
     offsets = (*OFFSETS, (0, -3, 0))  # a long-range channel, ignored by the inside map
     affs = _affinity_probs(seed, dtype, offsets, contour=False)
     kwargs = dict(seed_threshold=0.75, mask_threshold=0.5, min_seed_size=3, min_size=10)
-    ours = ws.affinity_watershed(affs, offsets=offsets, **kwargs)
+    ours = instances.affinity_watershed(affs, offsets=offsets, **kwargs)
     np.testing.assert_array_equal(ours, ref.affinity_watershed(affs, offsets=offsets, **kwargs))
     assert ours.max() >= 10
     probs = _affinity_probs(seed, dtype, OFFSETS, contour=True)
     kwargs = dict(kwargs, contour_threshold=0.6, connectivity=26)
-    ours = ws.ac_watershed(probs, offsets=OFFSETS, **kwargs)
+    ours = instances.ac_watershed(probs, offsets=OFFSETS, **kwargs)
     np.testing.assert_array_equal(ours, ref.ac_watershed(probs, offsets=OFFSETS, **kwargs))
     assert ours.max() >= 10
 
@@ -170,16 +173,16 @@ def test_affinity_inside_equals_oracle_across_slabs(monkeypatch, shape, dtype) -
     offsets = ((-1, 0, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1), (2, 0, 0))
     affs = _as_dtype(np.random.default_rng(5).random((len(offsets), *shape)), dtype)
     expected = ref.affinity_inside(affs, offsets)
-    monkeypatch.setattr(ws, "_SLAB_VOXELS", 7)  # slabs of one or a few z-planes
-    np.testing.assert_array_equal(ws.affinity_inside(affs, offsets), expected)
-    assert ws.affinity_inside(affs, offsets).dtype == expected.dtype
+    monkeypatch.setattr(affinity, "_SLAB_VOXELS", 7)  # slabs of one or a few z-planes
+    np.testing.assert_array_equal(affinity.affinity_inside(affs, offsets), expected)
+    assert affinity.affinity_inside(affs, offsets).dtype == expected.dtype
 
 
 def test_affinity_inside_brute_force() -> None:
     """Mean over in-bounds nearest-neighbour edges, written out voxel by voxel."""
     rng = np.random.default_rng(2)
     affs = rng.random((3, 3, 4, 5)).astype(np.float32)
-    inside = ws.affinity_inside(affs, OFFSETS)
+    inside = affinity.affinity_inside(affs, OFFSETS)
     for p in np.ndindex(affs.shape[1:]):
         values = []
         for c, d in enumerate(OFFSETS):
@@ -222,7 +225,7 @@ def _perfect_bc(labels: np.ndarray, dtype: str) -> np.ndarray:
 def test_perfect_bc_round_trip(connectivity: int, dtype: str) -> None:
     for labels in (_touching_boxes(), make_volume((24, 64, 64), seed=4, touching_pairs=0)[1]):
         probs = _perfect_bc(labels, dtype)
-        out = ws.bc_watershed(probs, min_seed_size=1, min_size=0, connectivity=connectivity)
+        out = instances.bc_watershed(probs, min_seed_size=1, min_size=0, connectivity=connectivity)
         assert out.max() == labels.max()
         assert _same_up_to_relabelling(out, labels)
 
@@ -231,7 +234,7 @@ def test_perfect_bc_touching_pairs_are_split() -> None:
     """Curved touching objects: every object found, foreground exact. (With a flat foreground the
     flood is breadth-first, so interface voxels may go to the neighbour's nearer seed.)"""
     labels = make_volume((32, 64, 64), seed=2, touching_pairs=2)[1]
-    out = ws.bc_watershed(_perfect_bc(labels, "uint8"), min_seed_size=0, min_size=0)
+    out = instances.bc_watershed(_perfect_bc(labels, "uint8"), min_seed_size=0, min_size=0)
     assert out.max() == labels.max()
     np.testing.assert_array_equal(out > 0, labels > 0)
 
@@ -240,12 +243,12 @@ def test_perfect_affinities_round_trip() -> None:
     labels = _touching_boxes()
     affs = np.nan_to_num(affinities(labels, OFFSETS), nan=0.0)
     for probs in (affs, _as_dtype(affs, "uint8")):
-        out = ws.affinity_watershed(probs, mask_threshold=0.1, min_seed_size=0, min_size=0)
+        out = instances.affinity_watershed(probs, mask_threshold=0.1, min_seed_size=0, min_size=0)
         assert _same_up_to_relabelling(out, labels)
         scale = 255 if probs.dtype == np.uint8 else 1
         contour = instance_contour(labels, width=4).astype(probs.dtype) * scale
         ac = np.concatenate([probs, contour[None]])
-        out = ws.ac_watershed(ac, mask_threshold=0.1, min_seed_size=0, min_size=0)
+        out = instances.ac_watershed(ac, mask_threshold=0.1, min_seed_size=0, min_size=0)
         assert _same_up_to_relabelling(out, labels)
 
 
@@ -254,7 +257,7 @@ def test_uint8_and_float_inputs_agree() -> None:
     as_float = probs.astype(np.float64) / 255.0
     kwargs = dict(min_seed_size=3, min_size=10)
     np.testing.assert_array_equal(
-        ws.bc_watershed(probs, **kwargs), ws.bc_watershed(as_float, **kwargs)
+        instances.bc_watershed(probs, **kwargs), instances.bc_watershed(as_float, **kwargs)
     )
 
 
@@ -267,35 +270,35 @@ def test_min_size_and_min_seed_size() -> None:
     labels[1:11, 10:20, 10:20] = 2  # 1000 voxels, own component
     labels[1:11, 20:26, 10:20] = 3  # 600 voxels touching 2
     probs = _perfect_bc(labels, "uint8")
-    out = ws.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=1)
+    out = instances.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=1)
     np.testing.assert_array_equal(out, labels)  # ids in C order of the seeds' first voxels
-    out = ws.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=400)
+    out = instances.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=400)
     np.testing.assert_array_equal(out, np.maximum(labels, 1) - 1)  # box 1 removed
     np.testing.assert_array_equal(out, ref.bc_watershed(probs, 0.85, 0.5, 0.8, 1, 400))
-    out = ws.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=700)
+    out = instances.bc_watershed(probs, contour_threshold=0.5, min_seed_size=1, min_size=700)
     assert out.max() == 1 and np.all((out > 0) == (labels == 2))  # 3 split off, then too small
     # box 3's seed (2 x 6 x 6 = 72 voxels) is too small: the component is one instance
-    out = ws.bc_watershed(probs, contour_threshold=0.5, min_seed_size=100, min_size=1)
+    out = instances.bc_watershed(probs, contour_threshold=0.5, min_seed_size=100, min_size=1)
     assert out.max() == 1 and np.all((out > 0) == (labels >= 2))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_empty_input_gives_zeros(dtype) -> None:
-    out = ws.bc_watershed(np.zeros((2, 5, 6, 7), dtype))
+    out = instances.bc_watershed(np.zeros((2, 5, 6, 7), dtype))
     assert out.dtype == np.uint32 and out.shape == (5, 6, 7) and not out.any()
-    assert not ws.ac_watershed(np.zeros((4, 5, 6, 7), dtype)).any()
-    assert ws.bc_watershed(np.zeros((2, 0, 6, 7), dtype)).shape == (0, 6, 7)
+    assert not instances.ac_watershed(np.zeros((4, 5, 6, 7), dtype)).any()
+    assert instances.bc_watershed(np.zeros((2, 0, 6, 7), dtype)).shape == (0, 6, 7)
 
 
 def test_wrong_channel_count_names_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(2, Z, Y, X\).*\(3, 4, 5, 6\)"):
-        ws.bc_watershed(np.zeros((3, 4, 5, 6), np.uint8))
+        instances.bc_watershed(np.zeros((3, 4, 5, 6), np.uint8))
     with pytest.raises(ValueError, match=r"\(4, Z, Y, X\).*\(3, 4, 5, 6\)"):
-        ws.ACWatershed()(np.zeros((3, 4, 5, 6), np.uint8))
+        instances.ACWatershed()(np.zeros((3, 4, 5, 6), np.uint8))
     with pytest.raises(ValueError, match=r"\(2, Z, Y, X\).*\(4, 5, 6\)"):
-        ws.BCWatershed()(np.zeros((4, 5, 6), np.uint8))
+        instances.BCWatershed()(np.zeros((4, 5, 6), np.uint8))
     with pytest.raises(ValueError, match=r"\(3, Z, Y, X\).*\(2, 4, 5, 6\)"):
-        ws.AffinityWatershed()(np.zeros((2, 4, 5, 6), np.uint8))
+        instances.AffinityWatershed()(np.zeros((2, 4, 5, 6), np.uint8))
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, np.nan])
@@ -303,40 +306,42 @@ def test_float_outside_unit_interval_raises(bad: float) -> None:
     probs = np.zeros((2, 3, 4, 5), np.float32)
     probs[1, 1, 1, 1] = bad
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        ws.bc_watershed(probs)
+        instances.bc_watershed(probs)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        ws.affinity_watershed(np.concatenate([probs, probs[:1]]))
+        instances.affinity_watershed(np.concatenate([probs, probs[:1]]))
 
 
 def test_bad_dtype_and_parameters_raise() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        ws.bc_watershed(np.zeros((2, 3, 4, 5), np.uint16))
+        instances.bc_watershed(np.zeros((2, 3, 4, 5), np.uint16))
     with pytest.raises(ValueError, match="seed_threshold"):
-        ws.bc_watershed(np.zeros((2, 3, 4, 5), np.uint8), seed_threshold=200)
+        instances.bc_watershed(np.zeros((2, 3, 4, 5), np.uint8), seed_threshold=200)
     with pytest.raises(ValueError, match="connectivity"):
-        ws.BCWatershed(connectivity=8)
+        instances.BCWatershed(connectivity=8)
     with pytest.raises(ValueError, match="min_size"):
-        ws.AffinityWatershed(min_size=-1)
+        instances.AffinityWatershed(min_size=-1)
     with pytest.raises(ValueError, match="nearest-neighbour"):
-        ws.AffinityWatershed(offsets=[[0, -3, 0]])
+        instances.AffinityWatershed(offsets=[[0, -3, 0]])
 
 
 # --------------------------------------------------------------------------- config-facing classes
 
 
 def test_decoder_classes_take_yaml_lists_and_match_functions() -> None:
-    decoder = ws.ACWatershed(offsets=[[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0]])
+    decoder = instances.ACWatershed(offsets=[[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -4, 0]])
     assert decoder.offsets == (*OFFSETS, (0, -4, 0)) and decoder.n_channels == 5
-    assert ws.AffinityWatershed(offsets=[[-1, 0, 0]]).n_channels == 1
-    assert ws.BCWatershed().n_channels == 2
+    assert instances.AffinityWatershed(offsets=[[-1, 0, 0]]).n_channels == 1
+    assert instances.BCWatershed().n_channels == 2
     probs = _bc_probs(2, "uint8")
-    bc = ws.BCWatershed(seed_threshold=0.7, mask_threshold=0.55, min_seed_size=3, min_size=10)
-    expected = ws.bc_watershed(probs, 0.7, 0.6, 0.55, 3, 10, 26)
+    bc = instances.BCWatershed(
+        seed_threshold=0.7, mask_threshold=0.55, min_seed_size=3, min_size=10
+    )
+    expected = instances.bc_watershed(probs, 0.7, 0.6, 0.55, 3, 10, 26)
     np.testing.assert_array_equal(bc(probs), expected)
     affs = _affinity_probs(0, "uint8", OFFSETS, contour=False)
-    a = ws.AffinityWatershed(seed_threshold=0.75, min_seed_size=3, min_size=10)
+    a = instances.AffinityWatershed(seed_threshold=0.75, min_seed_size=3, min_size=10)
     np.testing.assert_array_equal(
-        a(affs), ws.affinity_watershed(affs, 0.75, 0.5, 3, 10, 6, OFFSETS)
+        a(affs), instances.affinity_watershed(affs, 0.75, 0.5, 3, 10, 6, OFFSETS)
     )
     with pytest.raises(AttributeError):
         bc.min_size = 3  # frozen
@@ -362,13 +367,13 @@ def test_perfect_targets_of_every_kind_give_the_instances_back(seed: int) -> Non
         probs = np.nan_to_num(target(labels), nan=1.0)  # edges leaving the volume: "same"
         return instance_scores(labels, decoder(probs))
 
-    a = decoded(Affinity(), lambda p: ws.affinity_watershed(p, 0.5, 0.1, **loose))
+    a = decoded(Affinity(), lambda p: instances.affinity_watershed(p, 0.5, 0.1, **loose))
     assert a["ap75"] == pytest.approx(1.0) and a["are"] == 0.0 and a["n_pred"] == a["n_truth"]
     ac_target = AffinityContour(width=4, in_plane=True)
-    ac = decoded(ac_target, lambda p: ws.ac_watershed(p, 0.5, 0.5, 0.1, **loose))
+    ac = decoded(ac_target, lambda p: instances.ac_watershed(p, 0.5, 0.5, 0.1, **loose))
     bc = decoded(
         BinaryContour(width=4, in_plane=True),
-        lambda p: ws.bc_watershed(p, 0.5, 0.5, 0.5, connectivity=6, **loose),
+        lambda p: instances.bc_watershed(p, 0.5, 0.5, 0.5, connectivity=6, **loose),
     )
     for scores in (ac, bc):
         assert scores["ap75"] >= 0.98 and scores["are"] <= 0.005

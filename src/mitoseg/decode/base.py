@@ -12,8 +12,8 @@ it declares, instead of being guessed from its class:
   runner's ``halo`` option (see :class:`mitoseg.decode.run.BlockwiseOptions`).
 
 The decoders: :class:`mitoseg.decode.masks.BinarizeMedian`,
-:class:`mitoseg.decode.watershed.BCWatershed`, :class:`~mitoseg.decode.watershed.AffinityWatershed`
-and :class:`~mitoseg.decode.watershed.ACWatershed`. :func:`mitoseg.decode.run.run_decoder` runs any
+:class:`mitoseg.decode.instances.BCWatershed`, :class:`~mitoseg.decode.instances.AffinityWatershed`
+and :class:`~mitoseg.decode.instances.ACWatershed`. :func:`mitoseg.decode.run.run_decoder` runs any
 of them, in memory or blockwise.
 """
 

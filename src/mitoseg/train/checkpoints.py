@@ -46,6 +46,9 @@ MOVED_MODULES = {
     "mitoseg.checkpoint_io": "mitoseg.train.checkpoints",
     "mitoseg.postprocess": "mitoseg.decode.masks",
     "mitoseg.watershed": "mitoseg.decode.watershed",
+    "mitoseg.watershed.BCWatershed": "mitoseg.decode.instances.BCWatershed",
+    "mitoseg.watershed.AffinityWatershed": "mitoseg.decode.instances.AffinityWatershed",
+    "mitoseg.watershed.ACWatershed": "mitoseg.decode.instances.ACWatershed",
 }
 
 

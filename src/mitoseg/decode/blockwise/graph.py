@@ -2,7 +2,7 @@
 components and seeds (numpy, cc3d, zarr).
 
 A graph is given by nodes (a bool map) and strong edges (uint8 bits in cc3d's 6-connected
-convention, see :func:`mitoseg.decode.watershed.strong_edges`); kept are the edges between two
+convention, see :func:`mitoseg.decode.affinity.strong_edges`); kept are the edges between two
 nodes,
 and the nodes with at least one kept edge, as in the whole-volume ``_graph_components``. A block
 reads two voxels of context so that every edge of its voxels, and whether both ends are nodes,
@@ -19,6 +19,7 @@ import cc3d
 import numpy as np
 
 from mitoseg import io
+from mitoseg.decode import affinity
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
 from mitoseg.decode.blockwise.cluster import RunLog
@@ -106,8 +107,8 @@ def affinity_graph_labels(
     voxels whose mean nearest-neighbour affinity is > threshold)."""
     context = grow(block.write_roi, CONTEXT, grid.total_roi)
     data = store.read(affs, context, slice(0, len(offsets)))
-    nodes = ws._above(ws.affinity_inside(data, offsets), threshold)
-    graph = restrict_edges(ws.strong_edges(data, threshold, offsets), nodes)
+    nodes = ws._above(affinity.affinity_inside(data, offsets), threshold)
+    graph = restrict_edges(affinity.strong_edges(data, threshold, offsets), nodes)
     return labels_of_graphs(block, context, [graph])
 
 

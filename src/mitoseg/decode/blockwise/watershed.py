@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from mitoseg.decode import affinity
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
 from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
@@ -78,12 +79,12 @@ def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: An
     data = store.read(probs, context, slice(0, decoder.n_channels))
     ws.check_probs(data, decoder.n_channels, f"({decoder.n_channels}, Z, Y, X)")
     affs, offsets = data[: len(decoder.offsets)], decoder.offsets
-    nodes = ws._above(ws.affinity_inside(affs, offsets), decoder.mask_threshold)
-    comp_graph = restrict_edges(ws.strong_edges(affs, decoder.mask_threshold, offsets), nodes)
+    nodes = ws._above(affinity.affinity_inside(affs, offsets), decoder.mask_threshold)
+    comp_graph = restrict_edges(affinity.strong_edges(affs, decoder.mask_threshold, offsets), nodes)
     threshold = decoder.contour_cut
     if threshold is not None:
         nodes &= ws._below(data[-1], threshold)
-    seed_graph = restrict_edges(ws.strong_edges(affs, decoder.seed_threshold, offsets), nodes)
+    seed_graph = restrict_edges(affinity.strong_edges(affs, decoder.seed_threshold, offsets), nodes)
     return labels_of_graphs(block, context, [comp_graph, seed_graph])
 
 
@@ -201,7 +202,7 @@ def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndar
         return store.read(probs, box, slice(0, 1))[0]
     context = grow(box, (1, 1, 1), grid.total_roi)
     affs = store.read(probs, context, slice(0, len(decoder.offsets)))
-    return ws.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
+    return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
 
 
 def _flood(
