@@ -6,20 +6,20 @@ only the voxel count and bounding box: memory is one block plus O(objects).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 
 from mitoseg.analyze.errors import MeasureError
 from mitoseg.evaluate.contingency import LabelVolume
+from mitoseg.geometry import block_grid
 
 DEFAULT_BLOCK = (32, 256, 256)  # block of pass 1 when the labels have no chunks (numpy)
 
 
 @dataclass(frozen=True)
-class Boxes:
+class ObjectExtents:
     """Voxel count and bounding box of each object id (the result of pass 1).
 
     Attributes:
@@ -35,22 +35,22 @@ class Boxes:
     hi: np.ndarray
 
     @staticmethod
-    def empty() -> Boxes:
+    def empty() -> ObjectExtents:
         ids, voxels = np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        return Boxes(ids, voxels, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64))
+        return ObjectExtents(ids, voxels, np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64))
 
-    def merge(self, other: Boxes) -> Boxes:
+    def merge(self, other: ObjectExtents) -> ObjectExtents:
         """Counts summed and boxes united over ids found in either."""
         ids = np.concatenate([self.ids, other.ids])
         order = np.argsort(ids, kind="stable")
         ids = ids[order]
         if ids.size == 0:
-            return Boxes.empty()
+            return ObjectExtents.empty()
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
         voxels = np.concatenate([self.voxels, other.voxels])[order]
         lo = np.concatenate([self.lo, other.lo])[order]
         hi = np.concatenate([self.hi, other.hi])[order]
-        return Boxes(
+        return ObjectExtents(
             ids[starts],
             np.add.reduceat(voxels, starts),
             np.minimum.reduceat(lo, starts, axis=0),
@@ -74,13 +74,7 @@ def default_block(labels: LabelVolume) -> tuple[int, int, int]:
     return tuple(max(1, min(int(b), int(s))) for b, s in zip(block, labels.shape, strict=True))  # type: ignore[return-value]
 
 
-def _iter_blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, ...]]:
-    ranges = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
-    for start in product(*ranges):
-        yield tuple(slice(a, min(a + b, s)) for a, b, s in zip(start, block, shape, strict=True))
-
-
-def block_boxes(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Boxes:
+def block_boxes(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> ObjectExtents:
     """Counts and bounding boxes of the ids in one block, vectorised (one sort of its foreground).
 
     Args:
@@ -89,7 +83,7 @@ def block_boxes(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Boxes:
     """
     flat = np.flatnonzero(block)
     if flat.size == 0:
-        return Boxes.empty()
+        return ObjectExtents.empty()
     ids = block.reshape(-1)[flat]
     if np.dtype(ids.dtype).kind == "i" and ids.min() < 0:
         raise MeasureError(f"negative label {int(ids.min())} in the block at {tuple(offset)}")
@@ -101,10 +95,12 @@ def block_boxes(block: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Boxes:
     hi = np.stack([np.maximum.reduceat(c, starts) for c in coords], axis=1)
     shift = np.asarray(offset, dtype=np.int64)
     voxels = np.diff(np.r_[starts, ids.size]).astype(np.int64)
-    return Boxes(ids[starts], voxels, lo.astype(np.int64) + shift, hi.astype(np.int64) + shift + 1)
+    return ObjectExtents(
+        ids[starts], voxels, lo.astype(np.int64) + shift, hi.astype(np.int64) + shift + 1
+    )
 
 
-def scan_boxes(labels: LabelVolume, block: Sequence[int] | None = None) -> Boxes:
+def scan_boxes(labels: LabelVolume, block: Sequence[int] | None = None) -> ObjectExtents:
     """Pass 1: voxel count and bounding box of every id, streamed block by block.
 
     Args:
@@ -119,8 +115,8 @@ def scan_boxes(labels: LabelVolume, block: Sequence[int] | None = None) -> Boxes
     block = default_block(labels) if block is None else tuple(int(b) for b in block)
     if len(block) != 3 or min(block) < 1:
         raise MeasureError(f"block must be 3 sizes >= 1 (z, y, x), got {block}")
-    boxes = Boxes.empty()
-    for window in _iter_blocks(labels.shape, block):
-        part = np.asarray(labels[window])
-        boxes = boxes.merge(block_boxes(part, [w.start for w in window]))
+    boxes = ObjectExtents.empty()
+    for cell in block_grid(labels.shape, block):
+        part = np.asarray(labels[cell.write_roi.slices])
+        boxes = boxes.merge(block_boxes(part, cell.write_roi.offset))
     return boxes

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from mitoseg.analyze.boxes import DEFAULT_BLOCK, Boxes, block_boxes, default_block, scan_boxes
+from mitoseg.analyze.boxes import (
+    DEFAULT_BLOCK,
+    ObjectExtents,
+    block_boxes,
+    default_block,
+    scan_boxes,
+)
 from mitoseg.analyze.errors import MeasureError
 from mitoseg.analyze.shape import (
     check_voxel_size,
@@ -39,7 +45,7 @@ __all__ = [  # the passes' parts stay importable from here
     "COLUMNS",
     "DEFAULT_BLOCK",
     "DEFAULT_BUDGET_VOXELS",
-    "Boxes",
+    "ObjectExtents",
     "MeasureError",
     "block_boxes",
     "check_voxel_size",
@@ -106,7 +112,11 @@ def read_groups(
 
 
 def _object_rows(
-    region: np.ndarray, origin: np.ndarray, boxes: Boxes, group: np.ndarray, size: np.ndarray
+    region: np.ndarray,
+    origin: np.ndarray,
+    boxes: ObjectExtents,
+    group: np.ndarray,
+    size: np.ndarray,
 ) -> Iterator[dict[str, Any]]:
     """Rows (but ``touches_border``) of the objects ``group`` of ``boxes``, from ``region`` (the
     labels read at ``origin``)."""
@@ -170,7 +180,7 @@ def measure_objects(
         raise MeasureError(f"min_voxels, budget_voxels must be >= 1: {min_voxels}, {budget_voxels}")
     boxes = scan_boxes(labels, block)
     keep = boxes.voxels >= min_voxels
-    boxes = Boxes(boxes.ids[keep], boxes.voxels[keep], boxes.lo[keep], boxes.hi[keep])
+    boxes = ObjectExtents(boxes.ids[keep], boxes.voxels[keep], boxes.lo[keep], boxes.hi[keep])
     log.info("pass 1: %d objects of >= %d voxels", boxes.ids.size, min_voxels)
     rows: list[dict[str, Any]] = []
     for group in read_groups(boxes.lo, boxes.hi, default_block(labels), budget_voxels):
