@@ -245,7 +245,8 @@ def sweep_plot(
     Args:
         path: the PNG to write.
         rows: one dict per run / parameter combination: parameters and scores (numbers; "" or
-            NaN are skipped), e.g. the rows of ``sweep_summary.csv`` or ``decode.sweep``.
+            NaN are skipped), e.g. the rows of ``sweep_summary.csv`` or of
+            ``mitoseg.decode.run.sweep``.
         metric_columns: the scores to plot, e.g. ``unit_score_columns(rows)``.
         x: the parameter on the horizontal axis; None: the first that varies.
 

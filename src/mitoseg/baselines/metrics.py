@@ -38,7 +38,7 @@ def overlaps_whole(truth: np.ndarray, pred: np.ndarray) -> Overlaps:
 def rand_voi_skimage(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """skimage's adapted Rand error and VOI with truth 0 ignored, in our key names.
 
-    skimage returns (are, recall, precision) in the sense of ``instance_metrics.rand_voi``
+    skimage returns (are, recall, precision) in the sense of ``mitoseg.evaluate.instance.rand_voi``
     (scikit-image issue #6485), so the two are swapped back here.
     """
     are, prec_sk, rec_sk = adapted_rand_error(truth, pred, ignore_labels=(0,))
@@ -136,7 +136,7 @@ def average_precision_bruteforce(
     iou_thresholds: Sequence[float] = (0.5, 0.75),
     scores: Mapping[int, float] | None = None,
 ) -> dict[str, float]:
-    """MitoEM AP (see ``instance_metrics.average_precision``) with masks and loops."""
+    """MitoEM AP (see ``mitoseg.evaluate.instance.average_precision``) with masks and loops."""
     gt, dt = instances_bruteforce(truth), instances_bruteforce(pred)
     ious = pair_ious_bruteforce(truth, pred)
     score = dict(scores) if scores is not None else dt

@@ -75,7 +75,7 @@ def blockwise_overlaps(
     """Contingency of two (Z, Y, X) integer label volumes (zarr paths), block by block.
 
     Returns:
-        The table ``instance_metrics.overlaps(truth, pred)`` gives, identical.
+        The table ``mitoseg.evaluate.contingency.overlaps(truth, pred)`` gives, identical.
     """
     tables = _score_blocks(overlaps_task, truth, pred, block_shape, client, run_log, progress)
     return sum_overlaps(tables)
@@ -84,7 +84,8 @@ def blockwise_overlaps(
 def blockwise_instance_scores(
     truth: str | Path, pred: str | Path, block_shape: Any = (64, 512, 512), client: Any = None
 ) -> dict[str, float]:
-    """``instance_metrics.instance_scores`` of two label volumes, block by block (identical)."""
+    """``mitoseg.evaluate.instance.instance_scores`` of two label volumes, block by block
+    (identical)."""
     return scores_from_overlaps(blockwise_overlaps(truth, pred, block_shape, client))
 
 

@@ -19,7 +19,8 @@ from mitoseg.geometry import Box, intersect, local_slices
 
 
 def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
-    """Integer raw data -> float32 in [0, 1] by its dtype's range (as ``data.to_float``)."""
+    """Integer raw data -> float32 in [0, 1] by its dtype's range (as
+    ``mitoseg.train.data.to_float``)."""
     if raw.dtype == torch.uint8:
         return raw.float() / 255.0
     return raw.float()

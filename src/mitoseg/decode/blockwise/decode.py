@@ -94,7 +94,7 @@ def decode_blockwise(
             beside ``output``, or beside ``probs`` without an output.
 
     Returns:
-        Scores (semantic, or instance as ``instance_metrics.scores_from_overlaps``), the
+        Scores (semantic, or instance as ``mitoseg.evaluate.instance.scores_from_overlaps``), the
         output path and a summary.
     """
     probs = str(Path(probs).absolute())

@@ -132,7 +132,8 @@ def affinity_components(
 
     Returns:
         The number of components. The labels equal the whole-volume
-        ``watershed._graph_components(affinity_inside(affs) > t, strong_edges(affs, t))``.
+        ``mitoseg.decode.watershed._graph_components(affinity_inside(affs) > t,
+        strong_edges(affs, t))``.
     """
     offsets = normalize_offsets(offsets)
     affs, output = str(Path(affs).absolute()), Path(output).absolute()
