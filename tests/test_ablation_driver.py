@@ -65,7 +65,10 @@ def small_fit_config(tmp_path: Path, batch: int):  # type: ignore[no-untyped-def
             f"data.batch_size={batch}", f"data.cache_dir={tmp_path}", "data.test=null",
         ]
     )  # fmt: skip
-    cfg.data.train = {"_target_": "mitoseg.train.data.SyntheticVolumes", "shape": [32, 64, 64]}
+    cfg.data.train = {
+        "_target_": "mitoseg.datasets.volumes.SyntheticVolumes",
+        "shape": [32, 64, 64],
+    }
     return cfg
 
 

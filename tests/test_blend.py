@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mitoseg import io
+from mitoseg.io.normalize import to_float
 from mitoseg.predict.blend import blend_weight
 from mitoseg.predict.blocks import BlockDataset, BlockPlan
 from mitoseg.predict.tiles import BlockBlender, boxes_from_batch, to_storage
-from mitoseg.train.data import to_float
 
 
 def identity_blocks(raw: Path, shape, tile, overlap, block, blend, dtype) -> np.ndarray:

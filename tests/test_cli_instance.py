@@ -38,7 +38,7 @@ def mitoem_run(tmp_path_factory) -> Path:
         "data.root=MitoEM-R",
         "data.train.raw_z_range=[0,8]",
         "data.val.raw_z_range=[8,12]",
-        "data.test={_target_:mitoseg.train.data.FileVolumes,raw:im,raw_z_range:[12,20],voxel_size_nm:[30,8,8]}",
+        "data.test={_target_:mitoseg.datasets.volumes.FileVolumes,raw:im,raw_z_range:[12,20],voxel_size_nm:[30,8,8]}",
         "evaluate.sweep.seed_threshold=[0.5,0.7]",
         "evaluate.sweep.contour_threshold=[0.6]",
         "evaluate.sweep.mask_threshold=[0.3]",

@@ -3,16 +3,10 @@ import pytest
 import torch
 
 from mitoseg import io
+from mitoseg.datasets.volumes import FileVolumes, SyntheticVolumes, VolumePaths
 from mitoseg.geometry import Box
 from mitoseg.train.augment import Augmenter
-from mitoseg.train.data import (
-    FileVolumes,
-    PatchDataset,
-    SyntheticVolumes,
-    TileDataset,
-    VolumeDataModule,
-    VolumePaths,
-)
+from mitoseg.train.data import PatchDataset, TileDataset, VolumeDataModule
 from mitoseg.train.sampling import EpochSampler
 from mitoseg.train.targets import Semantic
 

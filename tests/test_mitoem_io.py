@@ -356,7 +356,7 @@ def test_mitoem_usage_errors(argv, capsys):
 
 
 def test_data_config_reads_listings(release, tmp_path):
-    from mitoseg.train.data import FileVolumes
+    from mitoseg.datasets.volumes import FileVolumes
 
     volumes = FileVolumes(raw="im_val.json", labels="mito_val.json", voxel_size_nm=(30, 8, 8))
     paths = volumes.prepare(tmp_path / "cache", root=release["root"])

@@ -31,6 +31,7 @@ from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
 from mitoseg.cli.predict import predict
 from mitoseg.cli.train import resume_checkpoint, train
 from mitoseg.datasets.synthetic import make_volume
+from mitoseg.datasets.volumes import FileVolumes, VolumePaths
 from mitoseg.files import write_json_atomic
 from mitoseg.geometry import Box
 from mitoseg.train.augment import Augmenter
@@ -39,13 +40,7 @@ from mitoseg.train.checkpoints import (
     RngStateInCheckpoint,
     UnsafeCheckpointError,
 )
-from mitoseg.train.data import (
-    FileVolumes,
-    PatchDataset,
-    TileDataset,
-    VolumeDataModule,
-    VolumePaths,
-)
+from mitoseg.train.data import PatchDataset, TileDataset, VolumeDataModule
 from mitoseg.train.sampling import EpochSampler, ResumableLoader
 from mitoseg.train.targets import Semantic
 from tests.test_cli import BIN, TINY, run

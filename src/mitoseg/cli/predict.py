@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint
+from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.predict.blocks import BlockPlan
 from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
-from mitoseg.train.data import FileVolumes
 from mitoseg.train.module import SegmentationModule
 
 log = logging.getLogger(__name__)

@@ -172,3 +172,10 @@ def normalize_labels(slab: np.ndarray, *, binary: bool | None) -> np.ndarray:
         return (slab != 0).view(np.uint8)
     top = int(slab.max()) if slab.size else 0
     return slab.astype(instance_dtype(top), copy=False)
+
+
+def to_float(raw: np.ndarray) -> np.ndarray:
+    """Scale integer raw data to float32 [0, 1] by its dtype's range; floats pass through."""
+    if np.issubdtype(raw.dtype, np.integer):
+        return raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+    return raw.astype(np.float32)

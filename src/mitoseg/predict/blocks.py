@@ -38,7 +38,7 @@ from mitoseg.geometry import (
     tiles_touching,
 )
 from mitoseg.io.checks import read_box
-from mitoseg.train.data import to_float
+from mitoseg.io.normalize import to_float
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from mitoseg.geometry import Box, intersect, local_slices
 
 def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
     """Integer raw data -> float32 in [0, 1] by its dtype's range (as
-    ``mitoseg.train.data.to_float``)."""
+    ``mitoseg.io.normalize.to_float``)."""
     if raw.dtype == torch.uint8:
         return raw.float() / 255.0
     return raw.float()

@@ -24,30 +24,20 @@ from mitoseg import io
 from mitoseg.datasets.volumes import FileVolumes, SyntheticVolumes, VolumePaths
 from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
 from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
+from mitoseg.io.normalize import to_float
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.sampling import EpochSampler, ResumableLoader
 
-__all__ = [  # volume sources, samplers stay importable here (configs name mitoseg.train.data.*)
+__all__ = [  # the samplers stay importable here
     "EpochSampler",
     "EvalSet",
-    "FileVolumes",
     "PatchDataset",
     "ResumableLoader",
-    "SyntheticVolumes",
     "TileDataset",
     "VolumeDataModule",
-    "VolumePaths",
-    "to_float",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def to_float(raw: np.ndarray) -> np.ndarray:
-    """Scale integer raw data to float32 [0, 1] by its dtype's range; floats pass through."""
-    if np.issubdtype(raw.dtype, np.integer):
-        return raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
-    return raw.astype(np.float32)
 
 
 class _ZarrDataset(Dataset):
