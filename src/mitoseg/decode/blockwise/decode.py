@@ -1,11 +1,11 @@
-"""Decode saved probabilities and score them block by block: the Dask path of
-``mitoseg-segment`` (numpy, zarr; never runs a network).
+"""Decode saved probabilities and score them block by block: the blockwise path of
+:func:`mitoseg.decode.run.run_decoder` (numpy, zarr; never runs a network).
 
-Semantic decoders (:class:`~mitoseg.decode.masks.BinarizeMedian`) are exact: each block reads its
-median filter's halo, and at volume borders reflects like the whole-volume filter. Instance
-decoders run as :mod:`.watershed` describes. Outputs have the in-memory path's format and
-attributes and are built under a temporary name, then renamed. Peak memory of a task depends on
-the block shape and halo, not on the volume.
+Mask decoders (``kind`` mask, e.g. :class:`~mitoseg.decode.masks.BinarizeMedian`) are exact:
+each block reads the decoder's own ``halo``, and at volume borders reflects like the
+whole-volume filter. Instance decoders run as :mod:`.watershed` describes. Outputs have the
+in-memory path's format and attributes and are built under a temporary name, then renamed. Peak
+memory of a task depends on the block shape and halo, not on the volume.
 """
 
 from __future__ import annotations
