@@ -106,7 +106,12 @@ def test_mitoem_walkthrough(tmp_path, monkeypatch) -> None:
     write_fake_release(tmp_path / release, depth=(400, 100, 500), size=32, with_json=False)
     env = execute(commands, tmp_path, TINY_ANISO[:-1])  # all but hydra.run.dir
     out = tmp_path / env["OUT"]
-    assert json.loads((out / "metrics.json").read_text())["selected_on"] == "val/ap75"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selected_on"] == "val/ap75"
+    # The recipe decodes validation block by block on a local Dask cluster (the one training run
+    # that does: tests/test_cli_instance.py decodes the blocks in its own process).
+    assert metrics["blockwise"]["blocks"] >= 1
+    assert "dask: local cluster of 2 worker processes" in (out / "train.log").read_text()
     rows = (out / "sweep" / "sweep_summary.csv").read_text().strip().splitlines()
     assert len(rows) == 5 and "ap75" in rows[0]
     with h5py.File(out / "mitoem_r_test.h5") as f:
