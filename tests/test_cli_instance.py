@@ -126,22 +126,45 @@ def test_resuming_with_another_target_is_refused(mitoem_run: Path) -> None:
     assert result.returncode != 0 and "trained for target 'bc'" in message
 
 
-@pytest.mark.parametrize("target", ["a", "ac", "bc"])
-def test_synthetic_instance_experiments_train_and_score_ap(target: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def synthetic_runs(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic instance experiment trained for each target, as one ``mitoseg-train -m``
+    (one process: the three runs cost about one interpreter start-up instead of three).
+    ``experiment=synthetic_instance target=T`` composes to exactly ``experiment=synthetic_T``
+    (tests/test_config.py, test_experiment_alias_is_the_base_experiment_with_its_target)."""
+    cwd = tmp_path_factory.mktemp("synthetic")
     run(
         "mitoseg-train",
-        f"experiment=synthetic_{target}",
+        "-m",
+        "experiment=synthetic_instance",
+        "target=a,ac,bc",
+        # no sweep table: the three decoders' parameters are not one set of columns
+        "~hydra.callbacks.sweep_summary",
         "data.train.shape=[8,64,64]",
         "data.val.shape=[4,64,64]",
         "data.test.shape=[4,64,64]",
         "evaluate.sweep={seed_threshold:[0.5],mask_threshold:[0.3]}",
-        *TINY_ANISO,
-        cwd=tmp_path,
+        *TINY_ANISO[:-1],
+        "hydra.sweep.dir=sweep",
+        cwd=cwd,
     )
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    runs = {}
+    for job in (cwd / "sweep").iterdir():
+        if (job / ".hydra" / "overrides.yaml").is_file():
+            overrides = (job / ".hydra" / "overrides.yaml").read_text()
+            runs[next(t for t in ("a", "ac", "bc") if f"- target={t}\n" in overrides)] = job
+    return runs
+
+
+@pytest.mark.parametrize("target", ["a", "ac", "bc"])
+def test_synthetic_instance_experiments_train_and_score_ap(
+    target: str, synthetic_runs: dict[str, Path]
+) -> None:
+    out = synthetic_runs[target]
+    metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
     assert final["set"] == "test" and {"ap75", "ap50", "accuracy75", "are"} <= set(final)
-    assert io.open_volume(tmp_path / "run" / "test_instances.zarr").shape == (4, 64, 64)
+    assert io.open_volume(out / "test_instances.zarr").shape == (4, 64, 64)
 
 
 def test_predict_with_an_instance_checkpoint_gives_the_test_probabilities(
