@@ -104,7 +104,13 @@ def test_mitoem_walkthrough(tmp_path, monkeypatch) -> None:
     release = next(c for c in commands if c.startswith("RELEASE=")).split()[0].split("=")[1]
     # the official split as written: 400 train, 100 validation, 500 test slices (32 x 32 here)
     write_fake_release(tmp_path / release, depth=(400, 100, 500), size=32, with_json=False)
-    env = execute(commands, tmp_path, TINY_ANISO[:-1])  # all but hydra.run.dir
+    # TINY_ANISO but hydra.run.dir, and a single decoder setting to choose on validation
+    one_setting = [
+        "evaluate.sweep.seed_threshold=[0.75]",
+        "evaluate.sweep.contour_threshold=[0.6]",
+        "evaluate.sweep.mask_threshold=[0.5]",
+    ]
+    env = execute(commands, tmp_path, [*TINY_ANISO[:-1], *one_setting])
     out = tmp_path / env["OUT"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selected_on"] == "val/ap75"
