@@ -102,7 +102,9 @@ def predict(cfg: DictConfig) -> Path:
             f"wrote {output}: {len(plan.channels)} x {plan.shape} {plan.dtype}, "
             f"{summary['blocks']} blocks ({summary['rank_blocks']} by this process, "
             f"{trainer.world_size} process(es)) in {seconds:.1f} s "
-            f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s)"
+            f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s), peak RSS "
+            f"{summary['rank_peak_rss_mib']:.0f} MiB ({summary['rank_start_rss_mib']:.0f} MiB "
+            "when prediction started)"
         )
     return output
 

@@ -13,6 +13,7 @@ the test-time evaluation of ``mitoseg-train`` runs one per evaluated set.
 from __future__ import annotations
 
 import logging
+import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -38,6 +39,36 @@ from mitoseg.predict.blocks import (
 from mitoseg.predict.tiles import to_storage
 
 log = logging.getLogger(__name__)
+
+
+def _reset_peak_rss() -> None:
+    """Start this process's peak-RSS count afresh (Linux; elsewhere nothing happens)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _status_mib(key: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux; 0 elsewhere)."""
+    return _status_mib("VmRSS") or 0.0
+
+
+def _peak_rss_mib() -> float:
+    """Peak RSS since :func:`_reset_peak_rss` (Linux), else since the process started."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def create_probs(
@@ -139,6 +170,7 @@ class BlockWriter(pl.Callback):
         self._voxels = 0
         self._written = 0
         self._start = 0.0
+        self._rss_start = 0.0
 
     def _begin(self, trainer: pl.Trainer, loaders: Any) -> None:
         loaders = loaders if isinstance(loaders, list) else [loaders]
@@ -152,6 +184,8 @@ class BlockWriter(pl.Callback):
             disable=not self.progress or trainer.global_rank != 0,
         )
         self._voxels, self._written, self._start = 0, 0, time.perf_counter()
+        _reset_peak_rss()  # the peak logged at the end is prediction's own
+        self._rss_start = _rss_mib()
 
     def _write(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
         index = int(outputs["index"])
@@ -172,7 +206,11 @@ class BlockWriter(pl.Callback):
     def _end(self, trainer: pl.Trainer) -> None:
         self._bar.close()
         seconds = time.perf_counter() - self._start
-        log.info("rank %d wrote %d blocks in %.1f s", trainer.global_rank, self._written, seconds)
+        peak = _peak_rss_mib()
+        log.info(
+            "rank %d wrote %d blocks in %.1f s, peak RSS %.0f MiB (%.0f MiB when it started)",
+            trainer.global_rank, self._written, seconds, peak, self._rss_start,
+        )  # fmt: skip
         trainer.strategy.barrier("mitoseg-blocks-written")
         if trainer.global_rank == 0:
             for job in self.jobs:
@@ -183,6 +221,8 @@ class BlockWriter(pl.Callback):
             "voxels": int(sum(np.prod(j.plan.shape) for j in self.jobs)),
             "rank_blocks": self._written,
             "rank_seconds": seconds,
+            "rank_peak_rss_mib": peak,
+            "rank_start_rss_mib": self._rss_start,
         }
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
