@@ -159,12 +159,15 @@ def write_sweep_summary(
         return
     drop_shared_overrides(rows)
     mark_best(rows, metric)
+    # Runs of different targets have different decoder settings: every column of any run, in
+    # order of first appearance; a run without it gets an empty cell.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
-    table = format_table(rows)
+    table = format_table(rows, columns)
     write_text_atomic(sweep_dir / "sweep_summary.md", table + "\n")
     written = f"{sweep_dir}/sweep_summary.csv"
     scores = unit_score_columns(rows) if plot else []
