@@ -5,6 +5,7 @@ seeded watershed (:mod:`mitoseg.decode.watershed`) of its target's channels (num
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,7 +39,9 @@ class _Decoder:
 
     @property
     def _settings(self) -> _Settings:
-        values = {f: getattr(self, f) for f in _Settings._fields if hasattr(self, f)}
+        """The shared watershed settings from this decoder's fields (A has no contour)."""
+        fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        values = {name: getattr(self, name) for name in _Settings._fields if name in fields}
         return _Settings(**{"contour_threshold": 1.0, **values})
 
 
