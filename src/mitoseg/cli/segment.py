@@ -33,6 +33,7 @@ def to_container(cfg: Any) -> Any:
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
     decoder = instantiate(cfg.postprocess)
+    # before the labels are converted: a wrong decoder fails at once (run_decoder checks too)
     check_channels(decoder, io.open_volume(cfg.probs), str(cfg.probs))
     labels = None
     if cfg.labels is not None:  # any format mitoseg-convert reads, converted once to the cache

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,11 @@ def output_attrs(decoder: Decoder, probs: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def dask_session(blockwise: BlockwiseOptions | None) -> Iterator[Any]:
-    """A Dask client for ``blockwise`` (None in memory, or with ``dask.workers=0``)."""
-    if blockwise is None:
-        yield None
+def dask_session(blockwise: BlockwiseOptions | None, client: Any = None) -> Iterator[Any]:
+    """``client`` if given, else a Dask client for ``blockwise`` (None in memory, or with
+    ``dask.workers=0``)."""
+    if client is not None or blockwise is None:
+        yield client
         return
     from mitoseg.decode.blockwise import dask_client
 
@@ -162,8 +163,7 @@ def run_decoder(
         return DecodeResult(scores, target)
     from mitoseg.decode.blockwise.decode import decode_blockwise
 
-    session = nullcontext(client) if client is not None else dask_session(blockwise)
-    with session as active:
+    with dask_session(blockwise, client) as active:
         return decode_blockwise(
             decoder, probs, output, labels, block_shape=blockwise.block_shape,
             halo=blockwise.halo, client=active, work_dir=work_dir, progress=progress,
@@ -253,23 +253,19 @@ def sweep(
             return [{**params(decoder), "threshold": t, **scores[t]} for t in thresholds]
         if decoder.kind is OutputKind.INSTANCES:
             volume, truth = np.asarray(volume), np.asarray(truth)  # read once for every point
-        rows = []
+    rows = []
+    with dask_session(blockwise, client) as active:
         for point in points:
             current = dataclasses.replace(decoder, **point)  # type: ignore[type-var]
-            scores = decode_in_memory(current, volume, truth, slab=slab)
+            if blockwise is None:
+                scores = decode_in_memory(current, volume, truth, slab=slab)
+            else:
+                scores = run_decoder(
+                    current, probs, None, labels, blockwise=blockwise, client=active,
+                    work_dir=work_dir,
+                ).scores  # fmt: skip
             rows.append({**params(current), **(scores or {})})
-        return rows
-    session = nullcontext(client) if client is not None else dask_session(blockwise)
-    with session as active:
-        rows = []
-        for point in points:
-            current = dataclasses.replace(decoder, **point)  # type: ignore[type-var]
-            result = run_decoder(
-                current, probs, None, labels, blockwise=blockwise, client=active,
-                work_dir=work_dir,
-            )  # fmt: skip
-            rows.append({**params(current), **(result.scores or {})})
-        return rows
+    return rows
 
 
 def best(rows: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any]:
