@@ -137,9 +137,7 @@ class TestEvaluation(BlockWriter):
         if sets["val"].paths.labels is None:
             raise io.VolumeError("the validation volume needs labels to select the decoder")
         probs = {name: self.output_dir / f"{name}_probs.zarr" for name in sets}
-        labels = {
-            name: self._write_labels(s) for name, s in sets.items() if s.paths.labels is not None
-        }
+        labels = {name: self._labels(s) for name, s in sets.items() if s.paths.labels is not None}
         final_set = "test" if "test" in sets else "val"
         with dask_session(self.blockwise) as client:
             options = {"blockwise": self.blockwise, "client": client, "work_dir": self.output_dir}
@@ -177,6 +175,15 @@ class TestEvaluation(BlockWriter):
             "val": val_rows,
         }
         return decoder
+
+    def _labels(self, eval_set: Any) -> Path:
+        """The zarr of a set's labels: ``val_labels.zarr`` beside the probabilities (written for
+        sweeps later, and the validation part is a region of its volume), else the set's own
+        labels (the test volume is whole)."""
+        whole = Box.whole(io.open_volume(eval_set.paths.labels).shape)
+        if eval_set.name != "val" and eval_set.region == whole:
+            return Path(eval_set.paths.labels)
+        return self._write_labels(eval_set)
 
     def _write_labels(self, eval_set: Any) -> Path:
         """A set's labels beside its probabilities (``val_labels.zarr``), for scoring here and
