@@ -17,8 +17,15 @@ import tifffile
 import zarr
 
 from mitoseg.io.errors import VolumeError
-from mitoseg.io.ome import level_paths
+from mitoseg.io.ome import level_paths, multiscale_of
 from mitoseg.io.source import Source
+from mitoseg.io.voxels import (
+    VoxelSize,
+    attrs_voxel_size,
+    hdf5_voxel_size,
+    ome_zarr_voxel_size,
+    tiff_voxel_size,
+)
 
 
 class TiffPagesSource(Source):
@@ -109,20 +116,26 @@ def _open_tiff(path: Path) -> Source:
     except Exception as err:
         raise VolumeError(f"cannot read TIFF {path}: {err}") from err
     try:
-        pages = _tiff_pages(path, tif)
-        if pages is not None:
-            return TiffPagesSource(path, tif, pages)
-        # One page holding a 3D image, an ImageJ hyperstack, ...: stream through zarr.
-        series = tif.series[0]
-        array = zarr.open_array(series.aszarr(), mode="r")
-        if array.ndim != 3 + series.axes.endswith("S"):
-            raise VolumeError(
-                f"TIFF {path} is not a 3D volume: shape {tuple(series.shape)}, axes {series.axes}"
-            )
-        return ArraySource(path, array, closer=tif)
+        source = _tiff_source(path, tif)
+        source.voxel_size = tiff_voxel_size(tif)
+        return source
     except BaseException:
         tif.close()
         raise
+
+
+def _tiff_source(path: Path, tif: tifffile.TiffFile) -> Source:
+    pages = _tiff_pages(path, tif)
+    if pages is not None:
+        return TiffPagesSource(path, tif, pages)
+    # One page holding a 3D image, an ImageJ hyperstack, ...: stream through zarr.
+    series = tif.series[0]
+    array = zarr.open_array(series.aszarr(), mode="r")
+    if array.ndim != 3 + series.axes.endswith("S"):
+        raise VolumeError(
+            f"TIFF {path} is not a 3D volume: shape {tuple(series.shape)}, axes {series.axes}"
+        )
+    return ArraySource(path, array, closer=tif)
 
 
 def _listing(found: dict[str, tuple[int, ...]]) -> str:
@@ -166,7 +179,9 @@ def _open_hdf5(path: Path, dataset: str | None) -> Source:
         raise VolumeError(f"cannot read HDF5 {path}: {err}") from err
     try:
         key = _pick_dataset(path, _h5_datasets(h5), dataset)
-        return ArraySource(path, h5[key], closer=h5)
+        source = ArraySource(path, h5[key], closer=h5)
+        source.voxel_size = hdf5_voxel_size(h5[key], str(path))
+        return source
     except BaseException:
         h5.close()
         raise
@@ -182,10 +197,28 @@ def _open_zarr(path: Path, dataset: str | None) -> Source:
             raise VolumeError(f"{path} is a zarr array, not a group; it has no dataset {dataset!r}")
         if node.ndim != 3:
             raise VolumeError(f"zarr array {path} is not 3D: shape {node.shape}")
-        return ArraySource(path, node)
-    levels = level_paths(node.attrs.asdict())
+        source = ArraySource(path, node)
+        source.voxel_size = attrs_voxel_size(node.attrs.asdict(), f"zarr {path}")
+        return source
+    group_attrs = node.attrs.asdict()
+    levels = level_paths(group_attrs)
     if dataset is None and levels:  # an OME-Zarr multiscale: its full resolution
         dataset = levels[0]
     members = node.members(max_depth=None)
     found = {name: tuple(a.shape) for name, a in members if isinstance(a, zarr.Array)}
-    return ArraySource(path, node[_pick_dataset(path, found, dataset)])
+    key = _pick_dataset(path, found, dataset)
+    source = ArraySource(path, node[key])
+    source.voxel_size = _zarr_group_voxel_size(path, group_attrs, key, node[key].attrs.asdict())
+    return source
+
+
+def _zarr_group_voxel_size(
+    path: Path, group_attrs: dict[str, Any], key: str, array_attrs: dict[str, Any]
+) -> VoxelSize | None:
+    """Array ``key``'s attributes (ours at level 0), else the OME-Zarr scale of that level,
+    else the group's attributes."""
+    found = attrs_voxel_size(array_attrs, f"zarr {path}/{key}")
+    multiscale = multiscale_of(group_attrs)
+    if found is None and multiscale is not None:
+        found = ome_zarr_voxel_size(multiscale, key, f"{path}/{key}")
+    return found or attrs_voxel_size(group_attrs, f"zarr {path}")

@@ -33,6 +33,7 @@ from mitoseg.io.store import (
     create_volume,
     open_volume,
 )
+from mitoseg.io.voxels import TOLERANCE, VoxelSize, differing_axes, format_nm
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,33 @@ def _check_voxel_size(voxel_size_nm: Sequence[float]) -> list[float]:
     if len(sizes) != 3 or not all(v > 0 for v in sizes):
         raise VolumeError(f"voxel_size_nm must be 3 positive numbers (z, y, x), got {sizes}")
     return sizes
+
+
+def resolve_voxel_size(
+    given: Sequence[float] | None, stated: VoxelSize | None, src: Path
+) -> list[float] | None:
+    """The voxel size to store: ``given`` (warning when the file states another), else the
+    file's; None, with a warning, when neither is known."""
+    if given is not None:
+        sizes = _check_voxel_size(given)
+        differ = differing_axes(sizes, stated.nm) if stated is not None else []
+        if stated is not None and differ:
+            logger.warning(
+                "%s: using the voxel size given, %s, but the file states %s: they differ by "
+                "more than %d %% on %s",
+                src, format_nm(sizes), stated.describe(), round(TOLERANCE * 100), ", ".join(differ),
+            )  # fmt: skip
+        return sizes
+    if stated is not None and stated.complete is not None:
+        logger.info("%s: voxel size %s", src, stated.describe())
+        return list(stated.complete)
+    partly = f" (it states only {stated.describe()})" if stated is not None else ""
+    logger.warning(
+        "%s carries no voxel size%s: stored none. Pass --voxel-size-nm Z Y X (voxel_size_nm=) "
+        "to store one; training refuses a volume without one unless its data config gives it",
+        src, partly,
+    )  # fmt: skip
+    return None
 
 
 def _raise_located(
@@ -274,7 +302,7 @@ def convert(
     dst: str | Path,
     *,
     labels: bool = False,
-    voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    voxel_size_nm: Sequence[float] | None = None,
     dataset: str | None = None,
     chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
     overwrite: bool = False,
@@ -295,7 +323,11 @@ def convert(
             (.h5 .hdf5 .hdf) or a zarr array / group. 16- and 32-bit slices keep their ids.
         dst: directory of the new zarr array.
         labels: store a label volume (see below) instead of raw intensities.
-        voxel_size_nm: physical voxel size (z, y, x) in nanometres, stored as an attribute.
+        voxel_size_nm: physical voxel size (z, y, x) in nanometres, stored as an attribute;
+            None: the one the file states (TIFF tags, ImageJ / OME metadata, HDF5 / zarr
+            attributes, OME-Zarr scales: :mod:`mitoseg.io.voxels`). A size given overrides
+            the file's, with a warning when they differ by more than 20 % on an axis. Without
+            either, no ``voxel_size_nm`` is stored and a warning names the file.
         dataset: dataset in an HDF5 file / array in a zarr group; None picks the only 3D one.
         chunks: zarr chunk shape (z, y, x), clipped to the volume shape.
         overwrite: replace an existing ``dst`` (only once the new array is complete).
@@ -308,8 +340,8 @@ def convert(
         The new array, read-only, shape ``(Z, Y, X)``. Raw: uint8 and uint16 are kept, colour
         becomes grey luminance, floats become float32. Labels: a binary mask as uint8 {0, 1}
         (colour masks: any non-zero channel is foreground); instance ids as uint32, or uint64
-        when larger than 2**32 - 1. Attributes: ``axes``, ``voxel_size_nm``, ``kind`` ("raw" or
-        "labels"), ``source``; labels add ``binary``; ``z_range`` when given.
+        when larger than 2**32 - 1. Attributes: ``axes``, ``voxel_size_nm`` (when known),
+        ``kind`` ("raw" or "labels"), ``source``; labels add ``binary``; ``z_range`` when given.
 
     Raises:
         VolumeError: bad source, dataset, slice, values, arguments, or ``dst`` exists and
@@ -320,11 +352,15 @@ def convert(
         raise VolumeError("binary= applies to labels only (labels=True)")
     attrs: dict[str, Any] = {
         "axes": list(AXES),
-        "voxel_size_nm": _check_voxel_size(voxel_size_nm),
         "kind": "labels" if labels else "raw",
         "source": str(src),
     }
+    if voxel_size_nm is not None:
+        _check_voxel_size(voxel_size_nm)  # before reading anything
     with open_source(src, dataset) as source:
+        voxel = resolve_voxel_size(voxel_size_nm, source.voxel_size, src)
+        if voxel is not None:
+            attrs["voxel_size_nm"] = voxel
         if 0 in source.shape:
             raise VolumeError(f"{src} is empty: shape {source.shape}")
         z0, z1 = _resolve_z_range(z_range, source)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.source import Source
+from mitoseg.io.voxels import VoxelSize, tiff_voxel_size
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -134,3 +135,15 @@ class FolderSource(SliceFilesSource):
         if not files:
             raise VolumeError(f"no image slices ({' '.join(SLICE_SUFFIXES)}) in folder {path}")
         super().__init__(path, files, _slice_size(files[0]), f"the first slice {files[0].name}")
+        self.voxel_size = _first_slice_voxel_size(files[0])
+
+
+def _first_slice_voxel_size(path: Path) -> VoxelSize | None:
+    """What the first slice's TIFF metadata states (y and x; z only from ImageJ / OME)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_voxel_size(tif)
+    except Exception:  # unreadable slices are reported when they are read
+        return None

@@ -12,6 +12,8 @@ from types import TracebackType
 
 import numpy as np
 
+from mitoseg.io.voxels import VoxelSize
+
 
 class Source:
     """A ``(Z, Y, X)`` volume read slab by slab; a context manager that closes its file.
@@ -19,10 +21,12 @@ class Source:
     Attributes:
         path: the file or folder read.
         shape: ``(Z, Y, X)``; slices may carry a trailing colour axis on top.
+        voxel_size: the voxel size the file states (:mod:`mitoseg.io.voxels`), or None.
     """
 
     path: Path
     shape: tuple[int, int, int]
+    voxel_size: VoxelSize | None = None
 
     @property
     def dtype(self) -> np.dtype:

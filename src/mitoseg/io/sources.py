@@ -20,6 +20,7 @@ from mitoseg.io.slices import (
     natural_key,
 )
 from mitoseg.io.source import Source
+from mitoseg.io.voxels import VoxelSize
 
 __all__ = [
     "HDF5_SUFFIXES",
@@ -35,6 +36,7 @@ __all__ = [
     "is_zarr",
     "natural_key",
     "open_source",
+    "read_voxel_size",
     "volume_shape",
 ]
 
@@ -88,6 +90,13 @@ def volume_shape(src: str | Path, dataset: str | None = None) -> tuple[int, int,
     """``(Z, Y, X)`` of any supported source, from headers and metadata only."""
     with open_source(src, dataset) as source:
         return source.shape
+
+
+def read_voxel_size(src: str | Path, dataset: str | None = None) -> VoxelSize | None:
+    """The voxel size a source states (:mod:`mitoseg.io.voxels`), from metadata only; None
+    when it states none."""
+    with open_source(src, dataset) as source:
+        return source.voxel_size
 
 
 def check_same_shape(
