@@ -14,6 +14,11 @@ A whole MitoEM release (``im/``, ``mito_train/``, ``mito_val/`` and / or JSON li
 
     mitoseg-convert --mitoem ROOT --out DIR [--voxel-size-nm 30 8 8]
 
+The voxel size is the one the file states (TIFF resolution tags, ImageJ / OME-TIFF metadata,
+HDF5 / zarr attributes, OME-Zarr scales; :mod:`mitoseg.io.voxels`); ``--voxel-size-nm``
+overrides it (warning when they differ by more than 20 %). Without either, a warning says that
+none was stored. Labels of a pair without one take the raw's.
+
 SRC may be a JSON slice listing (``im_train.json``); ``--z-range Z0 Z1`` picks slices, e.g.
 ``--z-range 400 500`` of a MitoEM ``im`` folder for the validation part.
 """
@@ -95,7 +100,8 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("Z", "Y", "X"),
-        help="voxel size in nm (default: 1 1 1; 30 8 8 with --mitoem)",
+        help="voxel size in nm, overriding the file's (default: the one the file states, "
+        "else none is stored; 30 8 8 with --mitoem)",
     )
     p.add_argument(
         "--chunks",
@@ -153,9 +159,9 @@ def _summary(array: zarr.Array, path: Path) -> str:
 
 
 def _run(args: argparse.Namespace, mode: str) -> list[str]:
-    voxel_size_nm = args.voxel_size_nm or (MITOEM_VOXEL_SIZE_NM if mode == "mitoem" else (1, 1, 1))
+    voxel_size_nm = args.voxel_size_nm or (MITOEM_VOXEL_SIZE_NM if mode == "mitoem" else None)
     common: dict[str, Any] = {
-        "voxel_size_nm": tuple(voxel_size_nm),
+        "voxel_size_nm": voxel_size_nm,
         "chunks": tuple(args.chunks),
         "overwrite": args.overwrite,
         "progress": sys.stderr.isatty() if args.progress is None else args.progress,
@@ -180,6 +186,8 @@ def _run(args: argparse.Namespace, mode: str) -> list[str]:
         if dst.exists() and not args.overwrite:
             raise VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
     raw = convert(args.raw, raw_dst, dataset=args.raw_dataset, **common)
+    # Labels often carry no metadata: they take the raw's voxel size.
+    common["voxel_size_nm"] = voxel_size_nm or raw.attrs.get("voxel_size_nm")
     labels = convert(
         args.labels_src,
         labels_dst,

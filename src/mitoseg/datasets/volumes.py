@@ -13,7 +13,8 @@ from pathlib import Path
 from mitoseg import io
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.io.checks import check_labels, check_raw
-from mitoseg.io.sources import is_zarr
+from mitoseg.io.sources import is_zarr, read_voxel_size
+from mitoseg.io.voxels import TOLERANCE, VoxelSize, differing_axes, format_nm
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ class FileVolumes:
 
     Relative paths are resolved against the data module's ``root``. ``raw_z_range`` /
     ``labels_z_range`` ([start, stop) slices) select part of a source, e.g. slices 0-399 of the
-    MitoEM ``im`` folder for training and 400-499 for validation.
+    MitoEM ``im`` folder for training and 400-499 for validation. ``voxel_size_nm`` (z, y, x)
+    overrides the voxel size the raw file states; None keeps the file's (see
+    :func:`mitoseg.io.convert`), which may be none.
     """
 
     def __init__(
@@ -40,13 +43,13 @@ class FileVolumes:
         labels: str | None = None,
         raw_dataset: str | None = None,
         labels_dataset: str | None = None,
-        voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+        voxel_size_nm: Sequence[float] | None = None,
         raw_z_range: Sequence[int] | None = None,
         labels_z_range: Sequence[int] | None = None,
     ) -> None:
         self.raw, self.labels = raw, labels
         self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
-        self.voxel_size_nm = tuple(float(v) for v in voxel_size_nm)
+        self.voxel_size_nm = _voxel_size(voxel_size_nm)
         self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
         self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
         self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
@@ -74,6 +77,24 @@ class FileVolumes:
         self._check(labels, check_labels)
         return VolumePaths(raw, labels)
 
+    def raw_path(self, root: Path | None = None) -> Path:
+        """The raw source, resolved against ``root``."""
+        path = Path(self.raw).expanduser()
+        if root is not None and not path.is_absolute():
+            path = Path(root).expanduser() / path
+        return path
+
+    def voxel_size(self, root: Path | None = None) -> tuple[float, float, float] | None:
+        """``voxel_size_nm`` when given, else the one the raw file states completely, else None
+        (reads metadata only)."""
+        if self.voxel_size_nm is not None:
+            return self.voxel_size_nm  # type: ignore[return-value]
+        path = self.raw_path(root)
+        if not path.exists():
+            raise io.VolumeError(f"input volume not found: {path}")
+        stated = read_voxel_size(path, self.raw_dataset)
+        return None if stated is None else stated.complete
+
     def _check(self, path: Path, check: Callable[[Path], None]) -> None:
         if path not in self._checked:
             check(path)
@@ -92,11 +113,16 @@ class FileVolumes:
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
         if is_zarr(path) and z_range is None:
+            if self.voxel_size_nm is not None and not labels:
+                _check_given(self.voxel_size_nm, read_voxel_size(path, dataset), path)
             return path
         if not path.exists():
             raise io.VolumeError(f"input volume not found: {path}")
         stat = path.stat()
-        key = f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
+        key = (
+            f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
+            f"|{self.voxel_size_nm}"
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
         if not is_zarr(dst):
@@ -110,6 +136,21 @@ class FileVolumes:
                 z_range=z_range,
             )
         return dst
+
+
+def _voxel_size(value: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
+
+
+def _check_given(given: Sequence[float], stated: VoxelSize | None, path: Path) -> None:
+    """Warn when the voxel size given differs from the one a zarr input states."""
+    differ = differing_axes(given, stated.nm) if stated is not None else []
+    if stated is not None and differ:
+        log.warning(
+            "%s: using the voxel size given, %s, but the volume states %s: they differ by more "
+            "than %d %% on %s",
+            path, format_nm(given), stated.describe(), round(TOLERANCE * 100), ", ".join(differ),
+        )  # fmt: skip
 
 
 def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
