@@ -14,8 +14,18 @@ def _affinity_channels(offsets: Any, *extra: str) -> list[str]:
     return [*Affinity(offsets=offsets).channels, *extra]
 
 
+def _isotropic(voxel_size_nm: Any) -> bool | None:
+    """Whether a (z, y, x) voxel size is about isotropic; None when it is None."""
+    from mitoseg.io.voxels import is_isotropic
+
+    return None if voxel_size_nm is None else is_isotropic(list(voxel_size_nm))
+
+
 # `${len:${target.channels}}` derives model.out_channels from the target instead of copying it.
 OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
 OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
+# `${isotropic:${data.train.voxel_size_nm}}`: anisotropic choices follow the data's voxel size
+# (None while it is unknown; mitoseg-train fills it from the file before anything uses it).
+OmegaConf.register_new_resolver("isotropic", _isotropic, replace=True)
 # `${affinity_channels:${target.offsets},contour}`: the channel names follow the offsets.
 OmegaConf.register_new_resolver("affinity_channels", _affinity_channels, replace=True)

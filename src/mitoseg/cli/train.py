@@ -11,10 +11,11 @@ import hydra
 import pytorch_lightning as pl
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from mitoseg import io
 from mitoseg.analyze.report import columns_of, results_table
 from mitoseg.cli.common import (
     CONFIG_PATH,
@@ -71,9 +72,46 @@ def refuse_finished_run(output_dir: Path, overwrite: bool) -> None:
         )
 
 
+def fill_voxel_size(cfg: DictConfig) -> None:
+    """Set a null ``data.train.voxel_size_nm`` to the one the training file states, so that
+    ``data.isotropic`` (derived from it unless set) and the checkpoint hold the data's real voxel
+    size.
+
+    Raises:
+        VolumeError: the training file states no voxel size and the data config gives none.
+    """
+    if cfg.data.train.get("voxel_size_nm") is None:
+        volumes = instantiate(cfg.data.train)
+        root = Path(cfg.data.root).expanduser() if cfg.data.get("root") else None
+        size = volumes.voxel_size(root)
+        if size is None:
+            raise io.VolumeError(
+                f"training volume {volumes.raw_path(root)} states no voxel size: set "
+                "data.train.voxel_size_nm=[Z,Y,X] (nm)"
+            )
+        with open_dict(cfg):
+            cfg.data.train.voxel_size_nm = [float(v) for v in size]
+    size, isotropic = list(cfg.data.train.voxel_size_nm), cfg.data.isotropic
+    log.info("training voxel size %s nm: isotropic=%s", size, isotropic)
+    pools = cfg.model.get("pool_sizes")
+    levels = list(pools) if OmegaConf.is_list(pools) else [pools]
+    if isotropic is False and pools is not None and all(_pools_z(p) for p in levels):
+        log.warning(
+            "the training voxels are anisotropic (%s nm) but model.pool_sizes=%s pools z as much "
+            "as y and x at every level; model=resunet_aniso pools in-plane first",
+            " x ".join(f"{v:g}" for v in size), pools,
+        )  # fmt: skip
+
+
+def _pools_z(pool: Any) -> bool:
+    """Whether one level's pool size is the same along z as in-plane (2, or [2, 2, 2])."""
+    return isinstance(pool, int) or len(set(pool)) == 1
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     pl.seed_everything(cfg.seed, workers=True)
+    fill_voxel_size(cfg)
     ckpt = resume_checkpoint(cfg)
     if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
@@ -85,7 +123,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     run = resolved(cfg)
     stored = {k: run[k] for k in STORED_KEYS} | {
-        "data": {"voxel_size_nm": run["data"]["train"].get("voxel_size_nm")}
+        "data": {
+            "voxel_size_nm": run["data"]["train"].get("voxel_size_nm"),
+            "isotropic": run["data"]["isotropic"],
+        }
     }
     callbacks += [ConfigInCheckpoint(stored, run=run), RngStateInCheckpoint()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
