@@ -68,6 +68,7 @@ def measure(root: Path, side: int, train: tuple[Path, Path]) -> tuple[float, ...
         [
             str(BIN / "mitoseg-train"), "data=files", f"data.train.raw={train[0]}",
             f"data.train.labels={train[1]}", f"data.test.raw={raw}", f"data.test.labels={labels}",
+            "data.train.voxel_size_nm=[5,5,5]",  # the volumes carry none
             "data.patch_shape=[16,64,64]", "model.widths=[4,8]", "trainer.max_steps=2",
             "data.samples_per_epoch=2", "logger=none", "trainer.enable_progress_bar=false",
             "evaluate.sweep.threshold=[0.5]", "postprocess.median_size=0", "hydra.run.dir=run",

@@ -19,7 +19,8 @@ def lucchi_crop(name: str, dst: Path, labels: bool) -> Path:
     io.convert(
         LUCCHI / f"{name}.tif", full, labels=labels, z_range=(0, 24), voxel_size_nm=(5, 5, 5)
     )
-    io.write_volume(dst, io.open_volume(full)[:, 300:428, 400:560], chunks=(8, 64, 64))
+    crop = io.open_volume(full)
+    io.write_volume(dst, crop[:, 300:428, 400:560], chunks=(8, 64, 64), attrs=dict(crop.attrs))
     return dst
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from mitoseg.evaluate.semantic import format_table
 from mitoseg.files import write_text_atomic
+from mitoseg.io.intensity import RawIntensity
 from mitoseg.train.callbacks import CHECKPOINT_KEY
 from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only, upgrade_targets
 
@@ -49,6 +50,15 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
     }
     return config, weights
+
+
+def trained_intensity(stored: DictConfig) -> RawIntensity | None:
+    """The training volume's raw statistics and normalisation that a checkpoint's config records
+    (``data.raw_intensity.train``); None for checkpoints written before they were recorded."""
+    record = OmegaConf.select(stored, "data.raw_intensity.train")
+    if record is None:
+        return None
+    return RawIntensity.from_dict(OmegaConf.to_container(record))
 
 
 def check_target(stored: DictConfig, source: str, target: Any | None = None) -> None:

@@ -15,8 +15,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint
+from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint, trained_intensity
 from mitoseg.datasets.volumes import FileVolumes
+from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.predict.blocks import BlockPlan
 from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
 from mitoseg.train.module import SegmentationModule
@@ -38,7 +39,27 @@ def predict_settings(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     return OmegaConf.create(settings)
 
 
-def make_plan(cfg: DictConfig, stored: DictConfig, raw: Path) -> BlockPlan:
+def input_intensity(cfg: DictConfig, stored: DictConfig, raw: Path) -> RawIntensity:
+    """The input's statistics (once, subsampled) and normalisation, chosen from its own dtype
+    and range like the training data's (or ``raw_range``); warns, with the numbers, when the
+    input looks unlike what the model was trained on."""
+    trained = trained_intensity(stored)
+    found = measure(io.open_volume(raw), raw, reference=trained, raw_range=cfg.raw_range)
+    log.info("input %s: %s", cfg.input, found.describe())
+    if trained is None:
+        log.info(
+            "checkpoint %s records no statistics of its training data (written before they "
+            "were recorded): the input's range is not compared with them", cfg.ckpt,
+        )  # fmt: skip
+    problem = mismatch(f"input {cfg.input}", found, trained)
+    if problem:
+        log.warning(problem)
+    return found
+
+
+def make_plan(
+    cfg: DictConfig, stored: DictConfig, raw: Path, normalization: Normalization | None = None
+) -> BlockPlan:
     """The job: input, output layout and every setting the probabilities depend on."""
     settings = predict_settings(cfg, stored)
     return BlockPlan(
@@ -53,6 +74,7 @@ def make_plan(cfg: DictConfig, stored: DictConfig, raw: Path) -> BlockPlan:
         tta=str(settings.tta),
         checkpoint=str(Path(cfg.ckpt).expanduser().resolve()),
         chunk_shape=tuple(int(c) for c in cfg.chunk_shape),  # type: ignore[arg-type]
+        normalization=normalization,
     )
 
 
@@ -68,13 +90,14 @@ def predict(cfg: DictConfig) -> Path:
     paths = FileVolumes(cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=voxel_size).prepare(
         Path(cfg.cache_dir)
     )
-    plan = make_plan(cfg, stored, paths.raw)
+    raw_intensity = input_intensity(cfg, stored, paths.raw)
+    plan = make_plan(cfg, stored, paths.raw, raw_intensity.normalization)
     try:
         plan.blocks()
     except ValueError as err:
         raise io.VolumeError(str(err)) from err
     voxel_size = io.open_volume(paths.raw).attrs.get("voxel_size_nm", voxel_size)
-    job = PredictJob(plan, output, tuple(float(v) for v in voxel_size))
+    job = PredictJob(plan, output, tuple(float(v) for v in voxel_size), raw_intensity)
     data = BlockPredictData(job, cfg.overwrite, cfg.num_workers)
     module = SegmentationModule(
         net,

@@ -113,6 +113,7 @@ class TestEvaluation(BlockWriter):
 
     def _job(self, eval_set: Any, checkpoint: str) -> PredictJob:
         region: Box = eval_set.region
+        intensity = eval_set.raw_intensity
         raw = io.open_volume(eval_set.paths.raw)
         plan = BlockPlan(
             raw=str(Path(eval_set.paths.raw).resolve()),
@@ -120,11 +121,14 @@ class TestEvaluation(BlockWriter):
             channels=self.channels,
             checkpoint=checkpoint,
             offset=region.offset,
+            # as mitoseg-predict would normalise this volume (chosen by the data module)
+            normalization=intensity.normalization if intensity is not None else None,
             **self.settings,
         )
         voxel_size = raw.attrs.get("voxel_size_nm")
         voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
-        return PredictJob(plan, self.output_dir / f"{eval_set.name}_probs.zarr", voxel_size)
+        output = self.output_dir / f"{eval_set.name}_probs.zarr"
+        return PredictJob(plan, output, voxel_size, intensity)
 
     def evaluate(
         self, eval_sets: Sequence[Any], checkpoint: str | None, logger: Any = None, step: int = 0

@@ -38,7 +38,7 @@ from mitoseg.geometry import (
     tiles_touching,
 )
 from mitoseg.io.checks import read_box
-from mitoseg.io.normalize import to_float
+from mitoseg.io.intensity import Normalization, measure
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class BlockPlan:
     resumed run continues only the same job.
 
     ``shape`` is the predicted region's, which starts at ``offset`` in the volume at ``raw``
-    (the whole volume by default); the output holds the region alone.
+    (the whole volume by default); the output holds the region alone. ``normalization`` maps
+    the raw values to the network's input; None chooses it from the volume's own dtype and
+    range (:func:`mitoseg.io.intensity.measure`), as the CLIs do before they make the plan.
     """
 
     raw: str
@@ -67,6 +69,7 @@ class BlockPlan:
     checkpoint: str
     chunk_shape: tuple[int, int, int] = CHUNK_SHAPE
     offset: tuple[int, int, int] = (0, 0, 0)
+    normalization: Normalization | None = None
 
     @property
     def stride(self) -> tuple[int, int, int]:
@@ -93,7 +96,10 @@ class BlockPlan:
         return following if following < math.prod(counts) else None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        found = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if self.normalization is not None:
+            found["normalization"] = self.normalization.to_dict()
+        return found
 
 
 class BlockJournal:
@@ -123,6 +129,7 @@ class BlockJournal:
             )
         stored = json.loads(self._manifest.read_text())
         stored.setdefault("offset", [0, 0, 0])  # journals written before regions existed
+        stored.setdefault("normalization", None)  # and before raw ranges were chosen
         wanted = plan.to_json()
         differ = sorted(k for k in wanted if stored.get(k) != wanted[k])
         if differ:
@@ -159,7 +166,9 @@ def _pad_to(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 class BlockDataset(Dataset):
     """Items are blocks, indexed by their number in the plan: ``raw`` (Zr, Yr, Xr) of the read
-    region (uint8 as stored, else float32 in [0, 1]), ``tiles`` int64 (n, 6) and ``write`` int64
+    region (uint8 as stored when its normalisation is ``/ 255``, done on the device, else float32
+    normalised by the plan's :class:`~mitoseg.io.intensity.Normalization`, about [0, 1]),
+    ``tiles`` int64 (n, 6) and ``write`` int64
     (6,) as offset + shape in read-region coordinates, ``origin`` (the read region's offset in
     the output), ``next_write`` (the next block along z as an offset + shape, or None), and
     ``index``. Index :data:`NOTHING` gives an empty item.
@@ -169,6 +178,7 @@ class BlockDataset(Dataset):
         self.plan = plan
         self.blocks = plan.blocks()
         self._raw: Any = None
+        self._normalization = plan.normalization
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -181,12 +191,16 @@ class BlockDataset(Dataset):
             return {"index": NOTHING}
         if self._raw is None:
             self._raw = io.open_volume(self.plan.raw)
+        if self._normalization is None:  # the same in every worker: a fixed subsample
+            self._normalization = measure(self._raw, self.plan.raw).normalization
         block = self.blocks[index]
         plan = self.plan
         tiles = tiles_touching(plan.shape, plan.tile_shape, plan.stride, block)
         read = bounding_box(tiles)
         raw = read_box(self._raw, read.shift(plan.offset), Path(plan.raw))
-        raw = _pad_to(raw if raw.dtype == np.uint8 else to_float(raw), plan.tile_shape)
+        if not (raw.dtype == np.uint8 and self._normalization.is_uint8_scale):
+            raw = self._normalization(raw)
+        raw = _pad_to(raw, plan.tile_shape)
         origin = np.array(read.offset)
         following = self.plan.next_along_z(index)
         next_write = None

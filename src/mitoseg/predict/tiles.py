@@ -19,8 +19,8 @@ from mitoseg.geometry import Box, intersect, local_slices
 
 
 def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
-    """Integer raw data -> float32 in [0, 1] by its dtype's range (as
-    ``mitoseg.io.normalize.to_float``)."""
+    """uint8 raw data -> float32 ``raw / 255`` (its normalisation, done here on the device);
+    anything else is already normalised (:class:`mitoseg.predict.blocks.BlockDataset`)."""
     if raw.dtype == torch.uint8:
         return raw.float() / 255.0
     return raw.float()
@@ -113,7 +113,7 @@ class BlockBlender:
 
         Args:
             predict: float32 (N, 1, tz, ty, tx) -> probabilities float32 (N, C, tz, ty, tx).
-            raw: (Zr, Yr, Xr) raw of the read region (uint8, or float in [0, 1]), at least one
+            raw: (Zr, Yr, Xr) raw of the read region (uint8, or normalised float), at least one
                 tile large along every axis (padded where the volume is smaller than a tile).
             tiles: tile boxes in read-region coordinates, in grid order; a box smaller than
                 the tile (a volume smaller than the tile) uses the tile's leading part.

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from mitoseg import io
 from mitoseg.files import partial_path, publish
+from mitoseg.io.intensity import RawIntensity
 from mitoseg.predict.blocks import (
     NOTHING,
     BlockJournal,
@@ -96,11 +97,13 @@ def create_probs(
 
 @dataclass(frozen=True)
 class PredictJob:
-    """One probability output: what to predict (``plan``) and where (``output``)."""
+    """One probability output: what to predict (``plan``) and where (``output``);
+    ``raw_intensity`` (the input's statistics and normalisation) goes into its attributes."""
 
     plan: BlockPlan
     output: Path
     voxel_size_nm: tuple[float, ...] | None = None
+    raw_intensity: RawIntensity | None = None
 
     @property
     def journal(self) -> BlockJournal:
@@ -133,6 +136,8 @@ def prepare_output(job: PredictJob, overwrite: bool) -> None:
     if journal.path.exists():
         shutil.rmtree(journal.path)  # a journal without its output records nothing
     create_probs(partial, plan.channels, plan.shape, plan.dtype, job.voxel_size_nm, plan.chunks)
+    if job.raw_intensity is not None:  # how the input's values were read, beside the result
+        io.open_volume_writable(partial).attrs["raw_intensity"] = job.raw_intensity.to_dict()
     journal.create(plan)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Timer
 
+from mitoseg.train.data import VolumeDataModule
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "mitoseg"
@@ -35,6 +37,10 @@ class ConfigInCheckpoint(pl.Callback):
     ``mitoseg-predict ckpt=...`` rebuilds the network and its defaults from; ``run`` is the whole
     resolved training config (data, augmentation, optimiser, schedule, trainer, seed), stored
     with the library versions so that the result can be traced and re-run from the file alone.
+    With a :class:`mitoseg.train.data.VolumeDataModule`, ``config.data.raw_intensity`` records
+    how the raw data was normalised and its statistics
+    (:meth:`~mitoseg.train.data.VolumeDataModule.intensity_record`), which ``mitoseg-predict``
+    compares its input with.
     """
 
     def __init__(self, config: dict[str, Any], run: dict[str, Any] | None = None) -> None:
@@ -44,8 +50,12 @@ class ConfigInCheckpoint(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        config, datamodule = self.config, trainer.datamodule
+        if isinstance(datamodule, VolumeDataModule) and datamodule.raw_intensity:
+            data = {**config.get("data", {}), "raw_intensity": datamodule.intensity_record()}
+            config = {**config, "data": data}
         checkpoint[CHECKPOINT_KEY] = {
-            "config": self.config,
+            "config": config,
             "run": self.run,
             "versions": self.versions,
         }

@@ -8,6 +8,7 @@ once, in ``prepare_data``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from mitoseg import io
 from mitoseg.datasets.volumes import FileVolumes, SyntheticVolumes, VolumePaths
 from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
 from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
-from mitoseg.io.normalize import to_float
+from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.sampling import EpochSampler, ResumableLoader
 
@@ -39,12 +40,20 @@ __all__ = [  # the samplers stay importable here
 
 log = logging.getLogger(__name__)
 
+TRAIN_ADVICE = (
+    "Its scores will not tell how the model does on data like the training volume: check that "
+    "it is the intended volume, or store it in the training volume's range"
+)
+
 
 class _ZarrDataset(Dataset):
     """Opens ``paths.raw`` and (when ``_with_labels``) ``paths.labels`` on first use, i.e. inside
-    each data-loader worker; open arrays are never pickled."""
+    each data-loader worker; open arrays are never pickled. Raw values become float32 by
+    ``normalization``; None chooses it from the raw volume's own dtype and range
+    (:func:`mitoseg.io.intensity.measure`, a fixed subsample: the same in every worker)."""
 
     paths: VolumePaths
+    normalization: Normalization | None = None
     _arrays: tuple[Any, Any] | None = None
 
     def _with_labels(self) -> bool:
@@ -62,6 +71,11 @@ class _ZarrDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}
 
+    def _normalize(self, raw: np.ndarray, raw_array: Any) -> np.ndarray:
+        if self.normalization is None:
+            self.normalization = measure(raw_array, self.paths.raw).normalization
+        return self.normalization(raw)
+
     @property
     def _labels_path(self) -> Path:
         assert self.paths.labels is not None
@@ -72,8 +86,8 @@ class PatchDataset(_ZarrDataset):
     """Random training patches from a region of a zarr volume.
 
     Sample ``i`` is drawn with ``np.random.default_rng([seed, i])``, independent of workers
-    and processes. Items: ``raw`` float32 (1, Z, Y, X) in [0, 1] and ``target`` float32
-    (C, Z, Y, X).
+    and processes. Items: ``raw`` float32 (1, Z, Y, X), normalised (about [0, 1]), and
+    ``target`` float32 (C, Z, Y, X).
     """
 
     def __init__(
@@ -86,8 +100,10 @@ class PatchDataset(_ZarrDataset):
         seed: int = 0,
         length: int = 64,
         foreground_prob: float = 0.5,
+        normalization: Normalization | None = None,
     ) -> None:
         self.paths, self.region = paths, region
+        self.normalization = normalization
         self.patch_shape = tuple(int(p) for p in patch_shape)
         check_patch_fits(self.patch_shape, region, paths.raw)
         self.target, self.augment = target, augment
@@ -139,7 +155,7 @@ class PatchDataset(_ZarrDataset):
         raw_array, label_array = self._open()
         rng = np.random.default_rng([self.seed, int(index)])
         box = self._draw_box(rng, label_array)
-        raw = to_float(read_box(raw_array, box, self.paths.raw))
+        raw = self._normalize(read_box(raw_array, box, self.paths.raw), raw_array)
         labels = read_box(label_array, box, self._labels_path)
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, rng)
@@ -152,9 +168,9 @@ class PatchDataset(_ZarrDataset):
 class TileDataset(_ZarrDataset):
     """Inference tiles over a region of a raw volume, in z-major order.
 
-    Items: ``raw`` float32 (1, tz, ty, tx), padded by reflection where the region is smaller than
-    the tile; ``box`` int64 (6,): the tile's offset and (clipped) shape in region coordinates;
-    and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation.
+    Items: ``raw`` float32 (1, tz, ty, tx), normalised, padded by reflection where the region is
+    smaller than the tile; ``box`` int64 (6,): the tile's offset and (clipped) shape in region
+    coordinates; and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation.
     """
 
     def __init__(
@@ -164,8 +180,9 @@ class TileDataset(_ZarrDataset):
         overlap: float = 0.5,
         region: Box | None = None,
         target: Callable[[np.ndarray], np.ndarray] | None = None,
+        normalization: Normalization | None = None,
     ) -> None:
-        self.paths = paths
+        self.paths, self.normalization = paths, normalization
         self.tile_shape = tuple(int(t) for t in tile_shape)
         self.region = region
         self.target = target
@@ -194,7 +211,9 @@ class TileDataset(_ZarrDataset):
         raw_array, label_array = self._open()
         box = self.tiles[index]
         item = {
-            "raw": torch.from_numpy(to_float(self._read(raw_array, box, self.paths.raw)))[None],
+            "raw": torch.from_numpy(
+                self._normalize(self._read(raw_array, box, self.paths.raw), raw_array)
+            )[None],
             "box": torch.tensor(box.offset + box.shape, dtype=torch.int64),
         }
         if self.target is not None and label_array is not None:
@@ -205,11 +224,13 @@ class TileDataset(_ZarrDataset):
 
 @dataclass(frozen=True)
 class EvalSet:
-    """A volume (region) predicted at test time: ``val`` (held out of training) or ``test``."""
+    """A volume (region) predicted at test time: ``val`` (held out of training) or ``test``,
+    with its raw statistics and normalisation (None: chosen when predicted)."""
 
     name: str
     paths: VolumePaths
     region: Box
+    raw_intensity: RawIntensity | None = None
 
 
 class VolumeDataModule(pl.LightningDataModule):
@@ -220,6 +241,11 @@ class VolumeDataModule(pl.LightningDataModule):
     without one, the last ``val_fraction`` of the training volume along ``val_axis``, never sampled
     for training. The test volume is only used by ``test``; without labels it is predicted and
     decoded but not scored (e.g. MitoEM's hidden test labels).
+
+    Each raw volume is normalised by its own dtype and range with the rule ``mitoseg-predict``
+    uses (:mod:`mitoseg.io.intensity`), so e.g. uint8 training and 12-bit validation data reach
+    the network alike; ``raw_intensity`` holds each volume's statistics and normalisation after
+    ``setup``, and checkpoints record the training (and validation) volume's.
 
     Args:
         train: the training volume (:class:`FileVolumes` or :class:`SyntheticVolumes`).
@@ -265,6 +291,7 @@ class VolumeDataModule(pl.LightningDataModule):
         self.val_fraction, self.val_axis = val_fraction, val_axis
         self.foreground_prob, self.augment = foreground_prob, augment
         self.eval_sets: list[EvalSet] = []
+        self.raw_intensity: dict[str, RawIntensity] = {}
 
     def prepare_data(self) -> None:
         for volumes in (self.train_volumes, self.val_volumes, self.test_volumes):
@@ -276,6 +303,7 @@ class VolumeDataModule(pl.LightningDataModule):
         if self.train_paths.labels is None:
             raise io.VolumeError(f"training volume {self.train_paths.raw} has no labels")
         self._setup_regions()
+        self._setup_intensity()
         check_patch_fits(self.patch_shape, self.train_region, self.train_paths.raw)
         if not has_foreground(self.train_paths.labels, self.train_region):
             raise io.VolumeError(
@@ -302,6 +330,38 @@ class VolumeDataModule(pl.LightningDataModule):
             test_shape = io.open_volume(test_paths.raw).shape
             self.eval_sets.append(EvalSet("test", test_paths, Box.whole(test_shape)))
 
+    def _setup_intensity(self) -> None:
+        """Statistics and normalisation of each raw volume (once per volume); warns, with the
+        numbers, when the validation or test volume looks unlike the training volume."""
+        if "train" not in self.raw_intensity:  # setup runs again for testing
+            raw = self.train_paths.raw
+            self.raw_intensity["train"] = measure(io.open_volume(raw), raw)
+            log.info("training volume %s: %s", raw, self.raw_intensity["train"].describe())
+        train = self.raw_intensity["train"]
+        for i, eval_set in enumerate(self.eval_sets):
+            raw = eval_set.paths.raw
+            if raw == self.train_paths.raw:
+                self.raw_intensity[eval_set.name] = train
+            elif eval_set.name not in self.raw_intensity:
+                found = measure(io.open_volume(raw), raw, reference=train)
+                self.raw_intensity[eval_set.name] = found
+                problem = mismatch(f"{eval_set.name} volume {raw}", found, train, TRAIN_ADVICE)
+                if problem:
+                    log.warning(problem)
+                else:
+                    log.info("%s volume %s: %s", eval_set.name, raw, found.describe())
+            found = self.raw_intensity[eval_set.name]
+            self.eval_sets[i] = dataclasses.replace(eval_set, raw_intensity=found)
+
+    def intensity_record(self) -> dict[str, Any]:
+        """What checkpoints record of the raw data trained on: ``{"train": ..., "val": ...}``
+        (``val`` only for a separate validation volume), each
+        :meth:`mitoseg.io.intensity.RawIntensity.to_dict`."""
+        record = {"train": self.raw_intensity["train"].to_dict()}
+        if self.val_paths.raw != self.train_paths.raw:
+            record["val"] = self.raw_intensity["val"].to_dict()
+        return record
+
     def _loader(
         self, dataset: Dataset, batch_size: int, cls: type[DataLoader] = DataLoader, **kwargs: Any
     ) -> DataLoader:
@@ -323,6 +383,7 @@ class VolumeDataModule(pl.LightningDataModule):
             seed=self.seed,
             length=self.samples_per_epoch,
             foreground_prob=self.foreground_prob,
+            normalization=self.raw_intensity["train"].normalization,
         )
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
@@ -331,6 +392,11 @@ class VolumeDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = TileDataset(
-            self.val_paths, self.patch_shape, 0.0, region=self.val_region, target=self.target
+            self.val_paths,
+            self.patch_shape,
+            0.0,
+            region=self.val_region,
+            target=self.target,
+            normalization=self.raw_intensity["val"].normalization,
         )
         return self._loader(dataset, self.batch_size)
