@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint, trained_intensity
+from mitoseg.cli.predict_grid import predict_grid, work_output
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.predict.blocks import BlockPlan
@@ -86,18 +87,27 @@ def predict(cfg: DictConfig) -> Path:
     stored, weights = load_checkpoint(cfg.ckpt)
     net = build_net(stored, weights, str(cfg.ckpt))
     settings = predict_settings(cfg, stored)
-    voxel_size = cfg.voxel_size_nm or stored.get("data", {}).get("voxel_size_nm") or (1.0, 1.0, 1.0)
-    paths = FileVolumes(cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=voxel_size).prepare(
-        Path(cfg.cache_dir)
-    )
+    paths = FileVolumes(
+        cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=cfg.voxel_size_nm
+    ).prepare(Path(cfg.cache_dir))
     raw_intensity = input_intensity(cfg, stored, paths.raw)
-    plan = make_plan(cfg, stored, paths.raw, raw_intensity.normalization)
+    grid = predict_grid(paths.raw, cfg.voxel_size_nm, stored.get("data", {}).get("voxel_size_nm"))
+    grid.warn(bool(cfg.resample))
+    resampling = grid.resampling(bool(cfg.resample))
+    if resampling and (str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) != 1):
+        raise ValueError("resample=true predicts in one process: set trainer.devices=1")
+    raw, voxel_size = (
+        grid.model_input(Path(cfg.cache_dir), cfg.block_shape)
+        if resampling
+        else (paths.raw, grid.output_nm)
+    )
+    plan = make_plan(cfg, stored, raw, raw_intensity.normalization)
     try:
         plan.blocks()
     except ValueError as err:
         raise io.VolumeError(str(err)) from err
-    voxel_size = io.open_volume(paths.raw).attrs.get("voxel_size_nm", voxel_size)
-    job = PredictJob(plan, output, tuple(float(v) for v in voxel_size), raw_intensity)
+    job_output = work_output(Path(cfg.cache_dir), output, plan) if resampling else output
+    job = PredictJob(plan, job_output, voxel_size, raw_intensity)
     data = BlockPredictData(job, cfg.overwrite, cfg.num_workers)
     module = SegmentationModule(
         net,
@@ -117,18 +127,25 @@ def predict(cfg: DictConfig) -> Path:
         use_distributed_sampler=False,  # BlockPredictData hands each rank its own blocks
     )
     start = time.perf_counter()
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    if job_output != output and job_output.exists() and not cfg.overwrite:
+        log.info("%s: finished earlier on the model's grid; resampling it back", job_output)
+    else:
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    if resampling and trainer.is_global_zero:
+        grid.write_back(job_output, output, plan, bool(cfg.overwrite))
     seconds = time.perf_counter() - start
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and writer.summary:
         summary = writer.summary
         print(
-            f"wrote {output}: {len(plan.channels)} x {plan.shape} {plan.dtype}, "
+            f"wrote {output}: {len(plan.channels)} x {grid.shape} {plan.dtype}, "
             f"{summary['blocks']} blocks ({summary['rank_blocks']} by this process, "
             f"{trainer.world_size} process(es)) in {seconds:.1f} s "
             f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s), peak RSS "
             f"{summary['rank_peak_rss_mib']:.0f} MiB ({summary['rank_start_rss_mib']:.0f} MiB "
             "when prediction started)"
         )
+    elif trainer.is_global_zero:  # the model's grid was predicted by an earlier run
+        print(f"wrote {output}: {len(plan.channels)} x {grid.shape} {plan.dtype}, resampled back")
     return output
 
 
