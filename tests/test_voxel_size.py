@@ -334,3 +334,30 @@ def test_resampled_prediction_sees_the_models_voxel_size(tmp_path) -> None:
     assert strong.sum() > 500
     ratio = np.median((resampled - 0.5)[strong] / direct[strong])
     assert 1.8 < ratio < 2.2, ratio
+
+
+def test_resampled_prediction_killed_while_resampling_back_finishes_on_rerun(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import mitoseg.cli.predict_grid as grid_module
+
+    tif = tmp_path / "in.tif"
+    tifffile.imwrite(
+        tif, _smooth((8, 32, 32)), imagej=True, resolution=(0.2, 0.2), metadata={"spacing": 10}
+    )
+    real = grid_module.resample_volume
+
+    def killed_writing_back(source, out, block_shape) -> None:
+        if out.shape[0] == 1:  # the probabilities (C, Z, Y, X), not the raw
+            raise KeyboardInterrupt
+        real(source, out, block_shape)
+
+    monkeypatch.setattr(grid_module, "resample_volume", killed_writing_back)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(tmp_path, tif, "probs.zarr", "resample=true", "voxel_size_nm=[10,5,5]")
+    assert not (tmp_path / "probs.zarr").exists()
+    (work,) = (tmp_path / "cache").glob("*model-grid*.zarr")  # finished on the model's grid
+    monkeypatch.setattr(grid_module, "resample_volume", real)
+    probs = _predict(tmp_path, tif, "probs.zarr", "resample=true", "voxel_size_nm=[10,5,5]")
+    assert probs.shape == (1, 8, 32, 32) and not work.exists()
+    assert "resampled back" in capsys.readouterr().out
