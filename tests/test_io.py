@@ -528,7 +528,13 @@ def test_mask_of_1_and_255_in_different_chunks_of_one_slab(tmp_path):
     with pytest.raises(VolumeError, match=r"slices 0\.\.3: .*not a binary mask.*\{0, 1, 255\}"):
         convert(tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, binary=True, chunks=(4, 4, 4))
     _no_leftovers(tmp_path)
-    ids = convert(tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, chunks=(4, 4, 4))
+    # Without binary=, {0, 1, 255} is one mask in two encodings, not ids: refused, naming the
+    # options (tests/test_label_values.py); binary=False stores the values as ids.
+    with pytest.raises(VolumeError, match=r"(?s)class codes.*--label-values"):
+        convert(tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, chunks=(4, 4, 4))
+    ids = convert(
+        tmp_path / "m.tif", tmp_path / "l.zarr", labels=True, binary=False, chunks=(4, 4, 4)
+    )
     assert ids.attrs["binary"] is False and ids.dtype == np.uint32
     np.testing.assert_array_equal(ids[:], labels)
 

@@ -4,6 +4,11 @@ Single volume::
 
     mitoseg-convert SRC DST [--labels] [--voxel-size-nm Z Y X] [--dataset NAME] [--chunks Z Y X]
 
+Labels stored as class codes (each grey value one class) take ``--label-values 191`` (values
+and ranges, ``191,200-210``), anti-aliased masks ``--label-threshold 127``: the stored labels are
+then that mask, and the selection is recorded in the array's ``label_values`` /
+``label_threshold`` attributes. Without them such labels are refused, showing their values.
+
 Raw and labels together, shapes checked first, written to ``DIR/raw.zarr`` and
 ``DIR/labels.zarr``::
 
@@ -35,6 +40,7 @@ import zarr
 
 from mitoseg.datasets.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release
 from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
+from mitoseg.io.label_values import parse_label_values
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_single_args(p)
     _add_pair_args(p)
+    _add_label_args(p)
     p.add_argument(
         "--mitoem",
         type=Path,
@@ -94,6 +101,38 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     pair.add_argument("--labels-dataset", help="dataset of the labels source")
 
 
+def _label_values(text: str) -> str:
+    try:
+        parse_label_values(text)
+    except VolumeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    labels = p.add_argument_group(
+        "label values (--labels or pair mode; default: refuse class codes and anti-aliased masks)"
+    )
+    which = labels.add_mutually_exclusive_group()
+    which.add_argument(
+        "--label-values",
+        type=_label_values,
+        metavar="V",
+        help="class-coded labels: the values that are foreground, e.g. 191 or 191,200-210; "
+        "the stored labels are that mask",
+    )
+    which.add_argument(
+        "--label-threshold",
+        type=float,
+        metavar="T",
+        help="anti-aliased mask: values > T are foreground, e.g. 127",
+    )
+
+
+def _label_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"label_values": args.label_values, "label_threshold": args.label_threshold}
+
+
 def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--voxel-size-nm",
@@ -132,6 +171,8 @@ def _check_mitoem(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         p.error("--mitoem needs --out DIR")
     if args.z_range is not None or args.binary is not None:
         p.error("--z-range, --binary and --instances do not apply to --mitoem")
+    if args.label_values is not None or args.label_threshold is not None:
+        p.error("--label-values and --label-threshold do not apply to --mitoem (instance ids)")
     return "mitoem"
 
 
@@ -151,6 +192,8 @@ def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         p.error("give SRC and DST, or --raw, --labels-src and --out")
     if args.binary is not None and not args.labels:
         p.error("--binary / --instances need --labels")
+    if not args.labels and (args.label_values is not None or args.label_threshold is not None):
+        p.error("--label-values / --label-threshold need --labels")
     return "single"
 
 
@@ -177,6 +220,7 @@ def _run(args: argparse.Namespace, mode: str) -> list[str]:
             labels=args.labels,
             dataset=args.dataset,
             binary=args.binary,
+            **(_label_options(args) if args.labels else {}),
             **common,
         )
         return [_summary(out, args.dst)]
@@ -194,6 +238,7 @@ def _run(args: argparse.Namespace, mode: str) -> list[str]:
         labels=True,
         dataset=args.labels_dataset,
         binary=args.binary,
+        **_label_options(args),
         **common,
     )
     return [_summary(raw, raw_dst), _summary(labels, labels_dst)]

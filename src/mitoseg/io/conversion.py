@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from mitoseg.io.containers import TiffPagesSource
 from mitoseg.io.errors import VolumeError
+from mitoseg.io.label_values import HINT, UNSELECTED_ATTRS, LabelSelection, ValueCounts
 from mitoseg.io.normalize import (
     binary_encoding,
     instance_dtype,
-    labels_to_mask_slices,
+    labels_to_grey_slices,
     normalize_labels,
     normalize_raw,
 )
@@ -251,11 +252,10 @@ def _normalized_labels(
         return normalize_labels(slab, binary=binary)
     except VolumeError:
         hint = ""
-        if decided and binary and _valid_ids(slab):
-            hint = (
-                "; earlier slices looked like a binary mask: pass binary=False "
-                "(mitoseg-convert --instances) to store instance ids"
-            )
+        # a mask with other values (anti-aliased, classes, ids) or a float mask with greys
+        if (binary and _valid_ids(slab)) or (decided and slab.dtype.kind == "f"):
+            hint = "; earlier slices looked like a binary mask" if decided and binary else ""
+            hint += f"; {HINT}"
         _raise_located(source, slab, first_z, lambda s: normalize_labels(s, binary=binary), hint)
         raise
 
@@ -268,8 +268,38 @@ def _ids(part: np.ndarray) -> np.ndarray:
     return normalize_labels(part, binary=False)
 
 
+def _write_selection(job: _Job, selection: LabelSelection) -> None:
+    """Store the mask of the values ``selection`` picks (class codes, or above a threshold)."""
+    if job.source.dtype.kind not in "biuf":
+        raise VolumeError(f"labels {job.source.path} have dtype {job.source.dtype}")
+    out = job.create(np.uint8, binary=True, **selection.attrs())
+    selected = 0
+
+    def apply(part: np.ndarray) -> np.ndarray:
+        nonlocal selected
+        mask = selection.apply(part)
+        selected += np.count_nonzero(mask)
+        return mask
+
+    for s0, s1 in job.iterate("labels"):
+        slab = job.read(s0, s1)
+        out.write(s0, labels_to_grey_slices(slab) if slab.ndim == 4 else slab, apply)
+    if not selected:
+        logger.warning(
+            "labels %s: %s selects no voxel, the mask is empty", job.source.path,
+            selection.describe(),
+        )  # fmt: skip
+
+
+def _checks_values(dtype: np.dtype) -> bool:
+    """Whether labels of ``dtype`` may be class codes or an anti-aliased mask: 8-bit (grey or
+    colour), 1-bit and float images. 16- and 32-bit integers hold instance ids."""
+    return dtype.kind in "bf" or dtype.itemsize == 1
+
+
 def _write_labels(job: _Job, binary: bool | None) -> None:
     decided = binary is None
+    counts = ValueCounts() if decided and _checks_values(job.source.dtype) else None
     ids_dtype = np.dtype(np.uint32)
     if binary is not True and not _fits_uint32(job.source.dtype):
         ids_dtype = instance_dtype(_max_label(job))
@@ -277,7 +307,9 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
     for s0, s1 in job.iterate("labels"):
         slab = job.read(s0, s1)
         if slab.ndim == 4:
-            slab = labels_to_mask_slices(slab)
+            slab = labels_to_grey_slices(slab)
+        if counts is not None:
+            counts.add(slab)
         if binary is None:
             if not slab.any():
                 continue  # all background: the array's fill value 0 already holds it
@@ -287,14 +319,18 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
             # raises, naming the slice at fault.
             _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
         if out is None:
-            out = job.create(np.uint8 if binary else ids_dtype, binary=binary)
+            out = job.create(np.uint8 if binary else ids_dtype, binary=binary, **UNSELECTED_ATTRS)
         try:
             out.write(s0, slab, _mask if binary else _ids)
         except VolumeError:
             _normalized_labels(job.source, slab, job.z0 + s0, binary, decided)
             raise
+    if counts is not None:  # the whole volume's values, before the array is renamed into place
+        counts.check(str(job.source.path))
     if out is None:  # every slice was background
-        job.create(np.uint8, binary=True)
+        job.create(np.uint8, binary=True, **UNSELECTED_ATTRS)
+
+
 
 
 def convert(
@@ -309,6 +345,8 @@ def convert(
     progress: bool = False,
     z_range: tuple[int, int] | None = None,
     binary: bool | None = None,
+    label_values: int | str | Sequence[int | str] | None = None,
+    label_threshold: float | None = None,
 ) -> zarr.Array:
     """Stream an EM volume into a chunked, compressed zarr array at ``dst``.
 
@@ -335,13 +373,23 @@ def convert(
         z_range: convert only slices ``[z0, z1)`` (e.g. (0, 400) of a MitoEM ``im`` folder).
         binary: labels only. None decides from the first slab with foreground: values within
             {0, 255} or {0, 1} make a binary mask. True / False force mask / instance ids.
+            With None, 8-bit, 1-bit and float labels whose values look like class codes or an
+            anti-aliased mask are refused, showing the values and their voxel counts
+            (:meth:`mitoseg.io.label_values.ValueCounts.suspicion`); False stores them as ids.
+        label_values: labels only: the values that are foreground (``191``, ``"191,200-210"``
+            or a list of values and ranges, :func:`~mitoseg.io.label_values.parse_label_values`);
+            the others are background. For class-coded labels.
+        label_threshold: labels only: values above it are foreground (an anti-aliased mask).
 
     Returns:
         The new array, read-only, shape ``(Z, Y, X)``. Raw: uint8 and uint16 are kept, colour
-        becomes grey luminance, floats become float32. Labels: a binary mask as uint8 {0, 1}
-        (colour masks: any non-zero channel is foreground); instance ids as uint32, or uint64
-        when larger than 2**32 - 1. Attributes: ``axes``, ``voxel_size_nm`` (when known),
-        ``kind`` ("raw" or "labels"), ``source``; labels add ``binary``; ``z_range`` when given.
+        becomes grey luminance, floats become float32. Labels: a binary mask as uint8 {0, 1};
+        instance ids as uint32, or uint64 when larger than 2**32 - 1. Colour label slices
+        become one value per pixel first (:func:`mitoseg.io.normalize.labels_to_grey_slices`:
+        grey pixels keep their grey, other colours are foreground, opaque alpha is ignored).
+        Attributes: ``axes``, ``voxel_size_nm`` (when known), ``kind`` ("raw" or "labels"),
+        ``source``; labels add ``binary``, ``label_values`` and ``label_threshold`` (the
+        selection applied, None without one); ``z_range`` when given.
 
     Raises:
         VolumeError: bad source, dataset, slice, values, arguments, or ``dst`` exists and
@@ -350,6 +398,14 @@ def convert(
     src, dst = Path(src), Path(dst)
     if binary is not None and not labels:
         raise VolumeError("binary= applies to labels only (labels=True)")
+    selection = LabelSelection.from_options(label_values, label_threshold)
+    if selection is not None and not labels:
+        raise VolumeError("label_values= / label_threshold= apply to labels only (labels=True)")
+    if selection is not None and binary is False:
+        raise VolumeError(
+            f"{selection.describe()} makes a mask; it cannot be combined with binary=False "
+            "(--instances)"
+        )
     attrs: dict[str, Any] = {
         "axes": list(AXES),
         "kind": "labels" if labels else "raw",
@@ -373,7 +429,10 @@ def convert(
             reader = _SlabReader(source, clipped[0])
             job = _Job(source, tmp, z0, shape, clipped, attrs, progress, reader)
             if labels:
-                _write_labels(job, binary)
+                if selection is not None:
+                    _write_selection(job, selection)
+                else:
+                    _write_labels(job, binary)
             else:
                 _write_raw(job)
     return open_volume(dst)

@@ -81,30 +81,45 @@ def _constant(image: np.ndarray) -> bool:
     return bool(np.all(image == image[:1, :1]))
 
 
-def labels_to_mask_slices(slab: np.ndarray) -> np.ndarray:
-    """Collapse colour label slices to foreground masks.
+def _colour_value(colour: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
+    """Label value of ``(Y, X, C)`` colour pixels: the grey level when every ``visible`` pixel
+    has equal channels, else 255 where any channel is non-zero."""
+    if colour.shape[-1] == 1:
+        return colour[..., 0]
+    seen = colour if visible is None else colour[visible]
+    if np.all(seen == seen[..., :1]):
+        return colour[..., 0]
+    return np.where(np.any(colour != 0, axis=-1), 255, 0).astype(colour.dtype)
+
+
+def labels_to_grey_slices(slab: np.ndarray) -> np.ndarray:
+    """Collapse colour label slices to one value per pixel, as a grey label image would hold.
 
     A channel that is constant over a slice carries no information and is ignored, so per slice:
-    without alpha or with constant alpha, any non-zero colour channel is foreground; with
-    varying alpha and constant colour (e.g. black paint on a transparent layer), non-transparent
-    pixels are foreground; when both vary, foreground is non-transparent and coloured.
+    without alpha or with constant (e.g. opaque) alpha, the colour decides: grey pixels (equal
+    channels, e.g. class codes or an anti-aliased mask saved as RGB) keep their grey value, and
+    other colours become 255 where any channel is non-zero (every colour is foreground); with
+    varying alpha and constant colour (e.g. black paint on a transparent layer), the value is
+    the alpha; when both vary, transparent pixels are 0 and the others take their colour's value.
+    So a folder mixing grey, RGB and RGBA slices of one mask gives the same values throughout.
 
     Args:
         slab: ``(N, Y, X, C)`` with C in 1..4 (grey, grey+alpha, RGB, RGBA).
 
     Returns:
-        uint8 ``(N, Y, X)`` in {0, 1}.
+        ``(N, Y, X)`` with the input dtype.
     """
     colour, alpha = _split_channels(slab)
-    out = np.empty(slab.shape[:3], dtype=np.uint8)
+    out = np.empty(slab.shape[:3], dtype=slab.dtype)
     for i in range(slab.shape[0]):
-        coloured = np.any(colour[i] != 0, axis=-1)
-        if alpha is None or _constant(alpha[i]):
-            out[i] = coloured
+        varying = None if alpha is None or _constant(alpha[i]) else alpha[i]
+        if varying is None:
+            out[i] = _colour_value(colour[i], None)
         elif _constant(colour[i]):
-            out[i] = alpha[i] != 0
+            out[i] = varying
         else:
-            out[i] = coloured & (alpha[i] != 0)
+            visible = varying != 0
+            out[i] = np.where(visible, _colour_value(colour[i], visible), 0)
     return out
 
 
@@ -148,7 +163,7 @@ def normalize_labels(slab: np.ndarray, *, binary: bool | None) -> np.ndarray:
     Args:
         slab: labels without a colour axis, any shape (e.g. ``(N, Y, X)``), integer, bool or
             integral float, non-negative. Collapse colour masks first with
-            :func:`labels_to_mask_slices`.
+            :func:`labels_to_grey_slices`.
         binary: None decides from the values: a subset of {0, 255} or of {0, 1} is a binary
             mask. True requires a binary mask; False keeps values as instance ids.
 

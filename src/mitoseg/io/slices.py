@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from PIL import Image
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.source import Source
 from mitoseg.io.voxels import VoxelSize, tiff_voxel_size
+
+logger = logging.getLogger(__name__)
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -37,6 +40,57 @@ def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
     """
     parts = re.split(r"(\d+)", name.lower())
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def _pil_mode(img: Image.Image) -> str:
+    """The mode a PIL image is read in (after :data:`_PIL_CONVERT`)."""
+    return _PIL_CONVERT.get(img.mode, img.mode)
+
+
+def _common_mode(files: list[Path]) -> str | None:
+    """One PIL mode that holds every slice of ``files`` without loss, when they differ.
+
+    One mask saved by different tools may mix 1-bit and 8-bit grey, or RGB and RGBA: 1-bit
+    becomes 8-bit grey (0 / 255), grey becomes RGB when some slices are colour, and an opaque
+    alpha is added when some slices have alpha. None keeps each slice as decoded (every slice in
+    one mode, TIFF slices, or modes that do not convert losslessly such as 16-bit grey).
+    """
+    modes = set()
+    for path in files:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return None
+        try:
+            with Image.open(path) as img:  # reads the header only
+                modes.add(_pil_mode(img))
+        except Exception:  # unreadable slices are reported when they are decoded
+            return None
+    if modes == {"1"}:
+        return "L"
+    if len(modes) < 2 or not modes <= {"1", "L", "LA", "RGB", "RGBA"}:
+        return None
+    colour = any(m.startswith("RGB") for m in modes)
+    alpha = any(m.endswith("A") for m in modes)
+    mode = ("RGB" if colour else "L") + ("A" if alpha else "")
+    logger.info("slices of %s mix the modes %s: all read as %s", files[0].parent, modes, mode)
+    return mode
+
+
+def _in_mode(image: np.ndarray, mode: str) -> np.ndarray:
+    """A decoded 8-bit (or 1-bit) slice in ``mode`` (L, LA, RGB or RGBA, holding the slice's):
+    1-bit becomes 0 / 255, grey is repeated into RGB, and an opaque alpha is added."""
+    if image.dtype == bool:
+        image = np.where(image, np.uint8(255), np.uint8(0))  # PIL may store True as 255
+    if image.ndim == 2:
+        image = image[..., None]
+    has_alpha = image.shape[-1] in (2, 4)
+    colour = image[..., :-1] if has_alpha else image
+    if mode.startswith("RGB") and colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    parts = [colour]
+    if mode.endswith("A"):
+        parts.append(image[..., -1:] if has_alpha else np.full_like(image[..., :1], 255))
+    out = np.concatenate(parts, axis=-1)
+    return out[..., 0] if out.shape[-1] == 1 else out
 
 
 def _decode_slice(path: Path) -> np.ndarray:
@@ -83,6 +137,7 @@ class SliceFilesSource(Source):
         self.shape = (len(files), *slice_shape)
         # (file, shape, dtype) of the first slice decoded: the others must match it.
         self._ref: tuple[Path, tuple[int, ...], np.dtype] | None = None
+        self._mode: str | None = None  # the PIL mode every slice is read in, if they differ
 
     @property
     def dtype(self) -> np.dtype:
@@ -95,7 +150,11 @@ class SliceFilesSource(Source):
         return f"slice {z} ({self.files[z].name})"
 
     def _decode(self, z: int) -> np.ndarray:
+        if self._ref is None:  # before the first slice: all slices must be read alike
+            self._mode = _common_mode(self.files)
         path, image = self.files[z], _decode_slice(self.files[z])
+        if self._mode is not None:
+            image = _in_mode(image, self._mode)
         if image.shape[:2] != self.shape[1:]:
             raise VolumeError(
                 f"slice {path} has shape {image.shape}, but {self.shape_origin} "
