@@ -5,6 +5,7 @@
     mitoseg-measure INSTANCES.zarr --out DIR [--voxel-size-nm Z Y X] [--slab N]
                     [--min-voxels N] [--overwrite]
     mitoseg-measure MASK.zarr --components --out DIR [--dask-workers N | --dask-address A]
+    mitoseg-measure CLASSES.zarr --label-values 191 --out DIR    # or --label-threshold 127
 
 Writes, each atomically (temporary name, then rename), into DIR:
 
@@ -26,6 +27,7 @@ import csv
 import io as stdio
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,9 @@ import numpy as np
 from mitoseg.analyze import measure
 from mitoseg.decode.blockwise import connected_components, dask_client
 from mitoseg.files import write_atomic, write_json_atomic, write_text_atomic
-from mitoseg.io import VolumeError, open_volume
+from mitoseg.io import VolumeError, convert, open_volume
+from mitoseg.io.checks import check_label_values
+from mitoseg.io.label_values import LabelSelection
 
 logger = logging.getLogger(__name__)
 
@@ -132,24 +136,39 @@ def run(
     components: bool = False,
     dask_workers: int = 0,
     dask_address: str | None = None,
+    label_values: str | None = None,
+    label_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Measure ``labels_path`` and write the outputs into ``out``; returns the summary.
 
     With ``components`` the input is a mask (e.g. a semantic prediction): its 26-connected
     components, labelled block by block (exactly as in memory; on Dask with ``dask_workers``
-    or ``dask_address``) into ``out/components.zarr``, are the objects.
+    or ``dask_address``) into ``out/components.zarr``, are the objects. ``label_values`` /
+    ``label_threshold`` select a mask from class codes or an anti-aliased mask (as
+    ``mitoseg-convert``); its components are the objects. Without them, labels whose values
+    look like either are refused (:func:`mitoseg.io.checks.check_label_values`).
     """
+    selection = LabelSelection.from_options(label_values, label_threshold)
     check_out(out, overwrite)
     labels = open_volume(labels_path)
     if labels.ndim != 3:
         raise measure.MeasureError(f"{labels_path}: need a (Z, Y, X) array, got {labels.shape}")
     size = resolve_voxel_size(voxel_size_nm, labels.attrs, labels_path)
-    if components:
+    if selection is None:
+        check_label_values(labels_path)
+    if components or selection is not None:
         target = out / COMPONENTS_NAME
-        with dask_client(dask_address, dask_workers) as client:
-            connected_components(
-                labels_path, target, connectivity=26, client=client, overwrite=True
-            )
+        out.mkdir(parents=True, exist_ok=True)  # the selected mask is made in a folder in it
+        with (
+            tempfile.TemporaryDirectory(dir=out, prefix=".selected-") as tmp,
+            dask_client(dask_address, dask_workers) as client,
+        ):
+            mask = labels_path
+            if selection is not None:  # the selected values as a mask, then its components
+                mask = Path(tmp) / "mask.zarr"
+                options = {"label_values": label_values, "label_threshold": label_threshold}
+                convert(labels_path, mask, labels=True, voxel_size_nm=tuple(size), **options)
+            connected_components(mask, target, connectivity=26, client=client, overwrite=True)
         labels = open_volume(target)
     if slab is not None and slab < 1:
         raise measure.MeasureError(f"--slab must be >= 1, got {slab}")
@@ -157,6 +176,8 @@ def run(
     table = measure.measure_objects(labels, size, block=block, min_voxels=min_voxels)
     summary = measure.summarize(table, labels.shape, size)
     summary |= {"labels": str(labels_path), "min_voxels": int(min_voxels)}
+    if selection is not None:
+        summary |= selection.attrs()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CSV_NAME, table_csv(table))
     summary["parquet"] = write_parquet(table, out / PARQUET_NAME)
@@ -230,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="with --components: the scheduler of an existing Dask cluster (tcp://host:8786)",
     )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--label-values",
+        metavar="V",
+        help="the input holds class codes: measure the 26-connected components of these "
+        "values, e.g. 191 or 191,200-210 (default: refuse labels that look like class codes)",
+    )
+    which.add_argument(
+        "--label-threshold",
+        type=float,
+        metavar="T",
+        help="the input is an anti-aliased mask: measure the components of values > T",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
@@ -252,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             components=args.components,
             dask_workers=args.dask_workers,
             dask_address=args.dask_address,
+            label_values=args.label_values,
+            label_threshold=args.label_threshold,
         )
     except (VolumeError, measure.MeasureError) as err:
         print(f"error: {err}", file=sys.stderr)

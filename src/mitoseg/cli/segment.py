@@ -37,8 +37,11 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
     check_channels(decoder, io.open_volume(cfg.probs), str(cfg.probs))
     labels = None
     if cfg.labels is not None:  # any format mitoseg-convert reads, converted once to the cache
-        paths = FileVolumes(cfg.labels, raw_dataset=cfg.labels_dataset).prepare(Path(cfg.cache_dir))
-        labels = paths.raw
+        truth = FileVolumes(
+            cfg.labels, labels=cfg.labels, labels_dataset=cfg.labels_dataset,
+            label_values=cfg.label_values, label_threshold=cfg.label_threshold,
+        )  # fmt: skip
+        labels = truth.prepare_labels(Path(cfg.cache_dir))  # checked; the selection applied
     output_dir = Path(cfg.output_dir)
     output = output_dir / f"{output_name(decoder)}.zarr" if cfg.save_output else None
     blockwise = BlockwiseOptions.from_dict(to_container(cfg.blockwise))
@@ -49,6 +52,8 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "probs": str(cfg.probs),
         "labels": None if cfg.labels is None else str(cfg.labels),
+        "label_values": to_container(cfg.label_values),
+        "label_threshold": cfg.label_threshold,
         "decoder": type(decoder).__name__,
         "postprocess": params(decoder),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],

@@ -13,6 +13,7 @@ from pathlib import Path
 from mitoseg import io
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.io.checks import check_labels, check_raw
+from mitoseg.io.label_values import LabelSelection
 from mitoseg.io.sources import is_zarr, read_voxel_size
 from mitoseg.io.voxels import TOLERANCE, VoxelSize, differing_axes, format_nm
 
@@ -32,7 +33,10 @@ class FileVolumes:
 
     Relative paths are resolved against the data module's ``root``. ``raw_z_range`` /
     ``labels_z_range`` ([start, stop) slices) select part of a source, e.g. slices 0-399 of the
-    MitoEM ``im`` folder for training and 400-499 for validation. ``voxel_size_nm`` (z, y, x)
+    MitoEM ``im`` folder for training and 400-499 for validation. Labels stored as class codes
+    take ``label_values`` (``191``, ``"191,200-210"``), anti-aliased masks ``label_threshold``
+    (values above it are foreground): the labels are then that mask (see
+    :func:`mitoseg.io.convert`); without them such labels are refused. ``voxel_size_nm`` (z, y, x)
     overrides the voxel size the raw file states; None keeps the file's (see
     :func:`mitoseg.io.convert`), which may be none.
     """
@@ -46,6 +50,8 @@ class FileVolumes:
         voxel_size_nm: Sequence[float] | None = None,
         raw_z_range: Sequence[int] | None = None,
         labels_z_range: Sequence[int] | None = None,
+        label_values: int | str | Sequence[int | str] | None = None,
+        label_threshold: float | None = None,
     ) -> None:
         self.raw, self.labels = raw, labels
         self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
@@ -53,6 +59,8 @@ class FileVolumes:
         self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
         self.labels_z_range = _z_range(labels_z_range, "labels_z_range")
         self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
+        # Class codes / anti-aliased masks -> a mask; checked here, applied by io.convert.
+        self.label_selection = LabelSelection.from_options(label_values, label_threshold)
 
     def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
         raw = self._zarr(
@@ -61,6 +69,19 @@ class FileVolumes:
         self._check(raw, check_raw)
         if self.labels is None:
             return VolumePaths(raw)
+        labels = self.prepare_labels(cache_dir, root)
+        raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
+        if raw_shape != label_shape:
+            raise io.VolumeError(
+                f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
+            )
+        return VolumePaths(raw, labels)
+
+    def prepare_labels(self, cache_dir: Path, root: Path | None = None) -> Path:
+        """The labels alone as a checked zarr: converted into ``cache_dir`` (``label_values`` /
+        ``label_threshold`` applied) unless already a zarr with nothing to select."""
+        if self.labels is None:
+            raise io.VolumeError(f"no labels given for {self.raw}")
         labels = self._zarr(
             self.labels,
             self.labels_dataset,
@@ -69,13 +90,8 @@ class FileVolumes:
             labels=True,
             z_range=self.labels_z_range,
         )
-        raw_shape, label_shape = io.open_volume(raw).shape, io.open_volume(labels).shape
-        if raw_shape != label_shape:
-            raise io.VolumeError(
-                f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
-            )
         self._check(labels, check_labels)
-        return VolumePaths(raw, labels)
+        return labels
 
     def raw_path(self, root: Path | None = None) -> Path:
         """The raw source, resolved against ``root``."""
@@ -112,7 +128,8 @@ class FileVolumes:
         path = Path(src).expanduser()
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
-        if is_zarr(path) and z_range is None:
+        selection = self.label_selection.attrs() if labels and self.label_selection else {}
+        if is_zarr(path) and z_range is None and not selection:
             if self.voxel_size_nm is not None and not labels:
                 _check_given(self.voxel_size_nm, read_voxel_size(path, dataset), path)
             return path
@@ -123,6 +140,7 @@ class FileVolumes:
             f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
             f"|{self.voxel_size_nm}"
         )
+        key += f"|{selection}" if selection else ""
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
         if not is_zarr(dst):
@@ -134,6 +152,7 @@ class FileVolumes:
                 dataset=dataset,
                 voxel_size_nm=self.voxel_size_nm,
                 z_range=z_range,
+                **selection,
             )
         return dst
 

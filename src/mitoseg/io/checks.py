@@ -13,6 +13,7 @@ import numpy as np
 
 from mitoseg.geometry import Box
 from mitoseg.io.errors import VolumeError
+from mitoseg.io.label_values import ValueCounts
 from mitoseg.io.store import open_volume
 
 
@@ -79,8 +80,9 @@ def check_labels(path: Path) -> None:
     """Refuse a label zarr volume whose values are not a mask or instance ids.
 
     Raises:
-        VolumeError: a dtype that is not integer or bool (e.g. float), or negative values (the
-            message names the chunk).
+        VolumeError: a dtype that is not integer or bool (e.g. float), negative values (the
+            message names the chunk), or values that look like class codes or an anti-aliased
+            mask (:func:`check_label_values`).
     """
     array = open_volume(path)
     kind = np.dtype(array.dtype).kind
@@ -89,6 +91,7 @@ def check_labels(path: Path) -> None:
             f"labels {path} have dtype {array.dtype}; expected a mask or integer instance ids "
             "(mitoseg-convert --labels converts integral float labels)"
         )
+    check_label_values(path)
     if kind != "i":
         return
     for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
@@ -97,6 +100,32 @@ def check_labels(path: Path) -> None:
             raise VolumeError(
                 f"labels {path} hold negative values (min {data.min()}) at {_where(box)}"
             )
+
+
+def check_label_values(path: Path) -> None:
+    """Refuse a label zarr whose values look like class codes or an anti-aliased mask.
+
+    Labels that mitoseg converted (a ``label_values`` attribute: checked or selected then) or
+    decoded (``kind`` "instances" / "mask") are trusted. Others, e.g. converted by an earlier
+    version that stored class codes as ids, are read chunk by chunk until a value above 255
+    shows they hold ids, so real 16- and 32-bit ids usually cost one chunk; the heuristic is
+    :meth:`mitoseg.io.label_values.ValueCounts.suspicion`.
+
+    Raises:
+        VolumeError: the values, their voxel counts and the options that select a mask.
+    """
+    array = open_volume(path)
+    attrs = dict(array.attrs)
+    if "label_values" in attrs or attrs.get("kind") in ("instances", "mask"):
+        return
+    if np.dtype(array.dtype).kind not in "biuf":
+        return
+    counts = ValueCounts()
+    for box in _chunk_boxes(Box.whole(array.shape), array.chunks):
+        counts.add(read_box(array, box, path))
+        if counts.wide:
+            return
+    counts.check(str(path))
 
 
 def has_foreground(path: Path, region: Box) -> bool:
