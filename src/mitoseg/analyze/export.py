@@ -15,11 +15,30 @@ import h5py
 import numpy as np
 
 from mitoseg import io
-from mitoseg.files import write_atomic
+from mitoseg.files import MARKER_ATTR, UnsafeOutputError, write_atomic
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("uint16", "uint32", "uint64")
+
+
+def check_exported_here(dst: Path) -> None:
+    """Refuse to replace ``dst`` unless it is an HDF5 file carrying mitoseg's marker attribute.
+
+    Exports of versions before the marker are refused too: an HDF5 file of instance ids looks
+    the same whoever wrote it (the MitoEM ground truth does), so it is kept; remove it yourself.
+    """
+    try:
+        with h5py.File(dst, "r") as existing:
+            ours = MARKER_ATTR in existing.attrs
+    except OSError:
+        ours = False
+    if not ours:
+        raise UnsafeOutputError(
+            f"{dst} was not written by mitoseg-export (not an HDF5 file with the '{MARKER_ATTR}' "
+            "attribute): --overwrite replaces only mitoseg's own exports; remove it yourself "
+            "or choose another output file"
+        )
 
 
 def export_hdf5(
@@ -40,10 +59,15 @@ def export_hdf5(
         dtype: stored integer type; ids that do not fit raise ValueError before anything is
             renamed into place.
         slab: z-slices copied at a time (memory: slab x Y x X ids).
-        overwrite: replace an existing ``dst``; otherwise an existing file is refused.
+        overwrite: replace an existing ``dst`` that mitoseg-export wrote (see
+            :func:`check_exported_here`); otherwise an existing file is refused.
 
     Returns:
-        The path written.
+        The path written; its root carries the attribute :data:`mitoseg.files.MARKER_ATTR`.
+
+    Raises:
+        VolumeError: not (Z, Y, X) integer ids, or ``dst`` exists and ``overwrite`` is False.
+        UnsafeOutputError: ``overwrite`` would replace a file that mitoseg did not write.
     """
     dst = Path(dst)
     if dtype not in DTYPES:
@@ -54,10 +78,13 @@ def export_hdf5(
         )
     if dst.exists() and not overwrite:
         raise io.VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
+    if dst.exists():
+        check_exported_here(dst)
     limit = np.iinfo(dtype).max
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as out:
+            out.attrs[MARKER_ATTR] = "written by mitoseg-export"
             chunks = (min(slab, instances.shape[0]), *(min(256, s) for s in instances.shape[1:]))
             data = out.create_dataset(
                 dataset, shape=instances.shape, dtype=dtype, chunks=chunks, compression="gzip"

@@ -39,6 +39,7 @@ from typing import Any
 import zarr
 
 from mitoseg.datasets.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release
+from mitoseg.files import UnsafeOutputError, check_output_apart
 from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
 from mitoseg.io.label_values import parse_label_values
 
@@ -201,7 +202,20 @@ def _summary(array: zarr.Array, path: Path) -> str:
     return f"{path}: shape {array.shape} {array.dtype} chunks {array.chunks}"
 
 
+def check_apart(args: argparse.Namespace, mode: str) -> None:
+    """Refuse, before reading anything, outputs that are, lie inside or contain an input."""
+    if mode == "single":
+        check_output_apart(args.dst, [args.src])
+    elif mode == "pair":
+        for name in ("raw.zarr", "labels.zarr"):
+            check_output_apart(args.out / name, [args.raw, args.labels_src])
+    else:
+        for split in ("train", "val", "test"):
+            check_output_apart(args.out / split, [args.mitoem])
+
+
 def _run(args: argparse.Namespace, mode: str) -> list[str]:
+    check_apart(args, mode)
     voxel_size_nm = args.voxel_size_nm or (MITOEM_VOXEL_SIZE_NM if mode == "mitoem" else None)
     common: dict[str, Any] = {
         "voxel_size_nm": voxel_size_nm,
@@ -256,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         lines = _run(args, mode)
-    except VolumeError as err:
+    except (VolumeError, UnsafeOutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))

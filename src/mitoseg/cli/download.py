@@ -16,10 +16,13 @@ import argparse
 import logging
 import os
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from mitoseg.datasets.fetch import DownloadError, UnverifiedError
 from mitoseg.datasets.registry import DATASETS, download_dataset
+from mitoseg.files import UnsafeOutputError, check_output_apart
 from mitoseg.io import VolumeError, open_volume
 
 BASE_URL_ENV = "MITOSEG_DOWNLOAD_BASE_URL"
@@ -65,12 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_mirror_apart(root: Path, base_url: str | None) -> None:
+    """A local mirror (``file://`` base URL) may not be, lie inside or contain the dataset's
+    folder: its ``archives/`` are removed after extraction."""
+    if base_url and urllib.parse.urlparse(base_url).scheme == "file":
+        mirror = Path(urllib.request.url2pathname(urllib.parse.urlparse(base_url).path))
+        check_output_apart(root, [mirror])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mitoseg-download``: 0 on success, 1 on a refused or failed download."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
+        check_mirror_apart(args.dest / args.name, args.base_url)
         result = download_dataset(
             args.name,
             args.dest,
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: checksum unknown: {err}", file=sys.stderr)
         print(f"{err.sha256}  {err.name}")  # sha256sum format, for the registry
         return 1
-    except (DownloadError, VolumeError) as err:
+    except (DownloadError, VolumeError, UnsafeOutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     status = "already done" if result.already_done else "done"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mitoseg import io
 from mitoseg.analyze.export import DTYPES, export_hdf5
+from mitoseg.files import check_output_apart
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="main", help="dataset name (default: main)")
     parser.add_argument("--dtype", default="uint32", choices=DTYPES)
     parser.add_argument("--slab", type=int, default=32, help="z-slices per copy step")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing export of mitoseg"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        check_output_apart(args.dst, [args.instances])  # before anything is read or written
         volume = io.open_volume(args.instances)
         export_hdf5(
             volume,

@@ -17,7 +17,9 @@ Writes, each atomically (temporary name, then rename), into DIR:
 
 The voxel size comes from ``--voxel-size-nm`` or else the array's ``voxel_size_nm`` attribute.
 DIR may hold other files (e.g. the instances themselves); only these outputs are refused unless
-``--overwrite``.
+``--overwrite``, and ``--overwrite`` replaces them only where ``mitoseg-measure`` wrote them
+(a ``.mitoseg-measure`` file in DIR, written before the outputs; DIR of an earlier version
+counts by its ``summary.json``). DIR may not be, or lie inside, the input.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io as stdio
+import json
 import logging
 import sys
 import tempfile
@@ -36,7 +39,13 @@ import numpy as np
 
 from mitoseg.analyze import measure
 from mitoseg.decode.blockwise import connected_components, dask_client
-from mitoseg.files import write_atomic, write_json_atomic, write_text_atomic
+from mitoseg.files import (
+    UnsafeOutputError,
+    check_output_apart,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from mitoseg.io import VolumeError, convert, open_volume
 from mitoseg.io.checks import check_label_values
 from mitoseg.io.label_values import LabelSelection
@@ -49,6 +58,7 @@ PNG_NAME = "volume_histogram.png"
 SUMMARY_NAME = "summary.json"
 COMPONENTS_NAME = "components.zarr"
 OUTPUTS = (CSV_NAME, PARQUET_NAME, PNG_NAME, SUMMARY_NAME, COMPONENTS_NAME)
+MARKER_NAME = ".mitoseg-measure"  # DIR's outputs were written by mitoseg-measure
 
 
 def table_csv(table: dict[str, np.ndarray]) -> str:
@@ -116,13 +126,33 @@ def resolve_voxel_size(given: Sequence[float] | None, attrs: Any, source: Path) 
     return measure.check_voxel_size(stored, f"{source} attribute 'voxel_size_nm'")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse outputs of an earlier run in ``out`` unless ``overwrite``."""
+def _measured_here(out: Path) -> bool:
+    """Whether the outputs in ``out`` are mitoseg-measure's: its marker, or the summary.json of
+    a version from before the marker."""
+    if (out / MARKER_NAME).is_file():
+        return True
+    try:
+        summary = json.loads((out / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"labels", "min_voxels", "count"} <= summary.keys()
+
+
+def check_out(out: Path, overwrite: bool, labels_path: Path | None = None) -> None:
+    """Refuse outputs of an earlier run in ``out`` unless ``overwrite``, files of that name that
+    mitoseg-measure did not write even then, and outputs inside the input ``labels_path``."""
+    for name in OUTPUTS:  # DIR may hold the input, but no output may be, or be in, the input
+        check_output_apart(out / name, [labels_path])
     if out.exists() and not out.is_dir():
         raise measure.MeasureError(f"--out {out} exists and is not a directory")
     found = [name for name in OUTPUTS if (out / name).exists()]
     if found and not overwrite:
         raise measure.MeasureError(f"{out} already holds {found}; pass --overwrite to replace")
+    if found and not _measured_here(out):
+        raise UnsafeOutputError(
+            f"{out} holds {found} that mitoseg-measure did not write (no {MARKER_NAME} file "
+            f"there): --overwrite replaces only its own outputs; choose another --out"
+        )
 
 
 def run(
@@ -149,16 +179,17 @@ def run(
     look like either are refused (:func:`mitoseg.io.checks.check_label_values`).
     """
     selection = LabelSelection.from_options(label_values, label_threshold)
-    check_out(out, overwrite)
+    check_out(out, overwrite, labels_path)
     labels = open_volume(labels_path)
     if labels.ndim != 3:
         raise measure.MeasureError(f"{labels_path}: need a (Z, Y, X) array, got {labels.shape}")
     size = resolve_voxel_size(voxel_size_nm, labels.attrs, labels_path)
     if selection is None:
         check_label_values(labels_path)
+    out.mkdir(parents=True, exist_ok=True)  # the selected mask is made in a folder in it
+    write_text_atomic(out / MARKER_NAME, "outputs of mitoseg-measure\n")
     if components or selection is not None:
         target = out / COMPONENTS_NAME
-        out.mkdir(parents=True, exist_ok=True)  # the selected mask is made in a folder in it
         with (
             tempfile.TemporaryDirectory(dir=out, prefix=".selected-") as tmp,
             dask_client(dask_address, dask_workers) as client,
@@ -178,7 +209,6 @@ def run(
     summary |= {"labels": str(labels_path), "min_voxels": int(min_voxels)}
     if selection is not None:
         summary |= selection.attrs()
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CSV_NAME, table_csv(table))
     summary["parquet"] = write_parquet(table, out / PARQUET_NAME)
     if not summary["parquet"]:
@@ -289,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             label_values=args.label_values,
             label_threshold=args.label_threshold,
         )
-    except (VolumeError, measure.MeasureError) as err:
+    except (VolumeError, measure.MeasureError, UnsafeOutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(report_lines(summary, args.out)))

@@ -18,6 +18,7 @@ from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint, trained_intensity
 from mitoseg.cli.predict_grid import predict_grid, work_output
 from mitoseg.datasets.volumes import FileVolumes
+from mitoseg.files import check_output_apart, check_replaceable
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.predict.blocks import BlockPlan
 from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
@@ -82,14 +83,18 @@ def make_plan(
 def predict(cfg: DictConfig) -> Path:
     """Run the blockwise prediction (resuming an unfinished one); returns the output path."""
     output = Path(cfg.output).expanduser()
-    if output.exists() and not cfg.overwrite:  # before loading anything
+    # before loading anything: never into the input or the checkpoint, even with overwrite
+    check_output_apart(output, [cfg.input, cfg.ckpt])
+    if output.exists() and not cfg.overwrite:
         raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
+    check_replaceable(output)  # overwrite replaces only what mitoseg wrote
     stored, weights = load_checkpoint(cfg.ckpt)
     net = build_net(stored, weights, str(cfg.ckpt))
     settings = predict_settings(cfg, stored)
     paths = FileVolumes(
         cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=cfg.voxel_size_nm
     ).prepare(Path(cfg.cache_dir))
+    check_output_apart(output, [paths.raw])  # the converted input, in cache_dir
     raw_intensity = input_intensity(cfg, stored, paths.raw)
     grid = predict_grid(paths.raw, cfg.voxel_size_nm, stored.get("data", {}).get("voxel_size_nm"))
     grid.warn(bool(cfg.resample))

@@ -20,7 +20,7 @@ from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.decode.base import check_channels, params
 from mitoseg.decode.run import BlockwiseOptions, output_name, run_decoder
 from mitoseg.evaluate.semantic import format_table
-from mitoseg.files import write_json_atomic
+from mitoseg.files import check_output_apart, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ def to_container(cfg: Any) -> Any:
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
     decoder = instantiate(cfg.postprocess)
+    output_dir = Path(cfg.output_dir)
+    output = output_dir / f"{output_name(decoder)}.zarr" if cfg.save_output else None
+    for written in (output, output_dir / "metrics.json"):  # never into the probs or the labels
+        if written is not None:
+            check_output_apart(written, [cfg.probs, cfg.labels])
     # before the labels are converted: a wrong decoder fails at once (run_decoder checks too)
     check_channels(decoder, io.open_volume(cfg.probs), str(cfg.probs))
     labels = None
@@ -42,8 +47,6 @@ def segment(cfg: DictConfig) -> dict[str, Any]:
             label_values=cfg.label_values, label_threshold=cfg.label_threshold,
         )  # fmt: skip
         labels = truth.prepare_labels(Path(cfg.cache_dir))  # checked; the selection applied
-    output_dir = Path(cfg.output_dir)
-    output = output_dir / f"{output_name(decoder)}.zarr" if cfg.save_output else None
     blockwise = BlockwiseOptions.from_dict(to_container(cfg.blockwise))
     run = run_decoder(
         decoder, cfg.probs, output, labels, blockwise=blockwise, work_dir=cfg.output_dir,

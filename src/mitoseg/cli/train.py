@@ -29,6 +29,7 @@ from mitoseg.cli.common import (
     write_sweep_summary,
 )
 from mitoseg.evaluate.testtime import TestEvaluation
+from mitoseg.files import check_output_apart
 from mitoseg.train.callbacks import ConfigInCheckpoint
 from mitoseg.train.checkpoints import RngStateInCheckpoint
 
@@ -108,8 +109,32 @@ def _pools_z(pool: Any) -> bool:
     return isinstance(pool, int) or len(set(pool)) == 1
 
 
+def data_paths(cfg: DictConfig) -> list[Path]:
+    """The files of ``cfg.data`` (``raw`` and ``labels`` of train, val and test), under
+    ``data.root`` when relative; synthetic data has none."""
+    root = Path(cfg.data.root).expanduser() if cfg.data.get("root") else None
+    paths = []
+    for part in ("train", "val", "test"):
+        node = cfg.data.get(part)
+        if not OmegaConf.is_dict(node):
+            continue
+        for key in ("raw", "labels"):
+            if key not in node or OmegaConf.is_missing(node, key) or not node[key]:
+                continue
+            path = Path(str(node[key])).expanduser()
+            paths.append(root / path if root is not None and not path.is_absolute() else path)
+    return paths
+
+
+def check_data_apart(cfg: DictConfig) -> None:
+    """Refuse a run folder that is, lies inside or contains a data file: training writes
+    checkpoints and test-time outputs there (with overwrite too)."""
+    check_output_apart(cfg.output_dir, data_paths(cfg))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
+    check_data_apart(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     fill_voxel_size(cfg)
     ckpt = resume_checkpoint(cfg)

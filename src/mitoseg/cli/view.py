@@ -30,6 +30,7 @@ import numpy as np
 
 from mitoseg import io
 from mitoseg.analyze import plots
+from mitoseg.files import check_output_apart
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.png is not None:
+            inputs = [args.raw, *(getattr(args, option) for option in LAYER_OPTIONS)]
+            check_output_apart(args.png, inputs)  # before anything is read or written
             print(f"wrote {write_overlay(args)}")
             return 0
         others = {option: getattr(args, option) for option in LAYER_OPTIONS}

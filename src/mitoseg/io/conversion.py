@@ -13,6 +13,7 @@ import numpy.typing as npt
 import zarr
 from tqdm import tqdm
 
+from mitoseg.files import check_output_apart
 from mitoseg.io.containers import TiffPagesSource
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.label_values import HINT, UNSELECTED_ATTRS, LabelSelection, ValueCounts
@@ -394,8 +395,11 @@ def convert(
     Raises:
         VolumeError: bad source, dataset, slice, values, arguments, or ``dst`` exists and
             ``overwrite`` is False. The message names the file, slice and shape at fault.
+        UnsafeOutputError: ``dst`` is, lies inside or contains ``src``, or ``overwrite`` would
+            replace a ``dst`` that mitoseg did not write.
     """
     src, dst = Path(src), Path(dst)
+    check_output_apart(dst, [src])
     if binary is not None and not labels:
         raise VolumeError("binary= applies to labels only (labels=True)")
     selection = LabelSelection.from_options(label_values, label_threshold)

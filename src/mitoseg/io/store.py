@@ -89,12 +89,18 @@ def create_volume(
     Returns:
         The writable level-0 array, Blosc-zstd compressed.
 
+    The group's attributes carry :data:`mitoseg.files.MARKER_ATTR`: the mark that mitoseg
+    wrote it, which ``overwrite`` checks before replacing a volume.
+
     Raises:
         VolumeError: ``path`` exists and ``overwrite`` is False, or the axes do not fit.
+        UnsafeOutputError: ``overwrite`` and ``path`` holds something mitoseg did not write.
     """
     path = Path(path)
-    if not overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise VolumeError(f"{path} already exists; pass overwrite=True / --overwrite")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise VolumeError(f"{path} already exists; pass overwrite=True / --overwrite")
+        files.check_replaceable(path)
     dt = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     attrs = dict(attrs or {})
@@ -102,6 +108,7 @@ def create_volume(
         group_attrs = volume_group_attributes(shape, attrs)
     except ValueError as err:
         raise VolumeError(f"{path}: {err}") from err
+    group_attrs[files.MARKER_ATTR] = dict(files.MARKER_VALUE)
     group = zarr.create_group(store=str(path), attributes=group_attrs, overwrite=overwrite)
     return group.create_array(
         LEVEL0,
@@ -187,6 +194,7 @@ def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
 
     Raises:
         VolumeError: ``dst`` exists and ``overwrite`` is False.
+        UnsafeOutputError: ``dst`` exists and mitoseg did not write it.
     """
     dst = Path(dst)
     if dst.exists() and not overwrite:

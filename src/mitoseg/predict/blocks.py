@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mitoseg import io
-from mitoseg.files import write_atomic, write_json_atomic
+from mitoseg.files import check_replaceable, mark_folder, write_atomic, write_json_atomic
 from mitoseg.geometry import (
     BlockGrid,
     Box,
@@ -122,6 +122,13 @@ class BlockJournal:
     def create(self, plan: BlockPlan) -> None:
         (self.path / "done").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self._manifest, plan.to_json())
+        mark_folder(self.path)
+
+    def check_ours(self) -> None:
+        """Refuse to remove a journal folder that mitoseg did not write (one from before the
+        marker counts by its ``plan.json``)."""
+        if not self._manifest.is_file():
+            check_replaceable(self.path)
 
     def check(self, plan: BlockPlan, output: Path) -> None:
         """Refuse to continue a partial output that another job (other settings) started."""

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mitoseg import io
-from mitoseg.files import partial_path, publish
+from mitoseg.files import check_replaceable, partial_path, publish
 from mitoseg.io.intensity import RawIntensity
 from mitoseg.predict.blocks import (
     NOTHING,
@@ -120,10 +120,15 @@ def prepare_output(job: PredictJob, overwrite: bool) -> None:
     Raises:
         VolumeError: the output exists and ``overwrite`` is False, or an unfinished output
             there was started with other settings.
+        UnsafeOutputError: ``overwrite`` would remove an output, partial output or journal
+            that mitoseg did not write (:func:`mitoseg.files.check_replaceable`).
     """
     output, journal, plan = job.output, job.journal, job.plan
     partial = partial_path(output)
     if overwrite:
+        check_replaceable(output)  # replaced by publish() once every block is written
+        check_replaceable(partial)
+        journal.check_ours()
         for path in (partial, journal.path):
             if path.exists():
                 shutil.rmtree(path)
