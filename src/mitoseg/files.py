@@ -4,6 +4,8 @@ rename (numpy-free, torch-free).
 Every file and folder mitoseg writes goes through :func:`replace_with`: single files through
 :func:`write_atomic`, folders built in one go through :func:`atomic_dir`, and resumable outputs
 (written over several runs) under :func:`partial_path` until :func:`publish` renames them.
+Outputs that belong together (a raw / labels pair) are staged through :func:`output_unit`: all
+of them appear, or none.
 
 Two guards keep a user's data safe from ``overwrite``:
 
@@ -26,8 +28,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +241,48 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """``data`` as indented JSON with sorted keys, written atomically."""
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, deepest first."""
+    return [parent for parent in path.parents if not parent.exists()]
+
+
+@contextmanager
+def output_unit(dsts: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]:
+    """Several outputs as one unit of work (e.g. ``raw.zarr`` and ``labels.zarr`` of a pair):
+    all of them appear, or none.
+
+    Existing ``dsts`` are refused before anything is written unless ``overwrite``, and then only
+    when mitoseg wrote them. Yields one fresh staging path beside each of ``dsts`` (not created)
+    for the caller to write (e.g. with :func:`atomic_dir`). When the block ends normally each
+    staged output replaces its ``dst`` (atomic renames, one after another); on any exception
+    every staged output and every folder made for them is removed, and ``dsts`` are left as
+    they were.
+
+    Raises:
+        OutputExistsError: a ``dst`` exists and ``overwrite`` is False.
+        UnsafeOutputError: a ``dst`` exists and mitoseg did not write it.
+    """
+    dsts = [Path(d) for d in dsts]
+    for dst in dsts:
+        if dst.exists() and not overwrite:
+            raise OutputExistsError(f"{dst} already exists; pass overwrite=True / --overwrite")
+        check_replaceable(dst)
+    made = sorted({p for d in dsts for p in _missing_parents(d)}, key=lambda p: -len(p.parts))
+    staged = [sibling(dst, "unit") for dst in dsts]
+    try:
+        yield staged
+    except BaseException:
+        for path in staged:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+        for folder in made:  # deepest first; only folders left empty
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+    for path, dst in zip(staged, dsts, strict=True):
+        replace_with(path, dst)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ then that mask, and the selection is recorded in the array's ``label_values`` /
 ``label_threshold`` attributes. Without them such labels are refused, showing their values.
 
 Raw and labels together, shapes checked first, written to ``DIR/raw.zarr`` and
-``DIR/labels.zarr``::
+``DIR/labels.zarr`` as one unit (if either fails, neither is left)::
 
     mitoseg-convert --raw SRC --labels-src SRC2 --out DIR [--voxel-size-nm Z Y X]
 
@@ -39,7 +39,7 @@ from typing import Any
 import zarr
 
 from mitoseg.datasets.mitoem import MITOEM_VOXEL_SIZE_NM, convert_release
-from mitoseg.files import UnsafeOutputError, check_output_apart
+from mitoseg.files import OutputExistsError, UnsafeOutputError, check_output_apart, output_unit
 from mitoseg.io import DEFAULT_CHUNKS, VolumeError, check_same_shape, convert
 from mitoseg.io.label_values import parse_label_values
 
@@ -239,10 +239,21 @@ def _run(args: argparse.Namespace, mode: str) -> list[str]:
         )
         return [_summary(out, args.dst)]
     check_same_shape(args.raw, args.labels_src, args.raw_dataset, args.labels_dataset)
-    raw_dst, labels_dst = args.out / "raw.zarr", args.out / "labels.zarr"
-    for dst in (raw_dst, labels_dst):  # refuse before writing either
-        if dst.exists() and not args.overwrite:
-            raise VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
+    outputs = [args.out / "raw.zarr", args.out / "labels.zarr"]
+    # One unit: if the labels fail, no raw.zarr is left behind to refuse the rerun.
+    with output_unit(outputs, args.overwrite) as (raw_dst, labels_dst):
+        arrays = _convert_pair(args, common, voxel_size_nm, raw_dst, labels_dst)
+    return [_summary(array, path) for array, path in zip(arrays, outputs, strict=True)]
+
+
+def _convert_pair(
+    args: argparse.Namespace,
+    common: dict[str, Any],
+    voxel_size_nm: Any,
+    raw_dst: Path,
+    labels_dst: Path,
+) -> tuple[zarr.Array, zarr.Array]:
+    """Raw into ``raw_dst``, then labels into ``labels_dst`` (staging paths of the pair)."""
     raw = convert(args.raw, raw_dst, dataset=args.raw_dataset, **common)
     # Labels often carry no metadata: they take the raw's voxel size.
     common["voxel_size_nm"] = voxel_size_nm or raw.attrs.get("voxel_size_nm")
@@ -255,7 +266,7 @@ def _run(args: argparse.Namespace, mode: str) -> list[str]:
         **_label_options(args),
         **common,
     )
-    return [_summary(raw, raw_dst), _summary(labels, labels_dst)]
+    return raw, labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         lines = _run(args, mode)
-    except (VolumeError, UnsafeOutputError) as err:
+    except (VolumeError, UnsafeOutputError, OutputExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))

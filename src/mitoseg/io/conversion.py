@@ -26,7 +26,7 @@ from mitoseg.io.normalize import (
 )
 from mitoseg.io.slices import SliceFilesSource
 from mitoseg.io.source import Source
-from mitoseg.io.sources import open_source
+from mitoseg.io.sources import is_zarr, open_source
 from mitoseg.io.store import (
     AXES,
     DEFAULT_CHUNKS,
@@ -332,6 +332,13 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
         job.create(np.uint8, binary=True, **UNSELECTED_ATTRS)
 
 
+def _source_attributes(source: Source) -> dict[str, Any]:
+    """The attributes of a zarr source array, to carry over when re-chunking or converting zarr
+    to zarr; ``source`` and ``z_range`` (how that array was made) are this conversion's own."""
+    array = getattr(source, "_array", None)
+    if not isinstance(array, zarr.Array) or not is_zarr(source.path):
+        return {}
+    return {k: v for k, v in array.attrs.asdict().items() if k not in ("source", "z_range")}
 
 
 def convert(
@@ -390,7 +397,8 @@ def convert(
         grey pixels keep their grey, other colours are foreground, opaque alpha is ignored).
         Attributes: ``axes``, ``voxel_size_nm`` (when known), ``kind`` ("raw" or "labels"),
         ``source``; labels add ``binary``, ``label_values`` and ``label_threshold`` (the
-        selection applied, None without one); ``z_range`` when given.
+        selection applied, None without one); ``z_range`` when given. A zarr source's own
+        attributes are kept too (re-chunking loses none), under these.
 
     Raises:
         VolumeError: bad source, dataset, slice, values, arguments, or ``dst`` exists and
@@ -418,6 +426,7 @@ def convert(
     if voxel_size_nm is not None:
         _check_voxel_size(voxel_size_nm)  # before reading anything
     with open_source(src, dataset) as source:
+        attrs = _source_attributes(source) | attrs  # zarr to zarr keeps every attribute
         voxel = resolve_voxel_size(voxel_size_nm, source.voxel_size, src)
         if voxel is not None:
             attrs["voxel_size_nm"] = voxel
