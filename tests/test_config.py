@@ -13,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
 from mitoseg.cli.common import CONFIG_PATH, build_datamodule
+from mitoseg.decode.base import with_voxel_size
 
 CONF = Path(CONFIG_PATH)
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_every_target_agrees_with_its_model_loss_and_decoder(target: str, tmp_pa
     logits = net(torch.zeros(1, 1, 8, 32, 32))
     assert logits.shape == target_array.shape
     assert torch.isfinite(loss(logits, target_array))
-    decoder = instantiate(cfg.postprocess)
+    decoder = with_voxel_size(instantiate(cfg.postprocess), (5, 5, 5), "probs")  # as the runner
     probs = np.nan_to_num(target_array[0].numpy(), nan=1.0)
     assert decoder(probs).shape == labels.shape
 

@@ -69,7 +69,7 @@ def volumes(tmp_path_factory) -> tuple[Path, Path, Path]:
     return tmp, tmp / "probs.zarr", tmp / "labels.zarr"
 
 
-@pytest.mark.parametrize("decoder", [BinarizeMedian(median_size=3), BCWatershed(min_size=16)])
+@pytest.mark.parametrize("decoder", [BinarizeMedian(median_size=3), BCWatershed(min_seed_size=32, min_size=16)])
 def test_run_decoder_in_memory_equals_blockwise(volumes, decoder) -> None:
     tmp, probs, labels = volumes
     name = type(decoder).__name__
@@ -89,7 +89,7 @@ def test_run_decoder_in_memory_equals_blockwise(volumes, decoder) -> None:
 def test_sweep_in_memory_equals_blockwise(volumes) -> None:
     tmp, probs, labels = volumes
     grid = {"seed_threshold": [0.6, 0.8], "mask_threshold": [0.5]}
-    decoder = BCWatershed(min_size=16)
+    decoder = BCWatershed(min_seed_size=32, min_size=16)
     memory = sweep(decoder, grid, probs, labels)
     blocks = sweep(decoder, grid, probs, labels, blockwise=IN_PROCESS, work_dir=tmp)
     assert [r["seed_threshold"] for r in memory] == [0.6, 0.8]

@@ -284,10 +284,11 @@ def test_min_size_and_min_seed_size() -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_empty_input_gives_zeros(dtype) -> None:
-    out = instances.bc_watershed(np.zeros((2, 5, 6, 7), dtype))
+    nm = dict(voxel_size_nm=(5, 5, 5))
+    out = instances.bc_watershed(np.zeros((2, 5, 6, 7), dtype), **nm)
     assert out.dtype == np.uint32 and out.shape == (5, 6, 7) and not out.any()
-    assert not instances.ac_watershed(np.zeros((4, 5, 6, 7), dtype)).any()
-    assert instances.bc_watershed(np.zeros((2, 0, 6, 7), dtype)).shape == (0, 6, 7)
+    assert not instances.ac_watershed(np.zeros((4, 5, 6, 7), dtype), **nm).any()
+    assert instances.bc_watershed(np.zeros((2, 0, 6, 7), dtype), **nm).shape == (0, 6, 7)
 
 
 def test_wrong_channel_count_names_shapes() -> None:

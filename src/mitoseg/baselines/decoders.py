@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
 
@@ -65,6 +66,64 @@ def _height(score: np.ndarray, seeds: np.ndarray, tie_break: bool) -> np.ndarray
     return height
 
 
+def _depth(region: np.ndarray, in_plane: bool) -> np.ndarray:
+    """Chessboard distance to the nearest voxel outside ``region`` by repeated erosion (the
+    volume's border is not outside); in-plane erosions with ``in_plane``."""
+    structure = np.ones((3, 3, 3), dtype=bool)
+    if in_plane:
+        structure[0] = structure[2] = False
+    depth = np.zeros(region.shape, dtype=np.int64)
+    current = region
+    for _ in range(max(region.shape) + 1):
+        depth += current
+        if not current.any():
+            return depth
+        current = ndimage.binary_erosion(current, structure, border_value=1)
+    depth[current] = np.iinfo(np.int32).max  # never reached: nothing outside
+    return depth
+
+
+def _merge_necks(
+    instances: np.ndarray, seeds: np.ndarray, regions: np.ndarray, in_plane: bool
+) -> np.ndarray:
+    """mitoseg.decode.watershed.merge_necks by loops: in each mask region, instances whose
+    shared faces are all shallower than both seeds' shallowest voxel become the smallest id."""
+    out = instances.copy()
+    for region in range(1, int(regions.max()) + 1):
+        where = regions == region
+        ids = [int(i) for i in np.unique(instances[where]) if i > 0]
+        if len(ids) < 2:
+            continue
+        depth = _depth(where, in_plane)
+        seed_min = {i: int(depth[seeds == i].min()) for i in ids}
+        iface: dict[tuple[int, int], int] = {}
+        for axis in range(3):
+            a = np.moveaxis(instances, axis, 0)
+            d = np.moveaxis(depth, axis, 0)
+            w = np.moveaxis(where, axis, 0)
+            for k in range(a.shape[0] - 1):
+                face = w[k] & w[k + 1] & (a[k] != a[k + 1]) & (a[k] > 0) & (a[k + 1] > 0)
+                pairs = zip(a[k][face], a[k + 1][face], d[k][face], d[k + 1][face], strict=True)
+                for p, q, dp, dq in pairs:
+                    key = (min(int(p), int(q)), max(int(p), int(q)))
+                    iface[key] = max(iface.get(key, 0), int(dp), int(dq))
+        root = {i: i for i in ids}
+        for (p, q), deepest in sorted(iface.items()):
+            if deepest < min(seed_min[p], seed_min[q]):
+                rp, rq = p, q
+                while root[rp] != rp:
+                    rp = root[rp]
+                while root[rq] != rq:
+                    rq = root[rq]
+                root[max(rp, rq)] = min(rp, rq)
+        for i in ids:
+            r = i
+            while root[r] != r:
+                r = root[r]
+            out[where & (instances == i)] = r
+    return out
+
+
 def seeded_watershed(
     score: np.ndarray,
     contour: np.ndarray | None = None,
@@ -76,6 +135,8 @@ def seeded_watershed(
     min_size: int = 1024,
     connectivity: int = 26,
     tie_break: bool = True,
+    merge_necks: bool = False,
+    in_plane: bool = False,
 ) -> np.ndarray:
     """Whole-volume seeded watershed; same arguments and result as the fast version.
 
@@ -84,6 +145,8 @@ def seeded_watershed(
         contour: None or (Z, Y, X) like score; seeds need contour < contour_threshold.
         tie_break: False floods PyTC's plain ``-score`` (equal-height seed voxels then tie
             by skimage's heap layout).
+        merge_necks, in_plane: join regions split by a neck (the BC / AC decoders' default;
+            PyTC does not), necks measured per z-slice with ``in_plane``.
 
     Returns:
         uint32 (Z, Y, X), instances 1..N in C order of their seeds' first voxels.
@@ -97,6 +160,8 @@ def seeded_watershed(
     del seed_map
     height = _height(score, seeds, tie_break)
     instances = watershed(height, seeds, mask=mask, connectivity=rank)
+    if merge_necks:
+        instances = _merge_necks(instances, seeds, label(mask, connectivity=rank), in_plane)
     del height, seeds, mask
     instances = _remove_small(instances, min_size)
     return relabel_sequential(instances)[0].astype(np.uint32)
@@ -111,8 +176,11 @@ def bc_watershed(
     min_size: int = 1024,
     connectivity: int = 26,
     tie_break: bool = True,
+    merge_necks: bool = True,
+    in_plane: bool = False,
 ) -> np.ndarray:
-    """PyTC's bc_watershed on probs (2, Z, Y, X) (foreground, contour), uint8 or float [0, 1]."""
+    """PyTC's bc_watershed on probs (2, Z, Y, X) (foreground, contour), uint8 or float [0, 1],
+    and the neck merge of :func:`_merge_necks` (``merge_necks=False``: PyTC's)."""
     return seeded_watershed(
         probs[0],
         probs[1],
@@ -123,6 +191,8 @@ def bc_watershed(
         min_size=min_size,
         connectivity=connectivity,
         tie_break=tie_break,
+        merge_necks=merge_necks,
+        in_plane=in_plane,
     )
 
 
@@ -218,8 +288,9 @@ def _affinity_decode(
     does)."""
     rank = _RANK[settings["connectivity"]]
     inside = affinity_inside(affs, offsets)
-    mask = _above(inside, settings["mask_threshold"])
-    regions = _graph_labels(affs, offsets, settings["mask_threshold"], mask)
+    everywhere = np.ones(inside.shape, dtype=bool)
+    regions = _graph_labels(affs, offsets, settings["mask_threshold"], everywhere)
+    mask = regions > 0  # voxels with a strong edge
     seed_voxels = mask if contour is None else mask & _below(contour, settings["contour_threshold"])
     seeds = _remove_small(
         _graph_labels(affs, offsets, settings["seed_threshold"], seed_voxels),
@@ -231,6 +302,8 @@ def _affinity_decode(
         where = regions == region
         flooded = watershed(height, np.where(where, seeds, 0), mask=where, connectivity=rank)
         instances[where] = flooded[where]
+    if settings.get("merge_necks"):
+        instances = _merge_necks(instances, seeds, regions, settings.get("in_plane", False))
     instances = _remove_small(instances, settings["min_size"])
     return relabel_sequential(instances)[0].astype(np.uint32)
 
@@ -267,9 +340,14 @@ def ac_watershed(
     connectivity: int = 6,
     offsets: Sequence[Sequence[int]] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1)),
     tie_break: bool = True,
+    merge_necks: bool = True,
+    in_plane: bool = False,
 ) -> np.ndarray:
-    """As ``affinity_watershed`` with a last contour channel gating the seeds."""
+    """As ``affinity_watershed`` with a last contour channel gating the seeds, and the neck
+    merge of :func:`_merge_necks`."""
     settings = dict(
+        merge_necks=merge_necks,
+        in_plane=in_plane,
         seed_threshold=seed_threshold,
         mask_threshold=mask_threshold,
         min_seed_size=min_seed_size,

@@ -1,7 +1,21 @@
 """The instance decoders: :class:`BCWatershed`, :class:`AffinityWatershed` and
 :class:`ACWatershed` (frozen dataclasses of their parameters, see :mod:`mitoseg.decode.base`),
 and the function forms ``bc_watershed``, ``affinity_watershed`` and ``ac_watershed``. Each is a
-seeded watershed (:mod:`mitoseg.decode.watershed`) of its target's channels (numpy only)."""
+seeded watershed (:mod:`mitoseg.decode.watershed`) of its target's channels (numpy only).
+
+Sizes are physical: seeds under ``min_seed_size_nm3`` and instances under ``min_size_nm3`` (nm^3)
+are dropped, turned into voxels with ``voxel_size_nm`` (z, y, x), which the runner
+(:mod:`mitoseg.decode.run`) takes from the probabilities. The defaults
+(:data:`~mitoseg.decode.base.MIN_SIZE_NM3` = 5e5 nm^3, a ball of 98 nm diameter, and
+:data:`~mitoseg.decode.base.MIN_SEED_SIZE_NM3` = 6e4 nm^3) keep every Lucchi++ mitochondrion
+(5 nm voxels: 4000 and 480 voxels) and are 261 and 32 voxels at MitoEM's 30 x 8 x 8 nm, where
+the published setting is 1024 and 32. ``min_size`` / ``min_seed_size`` in voxels, when set,
+win (old configs with ``min_size: 1024`` keep their meaning).
+
+The contour decoders (BC, AC) join regions that a thin neck split (``merge_necks``, see
+:func:`mitoseg.decode.watershed.merge_necks`): a contour band covers a neck's whole section, so
+one mitochondrion would otherwise give one seed per body.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +26,17 @@ from typing import ClassVar
 import numpy as np
 
 from mitoseg.decode.affinity import _nearest_neighbour_channels, affinity_inside, strong_edges
-from mitoseg.decode.base import OutputKind
+from mitoseg.decode.base import (
+    MIN_SEED_SIZE_NM3,
+    MIN_SIZE_NM3,
+    OutputKind,
+    VoxelSize,
+    check_voxel_size,
+    size_voxels,
+    voxel_count,
+)
 from mitoseg.decode.watershed import _check_settings, _decode, _Settings, check_probs
+from mitoseg.io.voxels import is_isotropic
 from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
 
 
@@ -25,7 +48,10 @@ class _Decoder:
     uses_affinities: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _check_settings(self._settings)
+        object.__setattr__(self, "voxel_size_nm", check_voxel_size(self.voxel_size_nm))  # type: ignore[attr-defined]
+        for name in ("min_seed_size", "min_size"):  # types and signs, whatever the voxel size
+            voxel_count(getattr(self, f"{name}_nm3"), getattr(self, name), (1, 1, 1), name)
+        _check_settings(self._settings_with(0, 0))
 
     @property
     def halo(self) -> None:
@@ -38,10 +64,29 @@ class _Decoder:
         return None
 
     @property
+    def seed_channel(self) -> int:
+        """The probability channel whose score seeds and floods (BC: the foreground)."""
+        return 0
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """(min_seed_size, min_size) in voxels; ValueError without a voxel size or override."""
+        return size_voxels(self)
+
+    @property
     def _settings(self) -> _Settings:
         """The shared watershed settings from this decoder's fields (A has no contour)."""
+        return self._settings_with(*self.sizes)
+
+    def _settings_with(self, min_seed_size: int, min_size: int) -> _Settings:
         fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         values = {name: getattr(self, name) for name in _Settings._fields if name in fields}
+        voxel = self.voxel_size_nm  # type: ignore[attr-defined]
+        values.update(
+            min_seed_size=min_seed_size,
+            min_size=min_size,
+            in_plane=voxel is not None and not is_isotropic(voxel),
+        )
         return _Settings(**{"contour_threshold": 1.0, **values})
 
 
@@ -63,9 +108,13 @@ class BCWatershed(_Decoder):
     seed_threshold: float = 0.85
     contour_threshold: float = 0.6
     mask_threshold: float = 0.8
-    min_seed_size: int = 32
-    min_size: int = 1024
+    min_seed_size: int | None = None  # voxels; None: from min_seed_size_nm3
+    min_size: int | None = None  # voxels; None: from min_size_nm3
     connectivity: int = 26
+    min_seed_size_nm3: float = MIN_SEED_SIZE_NM3
+    min_size_nm3: float = MIN_SIZE_NM3
+    voxel_size_nm: VoxelSize | None = None  # (z, y, x); set by the runner from the probabilities
+    merge_necks: bool = True
 
     @property
     def n_channels(self) -> int:
@@ -87,10 +136,13 @@ class AffinityWatershed(_AffinityDecoder):
 
     seed_threshold: float = 0.9
     mask_threshold: float = 0.5
-    min_seed_size: int = 32
-    min_size: int = 1024
+    min_seed_size: int | None = None
+    min_size: int | None = None
     connectivity: int = 6
     offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+    min_seed_size_nm3: float = MIN_SEED_SIZE_NM3
+    min_size_nm3: float = MIN_SIZE_NM3
+    voxel_size_nm: VoxelSize | None = None
 
     @property
     def n_channels(self) -> int:
@@ -111,10 +163,14 @@ class ACWatershed(_AffinityDecoder):
     seed_threshold: float = 0.85
     contour_threshold: float = 0.6
     mask_threshold: float = 0.5
-    min_seed_size: int = 32
-    min_size: int = 1024
+    min_seed_size: int | None = None
+    min_size: int | None = None
     connectivity: int = 6
     offsets: tuple[Offset, ...] = DEFAULT_OFFSETS
+    min_seed_size_nm3: float = MIN_SEED_SIZE_NM3
+    min_size_nm3: float = MIN_SIZE_NM3
+    voxel_size_nm: VoxelSize | None = None
+    merge_necks: bool = True
 
     @property
     def n_channels(self) -> int:
@@ -135,83 +191,48 @@ class ACWatershed(_AffinityDecoder):
         return _decode(inside, probs[-1], self._settings, edges, regions)
 
 
-def bc_watershed(
-    probs: np.ndarray,
-    seed_threshold: float = 0.85,
-    contour_threshold: float = 0.6,
-    mask_threshold: float = 0.8,
-    min_seed_size: int = 32,
-    min_size: int = 1024,
-    connectivity: int = 26,
-) -> np.ndarray:
+def bc_watershed(probs: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
     """The BC decoder: seeds where foreground F is high and contour C low; flood -F in F > mask.
 
     Args:
         probs: (2, Z, Y, X) uint8 in [0, 255] or float in [0, 1]; channel 0 F, channel 1 C.
-        seed_threshold, contour_threshold, mask_threshold: probabilities in [0, 1].
-        min_seed_size, min_size: smaller seeds / instances (voxels) are dropped.
-        connectivity: 6, 18 or 26, for mask components, seeds and flooding.
+        args, kwargs: the fields of :class:`BCWatershed` (seed_threshold, contour_threshold,
+            mask_threshold: probabilities; min_seed_size, min_size: voxels, or None to take
+            min_seed_size_nm3 / min_size_nm3 with voxel_size_nm; connectivity 6, 18 or 26;
+            merge_necks).
 
     Returns:
         uint32 (Z, Y, X) instance ids 1..N, see ``seeded_watershed``. Peak memory beyond the
         input: about 5 bytes per voxel, plus ~40 per voxel of the largest multi-seed crop.
     """
-    return BCWatershed(
-        seed_threshold, contour_threshold, mask_threshold, min_seed_size, min_size, connectivity
-    )(probs)
+    return BCWatershed(*args, **kwargs)(probs)  # type: ignore[arg-type]
 
 
-def affinity_watershed(
-    affs: np.ndarray,
-    seed_threshold: float = 0.9,
-    mask_threshold: float = 0.5,
-    min_seed_size: int = 32,
-    min_size: int = 1024,
-    connectivity: int = 6,
-    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS,
-) -> np.ndarray:
+def affinity_watershed(affs: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
     """The A decoder: seeds = components of the edges > seed_threshold, flood of
-    ``affinity_inside(affs, offsets)`` within the components of the edges > mask_threshold.
+    ``affinity_inside(affs, offsets)`` within the components of the edges > mask_threshold
+    (a voxel with at least one such edge is foreground).
 
     Args:
         affs: (len(offsets), Z, Y, X) uint8 in [0, 255] or float in [0, 1].
-        Others as ``bc_watershed``; offsets as (dz, dy, dx) tuples or lists.
+        args, kwargs: the fields of :class:`AffinityWatershed`; offsets as (dz, dy, dx).
 
     Returns:
         uint32 (Z, Y, X) instance ids 1..N. Peak memory beyond the input: the inside map (1 byte
         per voxel for uint8, 4 for float), two edge bitfields (2 bytes) plus about 5, plus ~40
-        per voxel of the largest
-        multi-seed crop.
+        per voxel of the largest multi-seed crop.
     """
-    return AffinityWatershed(
-        seed_threshold, mask_threshold, min_seed_size, min_size, connectivity, offsets
-    )(affs)
+    return AffinityWatershed(*args, **kwargs)(affs)  # type: ignore[arg-type]
 
 
-def ac_watershed(
-    probs: np.ndarray,
-    seed_threshold: float = 0.85,
-    contour_threshold: float = 0.6,
-    mask_threshold: float = 0.5,
-    min_seed_size: int = 32,
-    min_size: int = 1024,
-    connectivity: int = 6,
-    offsets: tuple[Offset, ...] = DEFAULT_OFFSETS,
-) -> np.ndarray:
+def ac_watershed(probs: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
     """The AC decoder: as ``affinity_watershed``, and seeds need contour < contour_threshold.
 
     Args:
         probs: (len(offsets) + 1, Z, Y, X) uint8 or float in [0, 1]: affinities, then contour.
+        args, kwargs: the fields of :class:`ACWatershed`.
 
     Returns:
         uint32 (Z, Y, X) instance ids 1..N; memory as ``affinity_watershed``.
     """
-    return ACWatershed(
-        seed_threshold,
-        contour_threshold,
-        mask_threshold,
-        min_seed_size,
-        min_size,
-        connectivity,
-        offsets,
-    )(probs)
+    return ACWatershed(*args, **kwargs)(probs)  # type: ignore[arg-type]

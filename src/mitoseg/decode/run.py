@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mitoseg import io
-from mitoseg.decode.base import Decoder, OutputKind, check_channels, params
+from mitoseg.decode.base import Decoder, OutputKind, check_channels, params, with_voxel_size
 from mitoseg.decode.masks import decode_slabwise
 from mitoseg.evaluate.instance import instance_scores
 from mitoseg.evaluate.semantic import Confusion, evaluate_thresholds, semantic_scores
@@ -151,6 +151,7 @@ def run_decoder(
     """
     volume = io.open_volume(probs)
     check_channels(decoder, volume, str(probs))
+    decoder = with_voxel_size(decoder, volume.attrs.get("voxel_size_nm"), str(probs))
     label_volume = None if labels is None else io.open_volume(labels)
     if label_volume is not None and tuple(label_volume.shape) != tuple(volume.shape[1:]):
         raise io.VolumeError(
@@ -178,7 +179,10 @@ def decode_in_memory(
     slab: int = 32,
 ) -> dict[str, float] | None:
     """Decode array-like ``probs`` (C, Z, Y, X) in this process; write ``output`` (zarr,
-    atomically) if given; return the scores against array-like ``labels`` (Z, Y, X) or None."""
+    atomically) if given; return the scores against array-like ``labels`` (Z, Y, X) or None.
+    The voxel size of a zarr ``probs`` sets the decoder's (its sizes are in nm^3)."""
+    voxel_size = dict(getattr(probs, "attrs", {})).get("voxel_size_nm")
+    decoder = with_voxel_size(decoder, voxel_size, "the probabilities")
     if decoder.kind is OutputKind.MASK:
         confusion = Confusion()
         with _mask_output(output, decoder, probs) as out:
@@ -242,6 +246,9 @@ def sweep(
             f"(it has {sorted(fields)})"
         )
     points = grid_points(grid)
+    decoder = with_voxel_size(
+        decoder, io.open_volume(probs).attrs.get("voxel_size_nm"), str(probs)
+    )
     if blockwise is None:
         volume, truth = io.open_volume(probs), io.open_volume(labels)
         check_channels(decoder, volume, str(probs))

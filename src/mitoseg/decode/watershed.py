@@ -26,9 +26,14 @@ voxels of that height (as skimage does). Thresholds compare exact values.
 
 The affinity decoders (A, AC) differ in two places: seeds are components of the graph of
 nearest-neighbour edges with affinity > seed_threshold (cc3d's voxel-graph labelling), and the
-components decoded one by one are those of the graph of edges > mask_threshold, so two touching
-objects whose shared edges are weak are never flooded into each other. Perfect affinities thus
-decode exactly.
+components decoded one by one are those of the graph of edges > mask_threshold: the mask is every
+voxel with at least one such edge (not a threshold on the mean, which drops an object's corner
+voxels), and two touching objects whose shared edges are weak are never flooded into each other.
+Perfect affinities thus decode exactly, at any mask_threshold below 1.
+
+With ``merge_necks`` (BC, AC), the flooded regions of a multi-seed component that only a neck
+thinner than the contour band separates are joined after the flood (:func:`merge_necks`), before
+the ``min_size`` filter.
 
 Peak memory beyond the input: about 5 bytes per voxel (bool mask + uint32 components), plus for
 A/AC the inside map (1 byte per voxel for uint8, 4 for float) and two edge bitfields (1 byte per
@@ -39,6 +44,7 @@ multi-seed component's bounding box (skimage's copies).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import cc3d
@@ -62,6 +68,8 @@ class _Settings(NamedTuple):
     min_seed_size: int
     min_size: int
     connectivity: int
+    merge_necks: bool = False  # join flooded regions split only by a neck (see merge_necks)
+    in_plane: bool = False  # necks measured per z-slice (anisotropic data, in-plane contour)
 
 
 # --------------------------------------------------------------------------- validation
@@ -227,6 +235,93 @@ def _crop_seeds(
     return seeds, first[kept]
 
 
+def neck_depth(
+    inside: np.ndarray, at_border: Sequence[tuple[bool, bool]], in_plane: bool
+) -> np.ndarray:
+    """Chessboard distance in voxels from each voxel of ``inside`` to the nearest voxel outside.
+
+    Args:
+        inside: bool (Z, Y, X), one mask component on its bounding box.
+        at_border: per axis, whether the box's low / high side is the volume's border, which
+            does not count as outside (a contour target has no band there either).
+        in_plane: measure within each z-slice (targets with an in-plane contour).
+
+    Returns:
+        int32 (Z, Y, X): 0 outside, >= 1 inside.
+    """
+    pad = [(0 if low else 1, 0 if high else 1) for low, high in at_border]
+    padded = np.pad(inside, pad, constant_values=False)
+    if in_plane:
+        metric = np.zeros((3, 3, 3), dtype=bool)
+        metric[1] = True
+    else:
+        metric = np.ones((3, 3, 3), dtype=bool)
+    if padded.all():  # nothing outside: no distance (cdt would give -1)
+        return np.full(inside.shape, np.iinfo(np.int32).max, dtype=np.int32)
+    depth = ndimage.distance_transform_cdt(padded, metric=metric)
+    if in_plane:  # slices without any outside voxel get -1
+        depth[depth < 0] = np.iinfo(np.int32).max
+    core = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, inside.shape, strict=True))
+    return np.ascontiguousarray(depth[core], dtype=np.int32)
+
+
+def merge_necks(flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, n: int) -> np.ndarray:
+    """Which flooded regions of one component form one object split only by a neck.
+
+    A contour band covers every voxel within its width of another label: the whole cross-section
+    of a neck thinner than the band, and a face where two objects touch. The two differ in how
+    far the face between the regions lies from the component's outside: a neck's interface lies
+    entirely within the band, so every voxel of it is less deep than the shallowest voxel of the
+    seeds on either side (the seeds start where the band ends); a face between two objects wider
+    than the band has voxels deeper than that. Adjacent regions a, b merge when
+    ``max(depth on their interface) < min(min depth of seed a, min depth of seed b)``. A contact
+    between two objects narrower than the band merges them (the contour cannot tell them apart).
+
+    Args:
+        flooded: int (Z, Y, X) regions 1..n (0 outside) of one component's crop.
+        seeds: int (Z, Y, X) the seeds 1..n the regions were flooded from.
+        depth: int (Z, Y, X) from :func:`neck_depth`.
+        n: the number of regions.
+
+    Returns:
+        int64 (n + 1,): group[i] is the smallest region id joined with region i (group[0] = 0).
+    """
+    big = np.iinfo(np.int64).max
+    seed_min = np.full(n + 1, big, dtype=np.int64)
+    on_seed = seeds > 0
+    np.minimum.at(seed_min, seeds[on_seed].astype(np.int64), depth[on_seed].astype(np.int64))
+    pairs, deepest = [], []
+    for axis in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a, b = flooded[tuple(lo)], flooded[tuple(hi)]
+        face = (a != b) & (a > 0) & (b > 0)
+        if not face.any():
+            continue
+        d = np.maximum(depth[tuple(lo)][face], depth[tuple(hi)][face]).astype(np.int64)
+        fa, fb = a[face].astype(np.int64), b[face].astype(np.int64)
+        pairs.append(np.stack([np.minimum(fa, fb), np.maximum(fa, fb)], axis=1))
+        deepest.append(d)
+    group = np.arange(n + 1, dtype=np.int64)
+    if not pairs:
+        return group
+    keys, where = np.unique(np.concatenate(pairs), axis=0, return_inverse=True)
+    iface_max = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(iface_max, where.reshape(-1), np.concatenate(deepest))
+    thin = iface_max < np.minimum(seed_min[keys[:, 0]], seed_min[keys[:, 1]])
+    for a, b in keys[thin]:  # union-find, smallest id as root
+        ra, rb = _root(group, int(a)), _root(group, int(b))
+        group[max(ra, rb)] = min(ra, rb)
+    return np.array([_root(group, i) for i in range(n + 1)], dtype=np.int64)
+
+
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = int(parent[i])
+    return i
+
+
 def _to_global(local: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Flat indices in a crop at ``box`` -> flat indices in the volume of ``shape``."""
     crop_shape = tuple(sl.stop - sl.start for sl in box)
@@ -267,6 +362,16 @@ def _split_component(
         return np.full(first.size, comp, dtype=np.int64), first
     height = flood_height(crop_score, seeds)
     flooded = watershed(height, seeds, mask=inside, connectivity=_RANK[s.connectivity])
+    if s.merge_necks:
+        at_border = [(sl.start == 0, sl.stop == n) for sl, n in zip(box, comps.shape, strict=True)]
+        depth = neck_depth(inside, at_border, s.in_plane)
+        group = merge_necks(flooded, seeds, depth, first.size)
+        keep = np.unique(group[1:])  # each group's smallest region: its first seed voxel
+        if keep.size < first.size:
+            renumber = np.zeros(first.size + 1, dtype=np.int64)
+            renumber[keep] = np.arange(1, keep.size + 1)
+            flooded = renumber[group][flooded]
+            first = first[keep - 1]
     values = flooded[inside]
     sizes = np.bincount(values, minlength=first.size + 1)[1:]
     big = np.flatnonzero(sizes >= s.min_size)
@@ -285,12 +390,16 @@ def _decode(
 ) -> np.ndarray:
     """Decode component by component. Components are those of the mask on the grid or, with
     ``region_edges`` (affinity decoders), of the graph of mask voxels joined by those edges."""
-    mask = np.ascontiguousarray(_above(score, s.mask_threshold))
     if region_edges is None:
+        mask = np.ascontiguousarray(_above(score, s.mask_threshold))
         comps, n = cc3d.connected_components(
             mask, connectivity=s.connectivity, return_N=True, out_dtype=np.uint32
         )
     else:
+        # A voxel joined to another by a strong edge is foreground, whatever its other edges:
+        # an object's corner voxel has most of its edges to the background (perfect affinities
+        # give it a mean of 0.5 or less), so a threshold on the mean lost the border.
+        mask = region_edges != 0
         comps, n = _graph_components(mask, region_edges)
     del mask
     if n == 0:

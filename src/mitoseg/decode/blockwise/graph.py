@@ -20,7 +20,6 @@ import numpy as np
 
 from mitoseg import io
 from mitoseg.decode import affinity
-from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
 from mitoseg.decode.blockwise.cluster import RunLog
 from mitoseg.decode.blockwise.faces import GRAPH
@@ -103,12 +102,11 @@ def labels_of_graphs(block: Block, context: Any, graphs: list[np.ndarray]) -> Bl
 def affinity_graph_labels(
     block: Block, grid: BlockGrid, affs: str, threshold: float, offsets: tuple[Offset, ...]
 ) -> BlockLabels:
-    """One kind: the affinity decoders' mask components of the block (edges > threshold among
-    voxels whose mean nearest-neighbour affinity is > threshold)."""
+    """One kind: the affinity decoders' mask components of the block (the graph of edges >
+    threshold; a voxel with such an edge is foreground)."""
     context = grow(block.write_roi, CONTEXT, grid.total_roi)
     data = store.read(affs, context, slice(0, len(offsets)))
-    nodes = ws._above(affinity.affinity_inside(data, offsets), threshold)
-    graph = restrict_edges(affinity.strong_edges(data, threshold, offsets), nodes)
+    graph = affinity.strong_edges(data, threshold, offsets)
     return labels_of_graphs(block, context, [graph])
 
 
@@ -132,7 +130,7 @@ def affinity_components(
 
     Returns:
         The number of components. The labels equal the whole-volume
-        ``mitoseg.decode.watershed._graph_components(affinity_inside(affs) > t,
+        ``mitoseg.decode.watershed._graph_components(strong_edges(affs, t) != 0,
         strong_edges(affs, t))``.
     """
     offsets = normalize_offsets(offsets)

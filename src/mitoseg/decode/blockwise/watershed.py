@@ -79,8 +79,9 @@ def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: An
     data = store.read(probs, context, slice(0, decoder.n_channels))
     ws.check_probs(data, decoder.n_channels, f"({decoder.n_channels}, Z, Y, X)")
     affs, offsets = data[: len(decoder.offsets)], decoder.offsets
-    nodes = ws._above(affinity.affinity_inside(affs, offsets), decoder.mask_threshold)
-    comp_graph = restrict_edges(affinity.strong_edges(affs, decoder.mask_threshold, offsets), nodes)
+    mask_edges = affinity.strong_edges(affs, decoder.mask_threshold, offsets)
+    nodes = mask_edges != 0  # as the whole-volume decoder: a voxel with a strong edge
+    comp_graph = restrict_edges(mask_edges, nodes)
     threshold = decoder.contour_cut
     if threshold is not None:
         nodes &= ws._below(data[-1], threshold)
@@ -116,9 +117,10 @@ def plan_instances(labelling: Labelling, decoder: Any) -> Plan:
     """Step 2 of the module docstring, on the client."""
     comps, seeds = labelling.kinds
     assert seeds.parent is not None
-    kept = seeds.sizes >= decoder.min_seed_size
+    min_seed_size, min_size = decoder.sizes
+    kept = seeds.sizes >= min_seed_size
     per_comp = np.bincount(seeds.parent[kept], minlength=comps.n)
-    big = comps.sizes >= max(decoder.min_size, 1)
+    big = comps.sizes >= max(min_size, 1)
     candidate = kept & big[seeds.parent]
     chosen = np.flatnonzero(candidate)
     chosen = chosen[np.argsort(seeds.first[chosen], kind="stable")]
@@ -205,10 +207,33 @@ def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndar
     return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
 
 
-def _flood(
-    comps: np.ndarray, seeds: np.ndarray, score: np.ndarray, core: Any, rank: int
+def _merge_necks(
+    flooded: np.ndarray, markers: np.ndarray, inside: np.ndarray, at_border: Any, decoder: Any
 ) -> np.ndarray:
-    """Flood each multi-seed component met in ``core`` on its box within the read_roi."""
+    """The whole-volume decoder's neck merge on one flooded crop (ids: the seeds' global ids;
+    a group takes its smallest id, which is its first seed in raster order)."""
+    ids = np.unique(markers[markers > 0])
+    local = np.searchsorted(ids, flooded).astype(np.int64) + 1
+    local[flooded == 0] = 0
+    seeds = np.searchsorted(ids, markers).astype(np.int64) + 1
+    seeds[markers == 0] = 0
+    depth = ws.neck_depth(inside, at_border, decoder._settings.in_plane)
+    group = ws.merge_necks(local, seeds, depth, ids.size)
+    return np.concatenate([[0], ids])[group][local].astype(np.uint32)
+
+
+def _flood(
+    comps: np.ndarray,
+    seeds: np.ndarray,
+    score: np.ndarray,
+    core: Any,
+    rank: int,
+    decoder: Any = None,
+    edges: Any = (),
+) -> np.ndarray:
+    """Flood each multi-seed component met in ``core`` on its box within the read_roi; with a
+    neck-merging ``decoder``, join its necked regions (``edges``: per axis, whether the
+    read_roi's low / high side is the volume's border)."""
     wanted = np.unique(comps[core])
     wanted = wanted[wanted > 0]
     # A lookup table over the global ids (as many as the client's plan holds): one uint32
@@ -222,6 +247,12 @@ def _flood(
         markers = np.where(inside, seeds[box], np.uint32(0))
         height = ws.flood_height(score[box], markers)
         flooded = watershed(height, markers, mask=inside, connectivity=rank)
+        if getattr(decoder, "merge_necks", False):
+            at_border = [
+                (sl.start == 0 and low, sl.stop == n and high)
+                for sl, n, (low, high) in zip(box, comps.shape, edges, strict=True)
+            ]
+            flooded = _merge_necks(flooded, markers, inside, at_border, decoder)
         out[box][inside] = flooded[inside]
     return out[core]
 
@@ -266,7 +297,11 @@ def flood_task(
         seeds = _global(raw[1], region, grid, {b: t[1] for b, t in tables.luts.items()})
         del raw  # the task's peak is in the flood: two uint32 read_rois fewer there
         score = _flood_score(probs, region, grid, decoder)
-        flooded = _flood(comps, seeds, score, core, _RANK[decoder.connectivity])
+        edges = [
+            (sl.start == 0, sl.stop == n)
+            for sl, n in zip(region.slices, grid.total_roi.shape, strict=True)
+        ]
+        flooded = _flood(comps, seeds, score, core, _RANK[decoder.connectivity], decoder, edges)
         _nearest_seed(flooded, comps[core], block.write_roi.offset, tables)
         multi = comps[core] > 0
         out[multi] = flooded[multi]
@@ -319,7 +354,7 @@ def decode_instances(
         np.add.at(sizes, ids, counts)
     flooded = np.zeros(plan.n_ids + 1, bool)
     flooded[plan.seed_ids[plan.seed_ids > 0]] = True
-    keep = ~flooded | (sizes >= decoder.min_size)
+    keep = ~flooded | (sizes >= decoder.sizes[1])
     keep[0] = True
     if keep.all():
         return plan.n_ids
