@@ -135,13 +135,15 @@ def average_precision_bruteforce(
     pred: np.ndarray,
     iou_thresholds: Sequence[float] = (0.5, 0.75),
     scores: Mapping[int, float] | None = None,
+    size_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """MitoEM AP (see ``mitoseg.evaluate.instance.average_precision``) with masks and loops."""
     gt, dt = instances_bruteforce(truth), instances_bruteforce(pred)
     ious = pair_ious_bruteforce(truth, pred)
     score = dict(scores) if scores is not None else dt
     order = sorted(dt, key=lambda i: (-score[i], i))
-    ranges = {"": (0.0, math.inf)} | {f"_{k}": v for k, v in SIZE_RANGES.items()}
+    named = SIZE_RANGES if size_ranges is None else size_ranges
+    ranges = {"": (0.0, math.inf)} | {f"_{k}": v for k, v in named.items()}
     out = {}
     for t in iou_thresholds:
         for suffix, (lo, hi) in ranges.items():

@@ -5,7 +5,8 @@ z-slab by z-slab and keeps only the contingency of label pairs, so memory is bou
 plus the number of distinct pairs. Every metric is then computed from that table alone:
 
 - ``average_precision``: the MitoEM challenge AP (predictions ranked by score, default size;
-  greedy matching by IoU; COCO 101-point interpolation; small / medium / large breakdown).
+  greedy matching by IoU; COCO 101-point interpolation; small / medium / large breakdown);
+  ``mean_average_precision`` its mean over IoU 0.5:0.95 (AP .5:.95).
 - ``matching_accuracy``: one-to-one matching at an IoU threshold, TP / (TP + FP + FN) (the
   current MitoEM leaderboard metric at IoU 0.75), with precision, recall and F1.
 - ``rand_voi``: adapted Rand error and variation of information, over voxels whose ground truth
@@ -26,13 +27,16 @@ import numpy as np
 from mitoseg.evaluate.contingency import LabelVolume, Overlaps, _group_sum, overlaps
 
 __all__ = [  # LabelVolume, Overlaps and overlaps stay importable from here
+    "AP_THRESHOLDS",
     "INSTANCE_SCORE_COLUMNS",
     "SIZE_RANGES",
     "LabelVolume",
     "Overlaps",
     "average_precision",
     "instance_scores",
+    "matched_pairs",
     "matching_accuracy",
+    "mean_average_precision",
     "overlaps",
     "rand_voi",
     "scores_from_overlaps",
@@ -45,6 +49,8 @@ SIZE_RANGES: dict[str, tuple[float, float]] = {
     "medium": (5e3, 1.5e4),
     "large": (1.5e4, math.inf),
 }
+# IoU thresholds of AP .5:.95.
+AP_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 # The reference's recall points (0.01 * arange, not linspace, so that ties match it exactly).
 _RECALL_POINTS = 0.01 * np.arange(101)
 
@@ -96,6 +102,20 @@ def _greedy(g: np.ndarray, p: np.ndarray) -> np.ndarray:
     return chosen
 
 
+def matched_pairs(ov: Overlaps, iou_threshold: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """The one-to-one matching of :func:`matching_accuracy`: index into ``ov.truth_ids`` and
+    into ``ov.pred_ids`` of each matched pair, intp (M,)."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    gi, pi, iou = _iou_pairs(ov)
+    cand = iou >= iou_threshold
+    g, p, v = gi[cand], pi[cand], iou[cand]
+    order = np.lexsort((p, g, -v))
+    g, p = g[order], p[order]
+    chosen = _greedy(g, p)
+    return g[chosen], p[chosen]
+
+
 def matching_accuracy(ov: Overlaps, iou_threshold: float = 0.75) -> dict[str, float]:
     """One-to-one matching of instances with IoU >= ``iou_threshold``.
 
@@ -107,13 +127,7 @@ def matching_accuracy(ov: Overlaps, iou_threshold: float = 0.75) -> dict[str, fl
         tp, fp (unmatched predictions), fn (unmatched truth), accuracy = tp / (tp + fp + fn),
         precision, recall, f1; ratios with an empty denominator are 1.0.
     """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    gi, pi, iou = _iou_pairs(ov)
-    cand = iou >= iou_threshold
-    g, p, v = gi[cand], pi[cand], iou[cand]
-    order = np.lexsort((p, g, -v))
-    tp = int(_greedy(g[order], p[order]).sum())
+    tp = int(matched_pairs(ov, iou_threshold)[0].size)
     fp, fn = ov.n_pred - tp, ov.n_truth - tp
     return {
         "tp": float(tp),
@@ -192,6 +206,7 @@ def average_precision(
     ov: Overlaps,
     iou_thresholds: Sequence[float] = (0.5, 0.75),
     scores: Mapping[int, float] | None = None,
+    size_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """Average precision as the MitoEM challenge evaluation defines it.
 
@@ -213,10 +228,12 @@ def average_precision(
         ov: contingency from ``overlaps``.
         iou_thresholds: IoU thresholds in (0, 1].
         scores: predicted id -> confidence for every predicted id (extra ids are ignored).
+        size_ranges: {name: (lo, hi)} of the breakdown, truth of lo < size <= hi voxels;
+            default :data:`SIZE_RANGES` (MitoEM's).
 
     Returns:
-        ``ap{100 t}`` and ``ap{100 t}_{small,medium,large}`` for each threshold t, e.g. ``ap75``,
-        ``ap75_small``; -1.0 where no truth instance is in the size range.
+        ``ap{100 t}`` and ``ap{100 t}_{name}`` for each threshold t and size range, e.g.
+        ``ap75``, ``ap75_small``; -1.0 where no truth instance is in the size range.
     """
     for t in iou_thresholds:
         if not 0.0 < t <= 1.0:
@@ -228,8 +245,29 @@ def average_precision(
     for t in iou_thresholds:
         name = f"ap{100 * t:g}"
         out[name] = _ap_in_range(ov, rank, pairs, t, (0.0, math.inf))
-        for label, size_range in SIZE_RANGES.items():
+        for label, size_range in (SIZE_RANGES if size_ranges is None else size_ranges).items():
             out[f"{name}_{label}"] = _ap_in_range(ov, rank, pairs, t, size_range)
+    return out
+
+
+def mean_average_precision(
+    ov: Overlaps,
+    scores: Mapping[int, float] | None = None,
+    size_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, float]:
+    """AP .5:.95, the MitoEM (and COCO) summary: the mean of :func:`average_precision` over
+    the IoU thresholds 0.5, 0.55, ..., 0.95 (:data:`AP_THRESHOLDS`).
+
+    Returns:
+        ``ap50_95`` and ``ap50_95_{name}`` for each size range; -1.0 where no truth instance
+        is in the range.
+    """
+    ranges = SIZE_RANGES if size_ranges is None else size_ranges
+    aps = average_precision(ov, AP_THRESHOLDS, scores, ranges)
+    out = {}
+    for suffix in ("", *(f"_{name}" for name in ranges)):
+        values = [aps[f"ap{100 * t:g}{suffix}"] for t in AP_THRESHOLDS]
+        out[f"ap50_95{suffix}"] = -1.0 if values[0] == -1.0 else float(np.mean(values))
     return out
 
 
@@ -276,16 +314,19 @@ def rand_voi(ov: Overlaps) -> dict[str, float]:
 
 
 def scores_from_overlaps(
-    ov: Overlaps, scores: Mapping[int, float] | None = None
+    ov: Overlaps,
+    scores: Mapping[int, float] | None = None,
+    size_ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """AP at IoU 0.5 and 0.75 (with size breakdown), matching at 0.75, Rand and VOI, counts.
 
-    Keys: ``ap50``, ``ap75``, ``ap{50,75}_{small,medium,large}``, ``accuracy75``,
-    ``precision75``, ``recall75``, ``f1_75``, ``tp75``, ``fp75``, ``fn75``, ``are``,
-    ``are_precision``, ``are_recall``, ``voi_split``, ``voi_merge``, ``n_truth``, ``n_pred``.
+    Keys: ``ap50``, ``ap75``, ``ap{50,75}_{small,medium,large}`` (the names of
+    ``size_ranges``, default :data:`SIZE_RANGES`), ``accuracy75``, ``precision75``,
+    ``recall75``, ``f1_75``, ``tp75``, ``fp75``, ``fn75``, ``are``, ``are_precision``,
+    ``are_recall``, ``voi_split``, ``voi_merge``, ``n_truth``, ``n_pred``.
     """
     out = {"n_truth": float(ov.n_truth), "n_pred": float(ov.n_pred)}
-    out.update(average_precision(ov, (0.5, 0.75), scores))
+    out.update(average_precision(ov, (0.5, 0.75), scores, size_ranges))
     for key, value in matching_accuracy(ov, 0.75).items():
         out[f"{key}_75" if key == "f1" else f"{key}75"] = value
     out.update(rand_voi(ov))
