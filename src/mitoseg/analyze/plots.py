@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from mitoseg.decode.base import INSTANCE_COLUMNS, SEMANTIC_COLUMNS
+from mitoseg.evaluate.objects import OUTCOMES, ObjectErrors
 from mitoseg.files import write_atomic
 
 # Panel layout of the overlay, in pixels; dpi 64 makes figure inches exact binary fractions,
@@ -25,6 +26,26 @@ _DPI = 64
 TRUTH_COLOUR = (255, 255, 0)
 TP_COLOUR, FP_COLOUR, FN_COLOUR = (0, 200, 0), (255, 0, 0), (0, 128, 255)
 ALPHA = 0.5
+# The error overlay: ground-truth objects by outcome, unmatched predictions outside them by theirs.
+ERROR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "matched": TP_COLOUR,
+    "split": (255, 140, 0),
+    "fragment": (255, 140, 0),
+    "merged": (220, 0, 220),
+    "partial": (255, 220, 0),
+    "missed": FN_COLOUR,
+    "false_positive": FP_COLOUR,
+}
+ERROR_LEGEND = (
+    ("matched", "matched"),
+    ("split", "split / fragment"),
+    ("merged", "merged"),
+    ("partial", "partial"),
+    ("missed", "missed"),
+    ("false_positive", "false positive"),
+)
+BORDER_COLOUR = (255, 255, 255)  # borders of predicted objects in the error panel
+_LEGEND_ENTRY = 120  # pixels per legend entry
 # Scores in [0, 1] that share one axis in a sweep plot; counts and VOI are left out.
 UNIT_SCORES = (*SEMANTIC_COLUMNS, "ap75", "ap50", "accuracy75", "are")
 _NOT_PARAMETERS = frozenset(
@@ -80,11 +101,33 @@ def _slice(volume: Any, index: int, axis: int) -> np.ndarray:
     return np.asarray(volume[tuple(key)])
 
 
+def error_panel(
+    base: np.ndarray, truth: np.ndarray, instances: np.ndarray, errors: ObjectErrors
+) -> np.ndarray:
+    """uint8 (H, W, 3): each ground-truth object filled with the colour of its outcome
+    (:data:`ERROR_COLOURS`), predicted objects outside the ground truth with theirs (false
+    positives red), borders of predicted objects white (they show where a split cuts).
+
+    Args:
+        base: uint8 (H, W, 3) grey raw slice.
+        truth, instances: (H, W) ground-truth and predicted ids of the slice.
+        errors: :func:`mitoseg.evaluate.objects.classify_objects` of the whole volumes.
+    """
+    rgb = base.copy()
+    truth_codes = errors.truth.codes_of(truth)
+    codes = np.where(truth != 0, truth_codes, errors.pred.codes_of(instances))
+    for code, name in enumerate(OUTCOMES):
+        _blend(rgb, codes == code, ERROR_COLOURS[name])
+    rgb[outline(instances)] = BORDER_COLOUR
+    return rgb
+
+
 def overlay_panels(
     raw: np.ndarray,
     truth: np.ndarray | None = None,
     prediction: np.ndarray | None = None,
     instances: np.ndarray | None = None,
+    errors: ObjectErrors | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     """The panels of one slice: (title, uint8 (H, W, 3)).
 
@@ -94,6 +137,8 @@ def overlay_panels(
         prediction: (H, W) predicted mask (non-zero is foreground): TP / FP / FN in colour
             when ``truth`` is given, else filled.
         instances: (H, W) instance ids: a colour per id.
+        errors: the outcome of every object of ``truth`` and ``instances`` (both needed): one
+            more panel, :func:`error_panel`.
 
     Returns:
         raw, then raw + each given overlay, in the order of the arguments.
@@ -119,7 +164,27 @@ def overlay_panels(
         rgb, fg = base.copy(), instances != 0
         rgb[fg] = np.rint((1 - ALPHA) * rgb[fg] + ALPHA * instance_colours(instances[fg]))
         panels.append(("instances", rgb))
+    if errors is not None and truth is not None and instances is not None:
+        title = f"errors at IoU {errors.iou_threshold:g}"
+        panels.append((title, error_panel(base, truth, instances, errors)))
     return panels
+
+
+def _legend(fig: Figure, total_w: int, total_h: int, top: int) -> None:
+    """The colours of the error panel, from ``top`` pixels down, wrapped to the width."""
+    per_line = max(1, (total_w - GAP) // _LEGEND_ENTRY)
+    for k, (outcome, label) in enumerate(ERROR_LEGEND):
+        left = GAP + (k % per_line) * _LEGEND_ENTRY
+        y = 1 - (top + (k // per_line) * HEADER + HEADER / 2) / total_h
+        colour = tuple(c / 255 for c in ERROR_COLOURS[outcome])
+        fig.text(left / total_w, y, "\u25a0", color=colour, fontsize=14, va="center")
+        fig.text((left + 16) / total_w, y, label, fontsize=11, va="center", ha="left")
+
+
+def legend_height(width: int) -> int:
+    """Pixels of the error legend below panels ``width`` pixels wide in all."""
+    per_line = max(1, (width - GAP) // _LEGEND_ENTRY)
+    return -(-len(ERROR_LEGEND) // per_line) * HEADER + GAP
 
 
 def overlay_png(
@@ -130,12 +195,14 @@ def overlay_png(
     prediction: Any | None = None,
     instances: Any | None = None,
     axis: int = 0,
+    errors: ObjectErrors | None = None,
 ) -> Path:
     """Write a PNG with one row of panels per chosen slice (see :func:`overlay_panels`).
 
     Only the chosen slices are read. Panels are at full resolution: the PNG is
     ``n * W + (n + 1) * GAP`` pixels wide and ``rows * (HEADER + H + GAP) + GAP`` high, for
-    ``n`` panels of ``H x W`` (the slice's shape).
+    ``n`` panels of ``H x W`` (the slice's shape), plus the legend of the error panel
+    (:func:`legend_height`) when there is one.
 
     Args:
         path: the PNG to write (atomically).
@@ -143,6 +210,7 @@ def overlay_png(
         slices: indices along ``axis``.
         truth, prediction, instances: (Z, Y, X) array-likes shaped like ``raw``, or None.
         axis: 0 (z: y-x slices), 1 (y) or 2 (x).
+        errors: the classification of ``truth`` and ``instances``: adds the error panel.
 
     Raises:
         ValueError: no slice, a slice out of range, a bad axis or a shape mismatch.
@@ -159,10 +227,12 @@ def overlay_png(
     rows = []
     for index in slices:
         parts = {k: None if v is None else _slice(v, index, axis) for k, v in others.items()}
-        rows.append(overlay_panels(_slice(raw, index, axis), **parts))
+        rows.append(overlay_panels(_slice(raw, index, axis), **parts, errors=errors))
     height, width = rows[0][0][1].shape[:2]
     n = len(rows[0])
-    total_w, total_h = n * width + (n + 1) * GAP, len(rows) * (HEADER + height + GAP) + GAP
+    total_w, panels_h = n * width + (n + 1) * GAP, len(rows) * (HEADER + height + GAP) + GAP
+    legend = errors is not None and truth is not None and instances is not None
+    total_h = panels_h + (legend_height(total_w) if legend else 0)
     fig = Figure(figsize=(total_w / _DPI, total_h / _DPI), dpi=_DPI, facecolor="white")
     name = "zyx"[axis]
     for r, (index, panels) in enumerate(zip(slices, rows, strict=True)):
@@ -177,6 +247,8 @@ def overlay_png(
             text = fig.text(left / total_w, y, label, fontsize=11, va="center", ha="left")
             text.set_clip_box(box)
             text.set_clip_on(True)
+    if legend:
+        _legend(fig, total_w, total_h, panels_h)
     return _save(fig, path, dpi=_DPI)
 
 

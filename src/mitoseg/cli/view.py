@@ -10,6 +10,10 @@ zarr folders and a neuroglancer link to them is printed; the server runs until C
 
     mitoseg-view raw.zarr --labels labels.zarr --mask test_mask.zarr --png overlay.png \\
         --slices 10 40 80
+
+With ``--labels`` (instance ids) and ``--instances`` the PNG has an error panel: ground-truth
+objects coloured by what happened to them (matched, split, merged, partial, missed; the rules
+of ``mitoseg-evaluate``'s ``objects.csv``), false positives red, and a legend.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import numpy as np
 
 from mitoseg import io
 from mitoseg.analyze import plots
+from mitoseg.evaluate.contingency import overlaps
+from mitoseg.evaluate.objects import ObjectErrors, classify_objects
 from mitoseg.files import check_output_apart
 
 log = logging.getLogger(__name__)
@@ -206,8 +212,21 @@ class _Thresholded:
         return np.asarray(self.probs[(0, *key)]) >= self.cut
 
 
+def object_errors(labels: Any, instances: Any, iou_threshold: float) -> ObjectErrors | None:
+    """What happened to each object (:func:`mitoseg.evaluate.objects.classify_objects`, as in
+    ``objects.csv`` of ``mitoseg-evaluate``), from one streamed pass over both volumes; None
+    when the ground truth is a mask (at most one id): it has no objects to split or merge."""
+    ov = overlaps(labels, instances)
+    if ov.n_truth <= 1:
+        log.warning("the ground truth holds at most one id (a mask?): no error panel")
+        return None
+    return classify_objects(ov, iou_threshold)
+
+
 def write_overlay(args: argparse.Namespace) -> Path:
-    """The ``--png`` overlay of raw, ground truth, prediction (mask, else thresholded probs)."""
+    """The ``--png`` overlay of raw, ground truth, prediction (mask, else thresholded probs),
+    instances and, with both ground truth and instances, where objects are split, merged,
+    missed or false."""
     raw = io.open_volume(args.raw)
     axis = "zyx".index(args.axis)
     if args.mask is not None:
@@ -218,15 +237,20 @@ def write_overlay(args: argparse.Namespace) -> Path:
         prediction = None
     depth = raw.shape[axis]
     slices = args.slices or sorted({depth // 4, depth // 2, (3 * depth) // 4})
+    truth = None if args.labels is None else io.open_volume(args.labels)
+    instances = None if args.instances is None else io.open_volume(args.instances)
+    errors = None
+    if truth is not None and instances is not None:
+        if tuple(truth.shape) != tuple(instances.shape):
+            raise ValueError(
+                f"--labels {args.labels} {tuple(truth.shape)} and --instances "
+                f"{args.instances} {tuple(instances.shape)} differ in shape"
+            )
+        errors = object_errors(truth, instances, args.match_iou)
     return plots.overlay_png(
-        args.png,
-        raw,
-        slices,
-        truth=None if args.labels is None else io.open_volume(args.labels),
-        prediction=prediction,
-        instances=None if args.instances is None else io.open_volume(args.instances),
-        axis=axis,
-    )
+        args.png, raw, slices, truth=truth, prediction=prediction, instances=instances,
+        axis=axis, errors=errors,
+    )  # fmt: skip
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -256,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", choices=("z", "y", "x"), default="z", help="slicing axis")
     p.add_argument(
         "--threshold", type=float, default=0.5, help="probability threshold (--png without --mask)"
+    )
+    p.add_argument(
+        "--match-iou",
+        type=float,
+        default=0.75,
+        help="--png with --labels and --instances: IoU of a match in the error panel (as "
+        "mitoseg-evaluate's objects.csv)",
     )
     return p
 
