@@ -29,6 +29,7 @@ NUMPY_ONLY = (
     "train.targets",
     "predict.blend",
     "files",
+    "signals",
     "decode.base",
     "decode.masks",
     "decode.watershed",

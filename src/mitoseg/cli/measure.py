@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from mitoseg import signals
 from mitoseg.analyze import measure
+from mitoseg.cli.entry import command, exit_interrupted
 from mitoseg.decode.blockwise import connected_components, dask_client
 from mitoseg.files import (
     UnsafeOutputError,
@@ -298,27 +300,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """After a signal: the command to run again (with ``--overwrite`` once outputs exist)."""
+    again = [*argv]
+    if any((args.out / name).exists() for name in OUTPUTS) and "--overwrite" not in argv:
+        again.append("--overwrite")  # the outputs written before the signal are in the way
+    rerun = command("mitoseg-measure", again)
+    return f"outputs are renamed into place only when whole; rerun: {rerun}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mitoseg-measure``; returns 0 on success, 2 on bad input."""
+    """Entry point of ``mitoseg-measure``; returns 0 on success, 2 on bad input; after SIGTERM /
+    SIGINT it says how to rerun and exits 143 / 130."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        summary = run(
-            args.labels,
-            args.out,
-            voxel_size_nm=args.voxel_size_nm,
-            slab=args.slab,
-            min_voxels=args.min_voxels,
-            overwrite=args.overwrite,
-            components=args.components,
-            dask_workers=args.dask_workers,
-            dask_address=args.dask_address,
-            label_values=args.label_values,
-            label_threshold=args.label_threshold,
-        )
+        with signals.handled():
+            summary = run(
+                args.labels,
+                args.out,
+                voxel_size_nm=args.voxel_size_nm,
+                slab=args.slab,
+                min_voxels=args.min_voxels,
+                overwrite=args.overwrite,
+                components=args.components,
+                dask_workers=args.dask_workers,
+                dask_address=args.dask_address,
+                label_values=args.label_values,
+                label_threshold=args.label_threshold,
+            )
+    except signals.Interrupted as stop:
+        stop.hint = resume_hint(args, sys.argv[1:] if argv is None else argv)
+        exit_interrupted("mitoseg-measure", stop)
     except (VolumeError, measure.MeasureError, UnsafeOutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ see :mod:`mitoseg.predict.blocks`.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint, trained_intensity
+from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.cli.predict_grid import predict_grid, work_output
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.files import check_output_apart, check_replaceable
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
-from mitoseg.predict.blocks import BlockPlan
+from mitoseg.predict.blocks import BlockJournal, BlockPlan, journal_path
 from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
 from mitoseg.train.module import SegmentationModule
 
@@ -154,10 +156,25 @@ def predict(cfg: DictConfig) -> Path:
     return output
 
 
+def resume_hint(cfg: DictConfig) -> str:
+    """After a signal: the blocks kept and the command that resumes them."""
+    output = Path(cfg.output).expanduser()
+    if output.exists():  # an earlier output that overwrite=true was replacing: start again
+        return f"{output} is unchanged; rerun the same command: {command('mitoseg-predict')}"
+    journal = BlockJournal(journal_path(output))
+    kept = f"{len(journal.done())} finished blocks are kept; " if journal.path.exists() else ""
+    # overwrite=true would discard the finished blocks
+    args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith("overwrite=")]
+    return f"{kept}to resume, rerun: {command('mitoseg-predict', args)}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def _main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with hydra_task(lambda: resume_hint(cfg)):
+        predict(cfg)
 
 
 def main() -> None:
-    _main()
+    """``mitoseg-predict``: errors in one line (exit 2); SIGTERM / SIGINT stop within seconds
+    with the blocks written so far kept, and exit 143 / 130 (:mod:`mitoseg.cli.entry`)."""
+    run_hydra("mitoseg-predict", _main)

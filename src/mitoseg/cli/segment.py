@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mitoseg import io
 from mitoseg.analyze.report import columns_of
 from mitoseg.cli.common import CONFIG_PATH, write_sweep_summary
+from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.decode.base import check_channels, params
 from mitoseg.decode.run import BlockwiseOptions, output_name, run_decoder
@@ -105,7 +106,10 @@ class SweepSummary(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="segment")
 def _main(cfg: DictConfig) -> float | None:
-    result = segment(cfg)
+    # outputs appear whole or not at all: after a signal there is nothing to resume from
+    rerun = f"outputs are renamed into place only when whole; rerun: {command('mitoseg-segment')}"
+    with hydra_task(lambda: rerun):
+        result = segment(cfg)
     if "blockwise" in result:
         print(blockwise_line(result["blockwise"]))
     scores = result.get("scores")
@@ -119,4 +123,6 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _main()
+    """``mitoseg-segment``: errors in one line (exit 2); SIGTERM / SIGINT stop within seconds
+    and exit 143 / 130 (:mod:`mitoseg.cli.entry`)."""
+    run_hydra("mitoseg-segment", _main)

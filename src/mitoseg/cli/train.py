@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from mitoseg import io
+from mitoseg import io, signals
 from mitoseg.analyze.report import columns_of, results_table
 from mitoseg.cli.common import (
     CONFIG_PATH,
@@ -28,14 +31,21 @@ from mitoseg.cli.common import (
     resolved,
     write_sweep_summary,
 )
+from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.evaluate.testtime import TestEvaluation
 from mitoseg.files import check_output_apart
 from mitoseg.train.callbacks import ConfigInCheckpoint
 from mitoseg.train.checkpoints import RngStateInCheckpoint
+from mitoseg.train.interrupt import StopOnSignal
 
 log = logging.getLogger(__name__)
 
 STORED_KEYS = ("model", "target", "postprocess", "predict", "evaluate", "seed")
+
+
+def last_checkpoint(cfg: DictConfig) -> Path:
+    """``${output_dir}/checkpoints/last.ckpt``: the latest state, what ``ckpt=last`` resumes."""
+    return Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -47,7 +57,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if cfg.ckpt is None:
         return None
     if str(cfg.ckpt) == "last":
-        path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(cfg)
         if not path.is_file():
             raise CheckpointError(
                 f"ckpt=last: there is no {path} to resume from; pass the interrupted run's "
@@ -154,8 +164,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     }
     callbacks += [ConfigInCheckpoint(stored, run=run), RngStateInCheckpoint()]
+    callbacks += [StopOnSignal(last_checkpoint(cfg))]  # after the callbacks that fill checkpoints
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    # A signal stops fitting after the current batch (a whole optimiser step), saving last.ckpt.
+    with signals.deferred():
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except SIGTERMException as stop:  # Lightning's own stop on SIGTERM
+            raise signals.Interrupted(signal.SIGTERM) from stop
+    signals.check()  # a signal during the last batch
     if not cfg.test:
         return {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -210,9 +227,21 @@ class SweepSummary(Callback):
         write_sweep_summary(sweep_dir, summary_rows(sweep_dir), metric, plot=False)
 
 
+def resume_hint(cfg: DictConfig) -> str:
+    """After a signal: the command that resumes from ``last.ckpt`` in this run's folder."""
+    last = last_checkpoint(cfg)
+    if not last.is_file():
+        return f"no checkpoint was saved yet; rerun: {command('mitoseg-train')}"
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("ckpt=", "overwrite="))]
+    args = [*keep, f"hydra.run.dir={Path(cfg.output_dir).resolve()}", "ckpt=last"]
+    return f"{last} holds the latest state; to resume: {command('mitoseg-train', args)}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with hydra_task(lambda: resume_hint(cfg)):
+        metrics = train(cfg)
     if not metrics:
         return None
     print(results_table(metrics))
@@ -230,4 +259,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _main()
+    """``mitoseg-train``: errors in one line (exit 2); SIGTERM / SIGINT stop within seconds in
+    every phase, fitting saves last.ckpt, and the exit status is 143 / 130
+    (:mod:`mitoseg.cli.entry`)."""
+    run_hydra("mitoseg-train", _main)

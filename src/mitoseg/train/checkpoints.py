@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,10 +92,29 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu") -> dict[str, 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - every failure means "not loadable as plain data"
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise UnsafeCheckpointError(
+                f"{path} is not a mitoseg / PyTorch checkpoint (not the zip archive that "
+                "torch.save writes: another kind of file, or a truncated copy)"
+            ) from error
         raise UnsafeCheckpointError(
             f"checkpoint {path} cannot be loaded safely (weights only) and is refused; nothing "
-            f"in it was run. Only checkpoints written by mitoseg-train load: {error}"
+            f"in it was run. Only checkpoints written by mitoseg-train load: {_reason(error)}"
         ) from error
+
+
+def _reason(error: Exception) -> str:
+    """What torch.load(weights_only=True) refused, without its advice to load unsafely."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # the function or class it would call
+    if found:
+        return f"it would run {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return found.group(1).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and "Weights only" not in line]
+    return lines[0] if lines else type(error).__name__
 
 
 def save_atomic(checkpoint: dict[str, Any], path: str | Path) -> None:

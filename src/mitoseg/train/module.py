@@ -30,6 +30,10 @@ class TTA(str, Enum):
     FLIP = "flip"  # 8 variants
     FLIP_TRANSPOSE = "flip_transpose"  # 16 variants: 8 flips times the y-x transpose
 
+    @classmethod
+    def _missing_(cls, value: object) -> TTA:
+        raise ValueError(f"tta={value!r} is not one of {', '.join(m.value for m in cls)}")
+
 
 def tta_variants(mode: TTA | str) -> list[tuple[Flips, bool]]:
     """(flipped dims of an (N, C, Z, Y, X) tensor, transpose y-x) for every variant."""
