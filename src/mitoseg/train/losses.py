@@ -128,3 +128,66 @@ class ChannelGroupLoss(nn.Module):
             )
         parts = zip(logits.split(self.sizes, 1), target.split(self.sizes, 1), strict=True)
         return sum(loss(lg, tg) for loss, (lg, tg) in zip(self.losses, parts, strict=True))
+
+
+class DistanceLoss(nn.Module):
+    """BCE-with-logits against a target in [0, 1] that need not be binary (BCD's normalised
+    distance): lowest where sigmoid(logits) equals the target.
+
+    Args:
+        class_balance: weight voxels with :func:`class_balanced_weight` of the object voxels
+            (target > 0) against the background, so that thin or few objects still count.
+    """
+
+    def __init__(self, class_balance: bool = True) -> None:
+        super().__init__()
+        self.class_balance = class_balance
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """logits, target: float (N, C, Z, Y, X); target in [0, 1] or NaN (ignored).
+
+        Returns a scalar.
+        """
+        if logits.shape != target.shape:
+            shapes = f"logits {tuple(logits.shape)} and target {tuple(target.shape)}"
+            raise ValueError(f"{shapes} differ")
+        logits = logits.float()
+        target, valid = split_undefined(target.float())
+        if self.class_balance:
+            weight = class_balanced_weight((target > 0).float(), valid)
+        else:
+            weight = None if valid is None else valid.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+        return bce / max(1, target.numel() if valid is None else int(valid.sum()))
+
+
+class BCDLoss(nn.Module):
+    """The BCD target's loss: :class:`BCEDiceLoss` on channels 0-1 (foreground, contour) plus
+    ``distance_weight`` x :class:`DistanceLoss` on channel 2 (distance).
+
+    Args:
+        bce_weight, dice_weight: of the foreground and contour loss.
+        class_balance: class-balanced weights in both parts.
+        distance_weight: factor of the distance term.
+    """
+
+    def __init__(
+        self,
+        bce_weight: float = 1.0,
+        dice_weight: float = 0.5,
+        class_balance: bool = True,
+        distance_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.masks = BCEDiceLoss(bce_weight, dice_weight, class_balance)
+        self.distance = DistanceLoss(class_balance)
+        self.distance_weight = distance_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape or logits.shape[1] != 3:
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must both have 3 "
+                "channels (foreground, contour, distance): model.out_channels must be 3"
+            )
+        loss = self.masks(logits[:, :2], target[:, :2])
+        return loss + self.distance_weight * self.distance(logits[:, 2:], target[:, 2:])

@@ -12,13 +12,18 @@ Targets here:
     ``Affinity``       one affinity channel per offset
     ``BinaryContour``  ("foreground", "contour")
     ``AffinityContour`` the affinity channels, then "contour"
+    ``BinaryContourDistance`` ("foreground", "contour", "distance"), the BCD target
+
+Values are 0 or 1 but for BCD's distance, which lies in [0, 1] (see ``boundary_distance``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import fastremap
 import numpy as np
 from scipy import ndimage
 
@@ -267,4 +272,131 @@ class AffinityContour:
         out = np.empty((len(self.offsets) + 1, *labels.shape), dtype=np.float32)
         out[:-1] = affinities(labels, self.offsets)
         out[-1] = instance_contour(labels, self.width, self.in_plane)
+        return out
+
+
+def _check_voxel_size(voxel_size_nm: object) -> tuple[float, float, float]:
+    values = tuple(voxel_size_nm) if isinstance(voxel_size_nm, Sequence) else ()
+    if len(values) != 3 or not all(
+        isinstance(v, (int, float, np.number))
+        and not isinstance(v, (bool, np.bool_))
+        and math.isfinite(v)
+        and v > 0
+        for v in values
+    ):
+        raise ValueError(
+            f"voxel_size_nm must be 3 positive sizes (z, y, x) in nm, got {voxel_size_nm!r}"
+        )
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def touching_others(labels: np.ndarray) -> np.ndarray:
+    """Object voxels with a 26-neighbour (Chebyshev distance 1) of another object.
+
+    Args:
+        labels: integer (Z, Y, X) instance ids, 0 = background.
+
+    Returns:
+        bool (Z, Y, X), True on object voxels that touch a different non-zero id; background
+        neighbours do not count, nor do voxels beyond the array border.
+    """
+    labels = _validate_labels(labels)
+    if labels.dtype == np.bool_:
+        labels = labels.view(np.uint8)
+    high = ndimage.maximum_filter(labels, size=3, mode="nearest")
+    top = np.iinfo(labels.dtype).max
+    low = ndimage.minimum_filter(np.where(labels == 0, top, labels), size=3, mode="nearest")
+    return (labels != 0) & ((high != labels) | (low != labels))
+
+
+def boundary_distance(
+    labels: np.ndarray, voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
+    """Distance of each object voxel to its instance's boundary, normalised per instance.
+
+    For a voxel p of instance i: the Euclidean distance, in physical units (``voxel_size_nm``),
+    from p to the nearest voxel that is not of instance i or that touches another object
+    (``touching_others``), divided by the largest such distance in instance i. So the value is 0
+    on background and on voxels next to another object, in (0, 1] elsewhere in objects, and 1 at
+    each instance's innermost voxels, whatever its size. Touching objects get a layer of zeros on
+    each side of their shared face, so seeds "distance > t" (t >= 0) never join across it, even
+    where anisotropic voxels put the next section 30 nm away while the in-plane boundary voxels
+    are 8 nm from the background.
+
+    The array border is no boundary (an object may go on beyond it): only voxels inside the array
+    count, and an instance with none of them in reach is 1 everywhere. On a training patch the
+    normalising maximum is that of the instance's part inside the patch.
+
+    Args:
+        labels: integer (Z, Y, X) instance ids, 0 = background.
+        voxel_size_nm: (z, y, x) voxel size; only its ratios matter.
+
+    Returns:
+        float32 (Z, Y, X) in [0, 1].
+
+    Raises:
+        ValueError: for labels that are not integer (Z, Y, X) or a bad voxel size.
+    """
+    labels = _validate_labels(labels)
+    sampling = _check_voxel_size(voxel_size_nm)
+    out = np.zeros(labels.shape, dtype=np.float32)
+    if not labels.any():
+        return out
+    compact, _ = fastremap.renumber(labels.view(np.uint8) if labels.dtype == np.bool_ else labels)
+    touching = touching_others(compact)
+    for i, box in enumerate(ndimage.find_objects(compact), start=1):
+        if box is None:
+            continue
+        # Grown by one voxel, the crop's outer layer is outside the instance, so the nearest
+        # boundary voxel of every voxel of it lies in the crop (or beyond the array).
+        grown = tuple(
+            slice(max(s.start - 1, 0), min(s.stop + 1, n))
+            for s, n in zip(box, labels.shape, strict=True)
+        )
+        inside = (compact[grown] == i) & ~touching[grown]
+        if not inside.any():
+            continue
+        if inside.all():
+            distance = np.ones(inside.shape)
+        else:
+            distance = ndimage.distance_transform_edt(inside, sampling=sampling)
+        values = distance[inside]
+        out[grown][inside] = values / values.max()
+    return out
+
+
+@dataclass(frozen=True)
+class BinaryContourDistance:
+    """Foreground, instance contour and normalised boundary distance (the BCD target).
+
+    Call with labels: integer (Z, Y, X), 0 = background. Returns float32 (3, Z, Y, X): channel 0
+    foreground (labels > 0) in {0, 1}, channel 1 contour (``instance_contour``) in {0, 1},
+    channel 2 distance (``boundary_distance``) in [0, 1].
+
+    Attributes:
+        width: contour band width in voxels, even >= 2.
+        in_plane: contour per z-slice (anisotropic data) instead of in 3D.
+        voxel_size_nm: (z, y, x) voxel size of the labels, so that the distance is physical on
+            anisotropic voxels; lists (e.g. from YAML) are accepted.
+    """
+
+    width: int = 4
+    in_plane: bool = False
+    voxel_size_nm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", _validate_width(self.width))
+        object.__setattr__(self, "voxel_size_nm", _check_voxel_size(self.voxel_size_nm))
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """("foreground", "contour", "distance")."""
+        return ("foreground", "contour", "distance")
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        labels = _validate_labels(labels)
+        out = np.empty((3, *labels.shape), dtype=np.float32)
+        out[0] = labels > 0
+        out[1] = instance_contour(labels, self.width, self.in_plane)
+        out[2] = boundary_distance(labels, self.voxel_size_nm)
         return out
