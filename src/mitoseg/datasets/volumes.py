@@ -38,7 +38,9 @@ class FileVolumes:
     (values above it are foreground): the labels are then that mask (see
     :func:`mitoseg.io.convert`); without them such labels are refused. ``voxel_size_nm`` (z, y, x)
     overrides the voxel size the raw file states; None keeps the file's (see
-    :func:`mitoseg.io.convert`), which may be none.
+    :func:`mitoseg.io.convert`), which may be none. ``label_components``: the labels are a mask
+    (e.g. Lucchi++) whose 3D connected components (26-connected) are the instances, numbered
+    once into ``cache_dir``; instance targets and instance scores need ids, not one mask value.
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class FileVolumes:
         labels_z_range: Sequence[int] | None = None,
         label_values: int | str | Sequence[int | str] | None = None,
         label_threshold: float | None = None,
+        label_components: bool = False,
     ) -> None:
         self.raw, self.labels = raw, labels
+        self.label_components = bool(label_components)
         self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
         self.voxel_size_nm = _voxel_size(voxel_size_nm)
         self.raw_z_range = _z_range(raw_z_range, "raw_z_range")
@@ -91,7 +95,7 @@ class FileVolumes:
             z_range=self.labels_z_range,
         )
         self._check(labels, check_labels)
-        return labels
+        return _components(labels, cache_dir) if self.label_components else labels
 
     def raw_path(self, root: Path | None = None) -> Path:
         """The raw source, resolved against ``root``."""
@@ -155,6 +159,20 @@ class FileVolumes:
                 **selection,
             )
         return dst
+
+
+def _components(labels: Path, cache_dir: Path) -> Path:
+    """The 26-connected components of the mask ``labels`` as uint32 instance ids (1..N in raster
+    order), computed block by block once into ``cache_dir``."""
+    key = f"{labels.resolve()}|{labels.stat().st_mtime_ns}|components26"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    dst = Path(cache_dir) / f"{labels.stem}-components-{digest}.zarr"
+    if not is_zarr(dst):
+        from mitoseg.decode.blockwise.labels import connected_components
+
+        n = connected_components(labels, dst, connectivity=26, progress=False)
+        log.info("%s: %d connected components (26-connected) as instances -> %s", labels, n, dst)
+    return dst
 
 
 def _voxel_size(value: Sequence[float] | None) -> tuple[float, ...] | None:
