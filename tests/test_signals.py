@@ -234,3 +234,31 @@ def test_a_deferred_signal_waits_for_the_next_check_and_a_second_one_does_not(
                 time.sleep(1)  # the handler raises at once
             assert not stop.value.clean
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_signal_while_the_output_is_created_leaves_it_resumable(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The partial output and its journal are made as one step: a partial output without a
+    journal would refuse the rerun that the hint proposes."""
+    from mitoseg.predict.blocks import BlockJournal, BlockPlan
+    from mitoseg.predict.writer import PredictJob, prepare_output
+
+    plan = BlockPlan(
+        raw=str(tmp_path / "raw.zarr"), shape=(8, 16, 16), channels=("foreground",),
+        dtype="uint8", block_shape=(8, 16, 16), tile_shape=(8, 16, 16), overlap=0.5,
+        blend="gaussian", tta="none", checkpoint="x.ckpt", chunk_shape=(8, 16, 16),
+    )  # fmt: skip
+    job = PredictJob(plan, tmp_path / "probs.zarr")
+    create = BlockJournal.create
+
+    def signalled(journal: BlockJournal, plan: BlockPlan) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # between the partial output and its journal
+        create(journal, plan)
+
+    monkeypatch.setattr(BlockJournal, "create", signalled)
+    with signals.handled(), pytest.raises(signals.Interrupted):
+        prepare_output(job, overwrite=False)
+    monkeypatch.setattr(BlockJournal, "create", create)
+    prepare_output(job, overwrite=False)  # resumes (refused if the journal were missing)
+    assert job.journal.done() == set()

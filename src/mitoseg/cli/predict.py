@@ -159,9 +159,11 @@ def predict(cfg: DictConfig) -> Path:
 def resume_hint(cfg: DictConfig) -> str:
     """After a signal: the blocks kept and the command that resumes them."""
     output = Path(cfg.output).expanduser()
+    journal = BlockJournal(journal_path(output))
+    if output.exists() and not journal.path.exists():  # the signal came as it finished
+        return f"{output} was written whole: nothing to resume"
     if output.exists():  # an earlier output that overwrite=true was replacing: start again
         return f"{output} is unchanged; rerun the same command: {command('mitoseg-predict')}"
-    journal = BlockJournal(journal_path(output))
     kept = f"{len(journal.done())} finished blocks are kept; " if journal.path.exists() else ""
     # overwrite=true would discard the finished blocks
     args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith("overwrite=")]

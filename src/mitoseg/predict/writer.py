@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mitoseg import io
+from mitoseg import io, signals
 from mitoseg.files import check_replaceable, partial_path, publish
 from mitoseg.io.intensity import RawIntensity
 from mitoseg.predict.blocks import (
@@ -140,10 +140,12 @@ def prepare_output(job: PredictJob, overwrite: bool) -> None:
         return
     if journal.path.exists():
         shutil.rmtree(journal.path)  # a journal without its output records nothing
-    create_probs(partial, plan.channels, plan.shape, plan.dtype, job.voxel_size_nm, plan.chunks)
-    if job.raw_intensity is not None:  # how the input's values were read, beside the result
-        io.open_volume_writable(partial).attrs["raw_intensity"] = job.raw_intensity.to_dict()
-    journal.create(plan)
+    with signals.deferred():  # a partial output without its journal could not be resumed
+        create_probs(partial, plan.channels, plan.shape, plan.dtype, job.voxel_size_nm, plan.chunks)
+        if job.raw_intensity is not None:  # how the input's values were read, beside the result
+            io.open_volume_writable(partial).attrs["raw_intensity"] = job.raw_intensity.to_dict()
+        journal.create(plan)
+    signals.check()
 
 
 def finish_output(job: PredictJob) -> None:
@@ -156,8 +158,10 @@ def finish_output(job: PredictJob) -> None:
         )
     partial = partial_path(job.output)
     io.finalize_volume(partial)
-    publish(partial, job.output)
-    shutil.rmtree(job.journal.path)
+    with signals.deferred():  # the output in place and its journal gone: one step
+        publish(partial, job.output)
+        shutil.rmtree(job.journal.path)
+    signals.check()
 
 
 class BlockWriter(pl.Callback):
