@@ -339,3 +339,41 @@ def test_empty_volumes() -> None:
     assert both["ap50"] == both["ap75"] == -1.0
     assert both["accuracy75"] == 1.0 and both["n_truth"] == both["n_pred"] == 0.0
     assert both["are"] == 0.0 and both["voi_split"] == both["voi_merge"] == 0.0
+
+
+# --------------------------------------------------------------------------- mitoseg-evaluate
+
+
+@pytest.mark.usefixtures("tiny_ranges")
+def test_mitoseg_evaluate_equals_the_oracles(pair, tmp_path: Path, monkeypatch) -> None:
+    """The command on files: AP (and AP .5:.95) with the size breakdown as the brute-force
+    MitoEM rules, matching as the brute-force loop, Rand / VOI as skimage, voxel scores."""
+    import json
+
+    import tifffile
+
+    from mitoseg.cli import evaluate
+    from mitoseg.evaluate.instance import AP_THRESHOLDS
+    from mitoseg.evaluate.semantic import Confusion, semantic_scores
+
+    truth, pred = pair
+    monkeypatch.setenv("MITOSEG_CACHE", str(tmp_path / "cache"))
+    tifffile.imwrite(tmp_path / "pred.tif", pred.astype(np.uint32))
+    z = zarr.create_array(tmp_path / "truth.zarr", shape=truth.shape, dtype=truth.dtype)
+    z[...] = truth
+    args = [str(tmp_path / "pred.tif"), str(tmp_path / "truth.zarr"), "--out", str(tmp_path / "e")]
+    assert evaluate.main([*args, "--size-ranges", "12", "40", "--slab", "3"]) == 0
+    ours = json.loads((tmp_path / "e" / "scores.json").read_text())["scores"]
+
+    aps = average_precision_bruteforce(truth, pred, AP_THRESHOLDS)
+    for suffix in ("", *(f"_{k}" for k in SIZE_RANGES)):
+        assert ours[f"ap50{suffix}"] == pytest.approx(aps[f"ap50{suffix}"], abs=1e-12)
+        assert ours[f"ap75{suffix}"] == pytest.approx(aps[f"ap75{suffix}"], abs=1e-12)
+        mean = np.mean([aps[f"ap{100 * t:g}{suffix}"] for t in AP_THRESHOLDS])
+        assert ours[f"ap50_95{suffix}"] == pytest.approx(mean, abs=1e-12)
+    assert (ours["tp75"], ours["fp75"], ours["fn75"]) == matching_bruteforce(truth, pred, 0.75)
+    for key, value in rand_voi_skimage(truth, pred).items():
+        assert ours[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+    voxels = semantic_scores(Confusion.from_masks(pred > 0, truth > 0))
+    assert {k: ours[k] for k in voxels} == voxels
+    assert ours["n_truth"] == len(instances_bruteforce(truth))

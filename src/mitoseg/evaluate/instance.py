@@ -305,8 +305,9 @@ def rand_voi(ov: Overlaps) -> dict[str, float]:
         a_of = a[np.searchsorted(ov.truth_ids, ov.pair_truth[inside])]
         b_of = b[np.searchsorted(pred_ids, ov.pair_pred[inside])]
         p = c / n
-        out["voi_split"] = float(-(p * np.log2(c / a_of)).sum())
-        out["voi_merge"] = float(-(p * np.log2(c / b_of)).sum())
+        # 0.0 + : a perfect split / merge is 0.0, not the -0.0 of negating a zero sum
+        out["voi_split"] = 0.0 + float(-(p * np.log2(c / a_of)).sum())
+        out["voi_merge"] = 0.0 + float(-(p * np.log2(c / b_of)).sum())
     return out
 
 
