@@ -87,7 +87,7 @@ def _merge_necks(
     instances: np.ndarray, seeds: np.ndarray, regions: np.ndarray, in_plane: bool
 ) -> np.ndarray:
     """mitoseg.decode.watershed.merge_necks by loops: in each mask region, instances whose
-    shared faces are all shallower than both seeds' shallowest voxel become the smallest id."""
+    shared faces are no deeper than both seeds' shallowest voxel become the smallest id."""
     out = instances.copy()
     for region in range(1, int(regions.max()) + 1):
         where = regions == region
@@ -109,7 +109,7 @@ def _merge_necks(
                     iface[key] = max(iface.get(key, 0), int(dp), int(dq))
         root = {i: i for i in ids}
         for (p, q), deepest in sorted(iface.items()):
-            if deepest < min(seed_min[p], seed_min[q]):
+            if deepest <= min(seed_min[p], seed_min[q]):
                 rp, rq = p, q
                 while root[rp] != rp:
                     rp = root[rp]

@@ -271,11 +271,12 @@ def merge_necks(flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, n: in
     A contour band covers every voxel within its width of another label: the whole cross-section
     of a neck thinner than the band, and a face where two objects touch. The two differ in how
     far the face between the regions lies from the component's outside: a neck's interface lies
-    entirely within the band, so every voxel of it is less deep than the shallowest voxel of the
-    seeds on either side (the seeds start where the band ends); a face between two objects wider
-    than the band has voxels deeper than that. Adjacent regions a, b merge when
-    ``max(depth on their interface) < min(min depth of seed a, min depth of seed b)``. A contact
-    between two objects narrower than the band merges them (the contour cannot tell them apart).
+    within the band, or in a core too small to seed, so no voxel of it is deeper than the
+    shallowest voxel of the seeds on either side (the seeds start where the band ends); a face
+    between two objects wider than the band has voxels deeper than that. Adjacent regions a, b
+    merge when ``max(depth on their interface) <= min(min depth of seed a, of seed b)``. A
+    contact between two objects hardly wider than the band merges them (the contour cannot tell
+    them apart).
 
     Args:
         flooded: int (Z, Y, X) regions 1..n (0 outside) of one component's crop.
@@ -308,7 +309,7 @@ def merge_necks(flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, n: in
     keys, where = np.unique(np.concatenate(pairs), axis=0, return_inverse=True)
     iface_max = np.zeros(len(keys), dtype=np.int64)
     np.maximum.at(iface_max, where.reshape(-1), np.concatenate(deepest))
-    thin = iface_max < np.minimum(seed_min[keys[:, 0]], seed_min[keys[:, 1]])
+    thin = iface_max <= np.minimum(seed_min[keys[:, 0]], seed_min[keys[:, 1]])
     for a, b in keys[thin]:  # union-find, smallest id as root
         ra, rb = _root(group, int(a)), _root(group, int(b))
         group[max(ra, rb)] = min(ra, rb)

@@ -207,19 +207,57 @@ def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndar
     return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
 
 
-def _merge_necks(
-    flooded: np.ndarray, markers: np.ndarray, inside: np.ndarray, at_border: Any, decoder: Any
-) -> np.ndarray:
-    """The whole-volume decoder's neck merge on one flooded crop (ids: the seeds' global ids;
-    a group takes its smallest id, which is its first seed in raster order)."""
-    ids = np.unique(markers[markers > 0])
-    local = np.searchsorted(ids, flooded).astype(np.int64) + 1
-    local[flooded == 0] = 0
-    seeds = np.searchsorted(ids, markers).astype(np.int64) + 1
-    seeds[markers == 0] = 0
-    depth = ws.neck_depth(inside, at_border, decoder._settings.in_plane)
-    group = ws.merge_necks(local, seeds, depth, ids.size)
-    return np.concatenate([[0], ids])[group][local].astype(np.uint32)
+def _neck_stats(
+    flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, core: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the client's neck merge needs from one block, over its write_roi ``core``: the
+    deepest voxel of each interface between two flooded ids (faces whose lower voxel lies in
+    the core) and the shallowest voxel of each seed in the core.
+
+    Returns:
+        int64 pairs (k, 2) (smaller id first), int64 (k,) depths, int64 seed ids (m,), (m,).
+    """
+    inner = np.zeros(flooded.shape, dtype=bool)
+    inner[core] = True
+    keys, deepest = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)]
+    for axis in range(3):
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a, b = flooded[tuple(lo)], flooded[tuple(hi)]
+        face = (a != b) & (a > 0) & (b > 0) & inner[tuple(lo)]
+        fa, fb = a[face].astype(np.int64), b[face].astype(np.int64)
+        keys.append(np.stack([np.minimum(fa, fb), np.maximum(fa, fb)], axis=1))
+        deepest.append(np.maximum(depth[tuple(lo)][face], depth[tuple(hi)][face]).astype(np.int64))
+    on_seed = (seeds > 0) & inner
+    return (
+        np.concatenate(keys),
+        np.concatenate(deepest),
+        seeds[on_seed].astype(np.int64),
+        depth[on_seed].astype(np.int64),
+    )
+
+
+def merge_groups(found: list[Any], n_ids: int) -> np.ndarray:
+    """The client's neck merge (:func:`mitoseg.decode.watershed.merge_necks`) from every
+    block's :func:`_neck_stats`: int64 (n_ids + 1,) the smallest id joined with each id."""
+    seed_min = np.full(n_ids + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    pairs, depths = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)]
+    for *_, keys, deepest, seed_ids, seed_depth in found:
+        np.minimum.at(seed_min, seed_ids, seed_depth)
+        pairs.append(keys)
+        depths.append(deepest)
+    group = np.arange(n_ids + 1, dtype=np.int64)
+    all_pairs = np.concatenate(pairs)
+    if not all_pairs.size:
+        return group
+    keys, where = np.unique(all_pairs, axis=0, return_inverse=True)
+    iface_max = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(iface_max, where.reshape(-1), np.concatenate(depths))
+    thin = iface_max <= np.minimum(seed_min[keys[:, 0]], seed_min[keys[:, 1]])
+    for a, b in keys[thin]:
+        ra, rb = ws._root(group, int(a)), ws._root(group, int(b))
+        group[max(ra, rb)] = min(ra, rb)
+    return np.array([ws._root(group, i) for i in range(n_ids + 1)], dtype=np.int64)
 
 
 def _flood(
@@ -228,12 +266,12 @@ def _flood(
     score: np.ndarray,
     core: Any,
     rank: int,
-    decoder: Any = None,
-    edges: Any = (),
-) -> np.ndarray:
-    """Flood each multi-seed component met in ``core`` on its box within the read_roi; with a
-    neck-merging ``decoder``, join its necked regions (``edges``: per axis, whether the
-    read_roi's low / high side is the volume's border)."""
+    in_plane: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flood each multi-seed component met in ``core`` on its box within the read_roi; with
+    ``in_plane`` not None also the components' depth (:func:`mitoseg.decode.watershed.neck_depth`,
+    a side on the read_roi's edge counting as the volume's border: a cut through a component
+    is not its outside)."""
     wanted = np.unique(comps[core])
     wanted = wanted[wanted > 0]
     # A lookup table over the global ids (as many as the client's plan holds): one uint32
@@ -242,19 +280,17 @@ def _flood(
     lut[wanted] = np.arange(1, wanted.size + 1, dtype=np.uint32)
     compact = lut[comps]
     out = np.zeros(comps.shape, np.uint32)
+    depth = None if in_plane is None else np.zeros(comps.shape, np.int32)
     for j, box in enumerate(ndimage.find_objects(compact), start=1):
         inside = compact[box] == j
         markers = np.where(inside, seeds[box], np.uint32(0))
         height = ws.flood_height(score[box], markers)
         flooded = watershed(height, markers, mask=inside, connectivity=rank)
-        if getattr(decoder, "merge_necks", False):
-            at_border = [
-                (sl.start == 0 and low, sl.stop == n and high)
-                for sl, n, (low, high) in zip(box, comps.shape, edges, strict=True)
-            ]
-            flooded = _merge_necks(flooded, markers, inside, at_border, decoder)
         out[box][inside] = flooded[inside]
-    return out[core]
+        if depth is not None:
+            edge = [(sl.start == 0, sl.stop == n) for sl, n in zip(box, comps.shape, strict=True)]
+            depth[box][inside] = ws.neck_depth(inside, edge, bool(in_plane))[inside]
+    return out, depth
 
 
 def _nearest_seed(
@@ -283,10 +319,12 @@ def flood_task(
     output: str,
     decoder: Any,
     tables: BlockTables,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
     """Pass 3: write the block's instance ids; return the ids of flooded instances in the block
-    and their voxel counts (int64)."""
+    and their voxel counts (int64), then for a neck-merging decoder :func:`_neck_stats`."""
     ids, counts = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+    empty = (np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    stats: tuple[np.ndarray, ...] = (*empty, np.zeros(0, np.int64))
     if not tables.luts:  # no multi-seed component: a lookup
         out = tables.single[store.read(labels, block.write_roi, slice(0, 1))[0]]
     else:
@@ -297,17 +335,18 @@ def flood_task(
         seeds = _global(raw[1], region, grid, {b: t[1] for b, t in tables.luts.items()})
         del raw  # the task's peak is in the flood: two uint32 read_rois fewer there
         score = _flood_score(probs, region, grid, decoder)
-        edges = [
-            (sl.start == 0, sl.stop == n)
-            for sl, n in zip(region.slices, grid.total_roi.shape, strict=True)
-        ]
-        flooded = _flood(comps, seeds, score, core, _RANK[decoder.connectivity], decoder, edges)
+        in_plane = decoder._settings.in_plane if getattr(decoder, "merge_necks", False) else None
+        whole, depth = _flood(comps, seeds, score, core, _RANK[decoder.connectivity], in_plane)
+        flooded = whole[core]
         _nearest_seed(flooded, comps[core], block.write_roi.offset, tables)
         multi = comps[core] > 0
         out[multi] = flooded[multi]
         ids, counts = np.unique(flooded[multi], return_counts=True)
+        if depth is not None:
+            whole[core] = np.where(multi, flooded, whole[core])
+            stats = _neck_stats(whole, seeds, depth, core)
     store.write(output, block.write_roi, out)
-    return ids.astype(np.int64), counts.astype(np.int64)
+    return (ids.astype(np.int64), counts.astype(np.int64), *stats)
 
 
 # --------------------------------------------------------------------------- driver
@@ -349,16 +388,20 @@ def decode_instances(
         str(output), decoder, per_block=lambda b: (block_tables(labelling, plan, grid, b),),
         run_log=run_log, progress=progress,
     )  # fmt: skip
+    group = np.arange(plan.n_ids + 1, dtype=np.int64)
+    if getattr(decoder, "merge_necks", False):
+        group = merge_groups(found, plan.n_ids)  # regions split by a neck: one instance
     sizes = np.zeros(plan.n_ids + 1, np.int64)
-    for ids, counts in found:
-        np.add.at(sizes, ids, counts)
+    for ids, counts, *_ in found:
+        np.add.at(sizes, group[ids], counts)
     flooded = np.zeros(plan.n_ids + 1, bool)
     flooded[plan.seed_ids[plan.seed_ids > 0]] = True
-    keep = ~flooded | (sizes >= decoder.sizes[1])
+    keep = (~flooded | (sizes >= decoder.sizes[1])) & (group == np.arange(plan.n_ids + 1))
     keep[0] = True
     if keep.all():
         return plan.n_ids
-    lut = np.where(keep, np.cumsum(keep) - 1, 0).astype(np.uint32)
+    # merged ids take their group's new id (ids keep raster order: a group's is its smallest)
+    lut = np.where(keep, np.cumsum(keep) - 1, 0).astype(np.uint32)[group]
     run_blocks(
         client, "drop small", remap_task, list(grid), str(output), None, str(output), lut,
         run_log=run_log, progress=progress,
