@@ -135,19 +135,33 @@ def command(prog: str, args: list[str] | None = None) -> str:
 @contextmanager
 def hydra_task(resume: Callable[[], str]) -> Iterator[None]:
     """Around a Hydra task's body: a signal gets the hint ``resume()`` (called then); a refusal
-    removes the run folder when Hydra created it for this run and it holds only Hydra's files."""
-    created = _fresh_run_dir()
+    removes the run folder when Hydra created it for this run and it holds only Hydra's files.
+
+    In a multirun a refusal stays an ``Exception``: Hydra runs the other jobs, then names the
+    failed job's overrides and re-raises it to :func:`run_hydra`."""
+    single, created = _single_run(), _fresh_run_dir()
     try:
         yield
     except signals.Interrupted as stop:
-        stop.hint = resume()
+        try:
+            stop.hint = resume()
+        except Exception:  # noqa: BLE001 - a hint that cannot be made must not hide the stop
+            stop.hint = "rerun the same command"
         raise
     except refusals() as error:
         if created is not None:
             _remove_run_dir(*created)
-        if debugging():
+        if debugging() or not single:
             raise
         raise Refused(error) from error
+
+
+def _single_run() -> bool:
+    """Whether this task is a single run (not one job of ``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.RUN
 
 
 def _hydra_files(run_dir: Path, subdir: str | None, log_name: str) -> list[Path] | None:
@@ -167,16 +181,13 @@ def _hydra_files(run_dir: Path, subdir: str | None, log_name: str) -> list[Path]
 
 
 def _fresh_run_dir() -> tuple[Path, str | None, str] | None:
-    """(run folder, Hydra's subfolder, log name) when Hydra made the folder for this single run:
-    only its files there, and an empty log (a folder of an earlier run has that run's log)."""
+    """(run folder, Hydra's subfolder, log name) when Hydra made the folder for this run: only
+    its files there, and an empty log (a folder of an earlier run has that run's log)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if hydra.mode != RunMode.RUN:
-        return None
     run_dir = Path(hydra.runtime.output_dir)
     subdir, log_name = hydra.output_subdir, f"{hydra.job.name}.log"
     files = _hydra_files(run_dir, subdir, log_name) if run_dir.is_dir() else None
