@@ -340,8 +340,10 @@ def _split_component(
     s: _Settings,
     next_id: int,
     edges: np.ndarray | None = None,
+    distance: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one mask component in place in ``comps``.
+    """Decode one mask component in place in ``comps``; seeds and flood from ``distance`` if
+    given (BCD), else from ``score``.
 
     A single-seed component keeps its id ``comp``; a multi-seed one has its voxels rewritten to
     temporary ids ``next_id, next_id + 1, ...`` (above every component id), 0 for small instances.
@@ -354,7 +356,7 @@ def _split_component(
     inside = region == comp
     if np.count_nonzero(inside) < max(s.min_size, 1):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    crop_score = score[box]
+    crop_score = score[box] if distance is None else distance[box]
     crop_contour = None if contour is None else contour[box]
     crop_edges = None if edges is None else edges[box]
     seeds, first = _crop_seeds(inside, crop_score, crop_contour, s, crop_edges)
@@ -388,9 +390,12 @@ def _decode(
     s: _Settings,
     edges: np.ndarray | None = None,
     region_edges: np.ndarray | None = None,
+    distance: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode component by component. Components are those of the mask on the grid or, with
-    ``region_edges`` (affinity decoders), of the graph of mask voxels joined by those edges."""
+    ``region_edges`` (affinity decoders), of the graph of mask voxels joined by those edges.
+    With ``distance`` (BCD) the seeds (distance > seed_threshold) and the flood (of -distance)
+    come from it; the mask still comes from ``score``."""
     if region_edges is None:
         mask = np.ascontiguousarray(_above(score, s.mask_threshold))
         comps, n = cc3d.connected_components(
@@ -410,7 +415,9 @@ def _decode(
     for comp, box in enumerate(ndimage.find_objects(comps), start=1):
         if box is None or math.prod(sl.stop - sl.start for sl in box) < s.min_size:
             continue  # an instance never outgrows its component, nor the component its box
-        comp_ids, first = _split_component(comps, comp, box, score, contour, s, next_id, edges)
+        comp_ids, first = _split_component(
+            comps, comp, box, score, contour, s, next_id, edges, distance
+        )
         next_id += int(np.count_nonzero(comp_ids > n))
         ids.append(comp_ids)
         firsts.append(first)

@@ -1,4 +1,4 @@
-"""The seeded watershed decoders (BC, A, AC) block by block (numpy, cc3d, skimage, zarr).
+"""The seeded watershed decoders (BC, BCD, A, AC) block by block (numpy, cc3d, skimage, zarr).
 
 Everything but the flood is exact, by the blockwise labelling of :mod:`.labels` / :mod:`.graph`:
 
@@ -63,11 +63,13 @@ def check_decoder(decoder: Any) -> None:
 
 
 def bc_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> BlockLabels:
-    """Kinds 0, 1: mask components and seeds of the BC decoder within the block."""
-    data = ws.check_probs(store.read(probs, block.write_roi, slice(0, 2)), 2, "(2, Z, Y, X)")
+    """Kinds 0, 1: mask components and seeds of the BC or BCD decoder within the block."""
+    n = decoder.n_channels
+    data = ws.check_probs(store.read(probs, block.write_roi, slice(0, n)), n, f"({n}, Z, Y, X)")
     mask = ws._above(data[0], decoder.mask_threshold)
-    seed_map = mask & ws._above(data[0], decoder.seed_threshold)
-    seed_map &= ws._below(data[1], decoder.contour_threshold)
+    seed_map = mask & ws._above(data[decoder.seed_channel], decoder.seed_threshold)
+    if decoder.contour_cut is not None:
+        seed_map &= ws._below(data[1], decoder.contour_cut)
     comps, n_comps = label_grid(mask, decoder.connectivity)
     seeds, n_seeds = label_grid(seed_map, decoder.connectivity)
     return BlockLabels(np.stack([comps, seeds]), (n_comps, n_seeds))
@@ -199,9 +201,11 @@ def _global(
 
 
 def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndarray:
-    """The height's score over ``box``: foreground (BC) or the mean affinity (A, AC)."""
+    """The height's score over ``box``: foreground (BC), distance (BCD) or the mean affinity
+    (A, AC)."""
     if not decoder.uses_affinities:
-        return store.read(probs, box, slice(0, 1))[0]
+        channel = decoder.seed_channel
+        return store.read(probs, box, slice(channel, channel + 1))[0]
     context = grow(box, (1, 1, 1), grid.total_roi)
     affs = store.read(probs, context, slice(0, len(decoder.offsets)))
     return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
@@ -366,7 +370,7 @@ def decode_instances(
     """Decode ``probs`` block by block into the existing uint32 volume ``output``.
 
     Args:
-        decoder: a BCWatershed, AffinityWatershed or ACWatershed.
+        decoder: a BCWatershed, BCDWatershed, AffinityWatershed or ACWatershed.
         probs: path of the (C, Z, Y, X) probabilities.
         grid: blocks over (Z, Y, X), with the flood's halo.
         scratch: an empty directory for intermediate arrays.
