@@ -1,0 +1,117 @@
+"""Instance tables: one training per target, same budget, same machine, one after the other.
+
+- ``synthetic``: ``experiment=synthetic_instance target=bc / ac / bcd`` (``--minutes`` each, 20 in
+  BENCHMARKS.md); each run chooses its decoder on the validation volume and scores the held-out
+  test volume once (its ``metrics.json``).
+- ``lucchipp``: ``experiment=lucchipp_bc / lucchipp_bcd / lucchipp_a`` on ``lucchipp_cpu``'s
+  60-minute budget, and the baseline ``lucchipp_cpu`` (semantic) whose test mask is scored as its
+  3D connected components. Every row is scored by ``mitoseg-evaluate RUN/test_*.zarr
+  ROOT/test_label.tif --components`` against the 32 components of the test labels (AP .5:.95,
+  AP-50, AP-75, accuracy at IoU 0.75, ARE, VOI).
+
+Runs land in OUT/<name>/; the table is printed and saved as OUT/summary.json and OUT/summary.md.
+``--reuse`` collects finished runs instead of training again; ``--names`` picks rows.
+
+    python benchmarks/instance_tables.py synthetic --minutes 20 --out .bench/synthetic_instances
+    python benchmarks/instance_tables.py lucchipp --root ../shared/data/lucchi_pp --minutes 60 \\
+        --out .bench/lucchipp_instances
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from results import record
+
+BIN = Path(sys.executable).parent
+RUNS = {
+    "synthetic": {
+        "bc": ["experiment=synthetic_instance", "target=bc"],
+        "ac": ["experiment=synthetic_instance", "target=ac"],
+        "bcd": ["experiment=synthetic_instance", "target=bcd"],
+    },
+    "lucchipp": {
+        "bc": ["experiment=lucchipp_bc"],
+        "bcd": ["experiment=lucchipp_bcd"],
+        "a": ["experiment=lucchipp_a"],
+        "semantic + components": ["experiment=lucchipp_cpu"],
+    },
+}
+KEYS = ("ap50_95", "ap75", "ap50", "accuracy75", "are", "voi_split", "voi_merge", "n_pred")
+
+
+def hms(minutes: float) -> str:
+    total = int(round(minutes * 60))
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def train(name: str, overrides: list[str], out: Path, args: argparse.Namespace) -> Path:
+    """Run mitoseg-train for one row (unless reused); its run folder."""
+    run = out / name.replace(" + ", "_").replace(" ", "_")
+    if args.reuse and (run / "metrics.json").is_file():
+        return run
+    cmd = [str(BIN / "mitoseg-train"), *overrides, f"trainer.max_time={hms(args.minutes)}"]
+    if args.suite == "synthetic":
+        cmd.append("trainer.max_steps=100000")  # the time budget ends training
+    else:
+        cmd.append(f"data.root={Path(args.root).resolve()}")
+    cmd += [f"hydra.run.dir={run}", "overwrite=true"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return run
+
+
+def scores(run: Path, args: argparse.Namespace) -> dict:
+    """The row's test scores and the decoder settings chosen on validation."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    chosen = metrics.get("selected", {})
+    row = {"selected": {k: chosen[k] for k in metrics.get("swept", []) if k in chosen}}
+    row.update(metrics["final"])
+    if args.suite == "lucchipp":
+        pred = next(p for p in (run / "test_instances.zarr", run / "test_mask.zarr") if p.exists())
+        truth = Path(args.root).resolve() / "test_label.tif"
+        cmd = [str(BIN / "mitoseg-evaluate"), str(pred), str(truth), "--components"]
+        cmd += ["--out", str(run / "evaluate"), "--overwrite"]
+        subprocess.run(cmd, check=True)
+        row.update(json.loads((run / "evaluate" / "scores.json").read_text()))
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=sorted(RUNS))
+    p.add_argument("--minutes", type=float, default=20.0, help="training budget per row")
+    p.add_argument("--root", help="Lucchi++ folder (train_im.tif ...), for the lucchipp suite")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--names", nargs="*", help="rows to run (default all)")
+    p.add_argument("--reuse", action="store_true", help="collect finished runs")
+    args = p.parse_args()
+    if args.suite == "lucchipp" and not args.root:
+        p.error("the lucchipp suite needs --root")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, overrides in RUNS[args.suite].items():
+        if args.names and name not in args.names:
+            continue
+        rows[name] = scores(train(name, overrides, args.out, args), args)
+    lines = ["| target | " + " | ".join(KEYS) + " | chosen on validation |"]
+    lines.append("|" + "---|" * (len(KEYS) + 2))
+    for name, row in rows.items():
+        cells = [f"{row[k]:.4f}" if isinstance(row.get(k), float) else str(row.get(k, "-"))
+                 for k in KEYS]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['selected']} |")
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "summary.md").write_text(table + "\n")
+    (args.out / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+    for name, row in rows.items():
+        key = name.replace(" + ", "_").replace(" ", "_")
+        record(f"{args.suite}_{key}_test_ap75", row["ap75"], "AP-75", notes=f"{args.minutes} min")
+
+
+if __name__ == "__main__":
+    main()
