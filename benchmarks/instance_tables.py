@@ -77,7 +77,7 @@ def scores(run: Path, args: argparse.Namespace) -> dict:
         cmd = [str(BIN / "mitoseg-evaluate"), str(pred), str(truth), "--components"]
         cmd += ["--out", str(run / "evaluate"), "--overwrite"]
         subprocess.run(cmd, check=True)
-        row.update(json.loads((run / "evaluate" / "scores.json").read_text()))
+        row.update(json.loads((run / "evaluate" / "scores.json").read_text())["scores"])
     return row
 
 
