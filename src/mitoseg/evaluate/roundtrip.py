@@ -65,6 +65,7 @@ def round_trip(
     decoder: Any,
     voxel_size_nm: Sequence[float],
     dtype: str = "uint8",
+    floor: int | None = None,
 ) -> dict[str, Any]:
     """Decode the perfect ``target`` of ``labels`` with ``decoder`` and compare.
 
@@ -74,6 +75,8 @@ def round_trip(
         decoder: an instance decoder; its voxel size is set to ``voxel_size_nm``.
         voxel_size_nm: (z, y, x) nm of ``labels``.
         dtype: "uint8" (as predictions are stored) or "float32".
+        floor: ground-truth objects under this many voxels are left out; None: the decoder's
+            ``min_size`` (e.g. to score another decoder setting against the same objects).
 
     Returns:
         {"ap75", "ap50", "n_truth", "n_pred", "lost", "split", "exact"}: AP against the objects
@@ -81,7 +84,8 @@ def round_trip(
     """
     decoder = with_voxel_size(decoder, tuple(voxel_size_nm), "round trip")
     instances = decoder(perfect_probs(target, labels, dtype))
-    floor = size_voxels(decoder)[1] if dataclasses.is_dataclass(decoder) else 0
+    if floor is None:
+        floor = size_voxels(decoder)[1] if dataclasses.is_dataclass(decoder) else 0
     result = compare(labels, instances, floor)
     ids, sizes = np.unique(labels[labels > 0], return_counts=True)
     truth = np.where(np.isin(labels, ids[sizes >= floor]), labels, 0)

@@ -1,0 +1,130 @@
+"""Round-trip table (issue 19.3): perfect targets of every hard shape family, stored as uint8
+probabilities, decoded at each decoder's default settings; AP-75 and the ground-truth objects
+above the size floor that were lost or split. Optionally the same on the real Lucchi++ labels
+(5 nm; instances = 3D connected components of the masks, train and test).
+
+The baseline in the same run is the published PyTorch Connectomics / MitoEM setting: sizes in
+voxels (min_size 1024, min_seed_size 32) and no neck merge.
+
+    python benchmarks/roundtrip.py [--lucchi ../shared/data/lucchi_pp] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import cc3d
+import numpy as np
+from results import record
+
+from mitoseg.datasets.shape_families import SHAPE_FAMILIES, shape_family
+from mitoseg.decode.base import size_voxels, with_voxel_size
+from mitoseg.decode.instances import ACWatershed, AffinityWatershed, BCWatershed
+from mitoseg.evaluate.roundtrip import round_trip
+from mitoseg.io.voxels import is_isotropic
+from mitoseg.train.targets import Affinity, AffinityContour, BinaryContour
+
+VOXEL_SIZES = {"5 nm": (5.0, 5.0, 5.0), "30x8x8 nm": (30.0, 8.0, 8.0)}
+PUBLISHED = {"min_size": 1024, "min_seed_size": 32}
+
+
+def targets(voxel_size_nm: tuple[float, float, float]) -> dict[str, tuple]:
+    in_plane = not is_isotropic(voxel_size_nm)
+    return {
+        "A": (Affinity(), AffinityWatershed()),
+        "BC": (BinaryContour(in_plane=in_plane), BCWatershed()),
+        "AC": (AffinityContour(in_plane=in_plane), ACWatershed()),
+    }
+
+
+def published(decoder: object) -> object:
+    fields = {f.name for f in dataclasses.fields(decoder)}  # type: ignore[arg-type]
+    extra = {"merge_necks": False} if "merge_necks" in fields else {}
+    return dataclasses.replace(decoder, **PUBLISHED, **extra)  # type: ignore[type-var]
+
+
+def floor(decoder: object, voxel_size_nm: tuple[float, float, float]) -> int:
+    """The default decoder's size floor in voxels: both settings are scored on these objects."""
+    return size_voxels(with_voxel_size(decoder, voxel_size_nm, "round trip"))[1]  # type: ignore[arg-type]
+
+
+def row(name: str, family: str, voxel: str, new: dict, old: dict, seconds: float) -> dict:
+    line = (
+        f"| {name} | {family} | {voxel} | {new['n_truth']} | {new['ap75']:.3f} | {new['lost']} "
+        f"| {new['split']} | {old['ap75']:.3f} | {old['lost']} | {old['split']} | {seconds:.1f} |"
+    )
+    print(line, flush=True)
+    return {"target": name, "family": family, "voxel": voxel, "new": new, "old": old}
+
+
+def lucchi_labels(root: Path) -> dict[str, np.ndarray]:
+    import tifffile
+
+    return {
+        part: cc3d.connected_components(
+            tifffile.imread(root / f"{part}_label.tif") > 0, connectivity=26, out_dtype=np.uint32
+        )
+        for part in ("train", "test")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lucchi", type=Path, default=None, help="folder of the Lucchi++ TIFFs")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    print("| target | shapes | voxels | objects | AP-75 | lost | split ", end="")
+    print("| published AP-75 | lost | split | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for voxel, vs in VOXEL_SIZES.items():
+        for family in SHAPE_FAMILIES:
+            labels = shape_family(family, vs)
+            for name, (target, decoder) in targets(vs).items():
+                start = time.perf_counter()
+                new = round_trip(labels, target, decoder, vs)
+                seconds = time.perf_counter() - start
+                old = round_trip(labels, target, published(decoder), vs, floor=floor(decoder, vs))
+                rows.append(row(name, family, voxel, new, old, seconds))
+    synthetic = rows[:]
+    if args.lucchi is not None:
+        vs = (5.0, 5.0, 5.0)
+        for part, labels in lucchi_labels(args.lucchi).items():
+            for name, (target, decoder) in targets(vs).items():
+                start = time.perf_counter()
+                new = round_trip(labels, target, decoder, vs)
+                seconds = time.perf_counter() - start
+                old = round_trip(labels, target, published(decoder), vs, floor=floor(decoder, vs))
+                rows.append(row(name, f"Lucchi++ {part}", "5 nm", new, old, seconds))
+    if args.no_record:
+        return
+    worst = min(synthetic, key=lambda r: r["new"]["ap75"])
+    bad = sum(r["new"]["lost"] + r["new"]["split"] for r in synthetic)
+    old_bad = sum(r["old"]["lost"] + r["old"]["split"] for r in synthetic)
+    record(
+        "roundtrip_synthetic_min_ap75",
+        worst["new"]["ap75"],
+        "AP-75",
+        baseline=min(r["old"]["ap75"] for r in synthetic),
+        baseline_name="published voxel sizes (1024 / 32), no neck merge",
+        notes=f"A, BC, AC x 5 shape families x 5 nm and 30x8x8 nm, uint8; objects lost or split: "
+        f"{bad} (published setting: {old_bad})",
+    )
+    real = rows[len(synthetic) :]
+    if real:
+        record(
+            "roundtrip_lucchipp_min_ap75",
+            min(r["new"]["ap75"] for r in real),
+            "AP-75",
+            baseline=min(r["old"]["ap75"] for r in real),
+            baseline_name="published voxel sizes (1024 / 32), no neck merge",
+            notes="A, BC, AC on the 3D components of the Lucchi++ train and test labels (5 nm); "
+            f"lost or split: {sum(r['new']['lost'] + r['new']['split'] for r in real)}",
+        )
+
+
+if __name__ == "__main__":
+    main()
