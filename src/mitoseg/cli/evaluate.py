@@ -400,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("mitoseg.io.conversion").addFilter(_NoVoxelSizeNote())
+    # for this command only: a caller's later conversions (in the same process) still warn
+    conversion_log, note = logging.getLogger("mitoseg.io.conversion"), _NoVoxelSizeNote()
+    conversion_log.addFilter(note)
     try:
         with signals.handled():
             summary = evaluate(args)
@@ -413,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mitoseg-evaluate: error: {err} ({DEBUG_HINT})", file=sys.stderr)
         return 2
+    finally:
+        conversion_log.removeFilter(note)
     print("\n".join(report_lines(summary, args.out)))
     return 0
 
