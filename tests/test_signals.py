@@ -234,6 +234,8 @@ def test_a_deferred_signal_waits_for_the_next_check_and_a_second_one_does_not(
                 time.sleep(1)  # the handler raises at once
             assert not stop.value.clean
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signals.received() == 0  # nothing left for later work in this process
+    signals.check()
 
 
 def test_a_signal_while_the_output_is_created_leaves_it_resumable(
