@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed-stamp
 LUCCHI ?= ../shared/data/lucchi_pp
 # Volume size (Gvox) of the decoder and metric benchmarks; BENCHMARKS.md lists the larger runs.
 BENCH_GVOX ?= 0.05
+# pytest-xdist workers of `make test` / `make test-all`, one test file each at a time
+# (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help install demo test test-all lint bench bench-accuracy bench-ablation clean
 
@@ -28,11 +32,11 @@ install: $(STAMP)  ## create .venv and install torch (CPU) and mitoseg with its 
 demo: install  ## train briefly on synthetic data, tile-predict, evaluate, print the scores
 	$(BIN)/mitoseg-train experiment=demo hydra.run.dir=outputs/demo overwrite=true
 
-test: install  ## the default test suite (no `slow` tests)
-	$(BIN)/python -m pytest
+test: install  ## the default test suite (no `slow` tests), on TEST_WORKERS processes
+	$(PYTEST)
 
 test-all: install  ## every test, the slow ones too
-	$(BIN)/python -m pytest -m ""
+	$(PYTEST) -m ""
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check src tests benchmarks

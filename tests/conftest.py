@@ -14,8 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 LUCCHI = (REPO / ".." / "shared" / "data" / "lucchi_pp").resolve()
 
 
+# The files that take longest (whole CLI runs), longest first. `make test` runs the suite on two
+# pytest-xdist workers, one file per worker at a time (--dist loadfile): starting these first keeps
+# one long file from running alone at the end. Order only; every file still runs whole.
+LONG_FILES = (
+    "test_readme.py",
+    "test_cli_scale.py",
+    "test_realdata_recipes.py",
+    "test_cli.py",
+    "test_signals.py",
+    "test_cli_instance.py",
+    "test_reliability.py",
+    "test_predict_blocks.py",
+    "test_checkpoint_compat.py",
+    "test_realdata.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
+
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable
 
     for item in items:
         if "realdata" in item.keywords and not (LUCCHI / "train_im.tif").exists():
