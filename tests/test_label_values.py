@@ -233,6 +233,25 @@ def test_mixed_rgb_and_rgba_masks_are_one_mask(tmp_path, colour):
     np.testing.assert_array_equal(out[:], mask)
 
 
+def test_mixed_tiff_and_png_slices_are_one_mask(tmp_path):
+    """TIFF slices are reconciled like PNGs: 1-bit and 8-bit grey, RGB and RGBA, and a folder
+    holding both file types (before, any TIFF slice kept each slice as decoded: refused)."""
+    import tifffile
+
+    mask = _mask_slices()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    rgb = np.where(mask[..., None], np.uint8((255, 0, 0)), np.uint8(0))
+    opaque = np.full((*mask.shape[1:], 1), 255, np.uint8)
+    tifffile.imwrite(folder / "s00.tif", mask[0])  # 1-bit
+    tifffile.imwrite(folder / "s01.tif", mask[1].astype(np.uint8) * 255)
+    tifffile.imwrite(folder / "s02.tif", np.concatenate([rgb[2], opaque], -1))
+    Image.fromarray(rgb[3]).save(folder / "s03.png")
+    assert tifffile.TiffFile(folder / "s00.tif").pages.first.bitspersample == 1
+    out = convert(folder, tmp_path / "l.zarr", labels=True, voxel_size_nm=VOXEL)
+    np.testing.assert_array_equal(out[:], mask)
+
+
 def test_class_codes_in_mixed_grey_rgb_rgba_slices_are_selected(tmp_path):
     classes = _classes()
     grey = classes[..., None]

@@ -47,23 +47,39 @@ def _pil_mode(img: Image.Image) -> str:
     return _PIL_CONVERT.get(img.mode, img.mode)
 
 
+# (bits per sample, samples per pixel) of a TIFF page -> the PIL mode of the same pixels
+_TIFF_MODES = {(1, 1): "1", (8, 1): "L", (8, 2): "LA", (8, 3): "RGB", (8, 4): "RGBA"}
+
+
+def _slice_mode(path: Path) -> str | None:
+    """The PIL mode ``path`` is read in (TIFF pages named alike; None: not an 8- or 1-bit mode
+    we convert), from the header only."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return _TIFF_MODES.get((int(page.bitspersample), int(page.samplesperpixel)))
+    with Image.open(path) as img:
+        return _pil_mode(img)
+
+
 def _common_mode(files: list[Path]) -> str | None:
     """One PIL mode that holds every slice of ``files`` without loss, when they differ.
 
     One mask saved by different tools may mix 1-bit and 8-bit grey, or RGB and RGBA: 1-bit
     becomes 8-bit grey (0 / 255), grey becomes RGB when some slices are colour, and an opaque
-    alpha is added when some slices have alpha. None keeps each slice as decoded (every slice in
-    one mode, TIFF slices, or modes that do not convert losslessly such as 16-bit grey).
+    alpha is added when some slices have alpha; PNG, JPEG and TIFF slices alike. None keeps each
+    slice as decoded (every slice in one mode, or modes that do not convert losslessly such as
+    16-bit grey).
     """
     modes = set()
     for path in files:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            return None
         try:
-            with Image.open(path) as img:  # reads the header only
-                modes.add(_pil_mode(img))
+            mode = _slice_mode(path)
         except Exception:  # unreadable slices are reported when they are decoded
             return None
+        if mode is None:
+            return None
+        modes.add(mode)
     if modes == {"1"}:
         return "L"
     if len(modes) < 2 or not modes <= {"1", "L", "LA", "RGB", "RGBA"}:
