@@ -252,6 +252,25 @@ def test_mixed_tiff_and_png_slices_are_one_mask(tmp_path):
     np.testing.assert_array_equal(out[:], mask)
 
 
+def test_classes_coded_by_colour_are_refused_and_shades_of_one_colour_are_a_mask(tmp_path):
+    """Red mitochondria and green ER in one RGB label image were both foreground, silently."""
+    mask = _mask_slices()
+    other = np.roll(mask, 8, axis=2) & ~mask
+    two = np.zeros((*mask.shape, 3), np.uint8)
+    two[mask] = (255, 0, 0)
+    two[other] = (0, 255, 0)
+    with pytest.raises(VolumeError, match=r"2 colours \(.*\(255, 0, 0\): \d+ px") as refused:
+        convert(_pngs(tmp_path / "two", list(two)), tmp_path / "two.zarr", labels=True)
+    assert "two" in str(refused.value) and "slice z=" in str(refused.value)
+    # one colour with anti-aliased (darker) edges is one mask
+    shaded = np.where(mask[..., None], np.uint8((255, 0, 0)), np.uint8(0))
+    edge = ndimage.binary_dilation(mask, iterations=1) & ~mask
+    shaded[edge] = (96, 0, 0)
+    out = convert(_pngs(tmp_path / "one", list(shaded)), tmp_path / "one.zarr", labels=True,
+                  binary=True)  # fmt: skip
+    np.testing.assert_array_equal(out[:], mask | edge)
+
+
 def test_class_codes_in_mixed_grey_rgb_rgba_slices_are_selected(tmp_path):
     classes = _classes()
     grey = classes[..., None]

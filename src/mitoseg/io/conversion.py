@@ -284,7 +284,8 @@ def _write_selection(job: _Job, selection: LabelSelection) -> None:
 
     for s0, s1 in job.iterate("labels"):
         slab = job.read(s0, s1)
-        out.write(s0, labels_to_grey_slices(slab) if slab.ndim == 4 else slab, apply)
+        grey = labels_to_grey_slices(slab, str(job.source.path), s0) if slab.ndim == 4 else slab
+        out.write(s0, grey, apply)
     if not selected:
         logger.warning(
             "labels %s: %s selects no voxel, the mask is empty", job.source.path,
@@ -308,7 +309,7 @@ def _write_labels(job: _Job, binary: bool | None) -> None:
     for s0, s1 in job.iterate("labels"):
         slab = job.read(s0, s1)
         if slab.ndim == 4:
-            slab = labels_to_grey_slices(slab)
+            slab = labels_to_grey_slices(slab, str(job.source.path), s0)
         if counts is not None:
             counts.add(slab)
         if binary is None:

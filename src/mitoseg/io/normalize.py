@@ -81,30 +81,63 @@ def _constant(image: np.ndarray) -> bool:
     return bool(np.all(image == image[:1, :1]))
 
 
-def _colour_value(colour: np.ndarray, visible: np.ndarray | None) -> np.ndarray:
+# A colour mask may be anti-aliased (shades of one colour); two colours that each cover at least
+# this share of the coloured pixels are two classes, which a mask cannot tell apart.
+CLASS_COLOUR_SHARE = 0.02
+
+
+def _check_one_colour(seen: np.ndarray, where: str) -> None:
+    """Refuse colour labels holding two or more colours (classes coded by colour, e.g. red
+    mitochondria and green ER), which would all become foreground. Shades of one colour (an
+    anti-aliased or shaded mask) count as one: colours are compared by their direction
+    (channels over the largest channel, in steps of 1/4)."""
+    coloured = seen[np.any(seen != 0, axis=-1)].astype(np.float32)
+    if coloured.shape[0] == 0:
+        return
+    direction = np.rint(4 * coloured / coloured.max(axis=-1, keepdims=True)).astype(np.uint8)
+    kinds, first, counts = np.unique(direction, axis=0, return_index=True, return_counts=True)
+    major = counts >= CLASS_COLOUR_SHARE * coloured.shape[0]
+    if np.count_nonzero(major) < 2:
+        return
+    order = np.argsort(-counts)[: min(6, len(counts))]
+    shown = ", ".join(
+        f"{tuple(int(c) for c in coloured[first[i]])}: {int(counts[i])} px" for i in order
+    )
+    raise VolumeError(
+        f"{where} holds {np.count_nonzero(major)} colours ({shown}): classes coded by colour "
+        "cannot be told apart as one mask. Save the class you want as a grey or black-and-white "
+        "mask (or as grey class codes and pick it with --label-values)"
+    )
+
+
+def _colour_value(colour: np.ndarray, visible: np.ndarray | None, where: str) -> np.ndarray:
     """Label value of ``(Y, X, C)`` colour pixels: the grey level when every ``visible`` pixel
-    has equal channels, else 255 where any channel is non-zero."""
+    has equal channels, else 255 where any channel is non-zero (shades of one colour; several
+    colours are refused, see :func:`_check_one_colour`)."""
     if colour.shape[-1] == 1:
         return colour[..., 0]
     seen = colour if visible is None else colour[visible]
     if np.all(seen == seen[..., :1]):
         return colour[..., 0]
+    _check_one_colour(seen.reshape(-1, seen.shape[-1]), where)
     return np.where(np.any(colour != 0, axis=-1), 255, 0).astype(colour.dtype)
 
 
-def labels_to_grey_slices(slab: np.ndarray) -> np.ndarray:
+def labels_to_grey_slices(slab: np.ndarray, where: str = "labels", z0: int = 0) -> np.ndarray:
     """Collapse colour label slices to one value per pixel, as a grey label image would hold.
 
     A channel that is constant over a slice carries no information and is ignored, so per slice:
     without alpha or with constant (e.g. opaque) alpha, the colour decides: grey pixels (equal
     channels, e.g. class codes or an anti-aliased mask saved as RGB) keep their grey value, and
-    other colours become 255 where any channel is non-zero (every colour is foreground); with
+    other colours become 255 where any channel is non-zero (shades of one colour are foreground;
+    two or more colours are refused as classes coded by colour); with
     varying alpha and constant colour (e.g. black paint on a transparent layer), the value is
     the alpha; when both vary, transparent pixels are 0 and the others take their colour's value.
     So a folder mixing grey, RGB and RGBA slices of one mask gives the same values throughout.
 
     Args:
         slab: ``(N, Y, X, C)`` with C in 1..4 (grey, grey+alpha, RGB, RGBA).
+        where: the labels' name, and ``z0`` the z of ``slab[0]``, for error messages.
 
     Returns:
         ``(N, Y, X)`` with the input dtype.
@@ -114,12 +147,13 @@ def labels_to_grey_slices(slab: np.ndarray) -> np.ndarray:
     for i in range(slab.shape[0]):
         varying = None if alpha is None or _constant(alpha[i]) else alpha[i]
         if varying is None:
-            out[i] = _colour_value(colour[i], None)
+            out[i] = _colour_value(colour[i], None, f"{where}, slice z={z0 + i},")
         elif _constant(colour[i]):
             out[i] = varying
         else:
             visible = varying != 0
-            out[i] = np.where(visible, _colour_value(colour[i], visible), 0)
+            value = _colour_value(colour[i], visible, f"{where}, slice z={z0 + i},")
+            out[i] = np.where(visible, value, 0)
     return out
 
 
