@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from enum import Enum
 from typing import Any, Protocol
 
 import numpy as np
 
+from mitoseg.io import voxels
 from mitoseg.io.errors import VolumeError
 
 Shape3 = tuple[int, int, int]
@@ -127,20 +127,7 @@ def size_voxels(decoder: Any) -> tuple[int, int]:
 
 def check_voxel_size(voxel_size_nm: Any) -> VoxelSize | None:
     """None, or (z, y, x) nm as a tuple of three positive finite floats (lists from YAML too)."""
-    if voxel_size_nm is None:
-        return None
-    values = tuple(voxel_size_nm) if isinstance(voxel_size_nm, Sequence) else ()
-    if len(values) != 3 or not all(
-        isinstance(v, int | float | np.number)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and v > 0
-        for v in values
-    ):
-        raise ValueError(
-            f"voxel_size_nm must be 3 positive sizes (z, y, x) in nm, got {voxel_size_nm!r}"
-        )
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
+    return None if voxel_size_nm is None else voxels.check_voxel_size(voxel_size_nm)
 
 
 def with_voxel_size(decoder: Decoder, voxel_size_nm: Any, source: str) -> Decoder:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,24 @@ class VoxelSize:
             f"{a} {'?' if v is None else f'{v:g}'}" for a, v in zip(AXES, self.nm, strict=True)
         )
         return f"{parts} nm ({self.origin})"
+
+
+def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
+    """``(z, y, x)`` nm as three positive finite floats, from any sequence of numbers (YAML
+    lists, numpy values).
+
+    Raises:
+        ValueError: not three positive finite numbers; the message shows the value.
+    """
+    values = tuple(voxel_size_nm) if isinstance(voxel_size_nm, Sequence) else ()
+    if len(values) != 3 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in values
+    ):
+        raise ValueError(
+            f"voxel_size_nm must be 3 positive sizes (z, y, x) in nm, got {voxel_size_nm!r}"
+        )
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def format_nm(sizes: Sequence[float | None]) -> str:

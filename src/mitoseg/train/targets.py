@@ -19,13 +19,14 @@ Values are 0 or 1 but for BCD's distance, which lies in [0, 1] (see ``boundary_d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fastremap
 import numpy as np
 from scipy import ndimage
+
+from mitoseg.io.voxels import check_voxel_size
 
 Offset = tuple[int, int, int]
 
@@ -275,21 +276,6 @@ class AffinityContour:
         return out
 
 
-def _check_voxel_size(voxel_size_nm: object) -> tuple[float, float, float]:
-    values = tuple(voxel_size_nm) if isinstance(voxel_size_nm, Sequence) else ()
-    if len(values) != 3 or not all(
-        isinstance(v, (int, float, np.number))
-        and not isinstance(v, (bool, np.bool_))
-        and math.isfinite(v)
-        and v > 0
-        for v in values
-    ):
-        raise ValueError(
-            f"voxel_size_nm must be 3 positive sizes (z, y, x) in nm, got {voxel_size_nm!r}"
-        )
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
-
-
 def touching_others(labels: np.ndarray) -> np.ndarray:
     """Object voxels with a 26-neighbour (Chebyshev distance 1) of another object.
 
@@ -338,7 +324,7 @@ def boundary_distance(
         ValueError: for labels that are not integer (Z, Y, X) or a bad voxel size.
     """
     labels = _validate_labels(labels)
-    sampling = _check_voxel_size(voxel_size_nm)
+    sampling = check_voxel_size(voxel_size_nm)
     out = np.zeros(labels.shape, dtype=np.float32)
     if not labels.any():
         return out
@@ -386,7 +372,7 @@ class BinaryContourDistance:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _validate_width(self.width))
-        object.__setattr__(self, "voxel_size_nm", _check_voxel_size(self.voxel_size_nm))
+        object.__setattr__(self, "voxel_size_nm", check_voxel_size(self.voxel_size_nm))
 
     @property
     def channels(self) -> tuple[str, ...]:
