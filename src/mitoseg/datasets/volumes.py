@@ -15,7 +15,7 @@ from mitoseg.datasets.synthetic import make_volume
 from mitoseg.io.checks import check_labels, check_raw
 from mitoseg.io.label_values import LabelSelection
 from mitoseg.io.sources import is_zarr, read_voxel_size
-from mitoseg.io.voxels import TOLERANCE, VoxelSize, differing_axes, format_nm
+from mitoseg.io.voxels import warn_if_not_stated
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class FileVolumes:
         selection = self.label_selection.attrs() if labels and self.label_selection else {}
         if is_zarr(path) and z_range is None and not selection:
             if self.voxel_size_nm is not None and not labels:
-                _check_given(self.voxel_size_nm, read_voxel_size(path, dataset), path)
+                warn_if_not_stated(self.voxel_size_nm, read_voxel_size(path, dataset), path, log)
             return path
         if not path.exists():
             raise io.VolumeError(f"input volume not found: {path}")
@@ -177,17 +177,6 @@ def _components(labels: Path, cache_dir: Path) -> Path:
 
 def _voxel_size(value: Sequence[float] | None) -> tuple[float, ...] | None:
     return None if value is None else tuple(float(v) for v in value)
-
-
-def _check_given(given: Sequence[float], stated: VoxelSize | None, path: Path) -> None:
-    """Warn when the voxel size given differs from the one a zarr input states."""
-    differ = differing_axes(given, stated.nm) if stated is not None else []
-    if stated is not None and differ:
-        log.warning(
-            "%s: using the voxel size given, %s, but the volume states %s: they differ by more "
-            "than %d %% on %s",
-            path, format_nm(given), stated.describe(), round(TOLERANCE * 100), ", ".join(differ),
-        )  # fmt: skip
 
 
 def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:

@@ -246,9 +246,7 @@ def sweep(
             f"(it has {sorted(fields)})"
         )
     points = grid_points(grid)
-    decoder = with_voxel_size(
-        decoder, io.open_volume(probs).attrs.get("voxel_size_nm"), str(probs)
-    )
+    decoder = with_voxel_size(decoder, io.open_volume(probs).attrs.get("voxel_size_nm"), str(probs))
     if blockwise is None:
         volume, truth = io.open_volume(probs), io.open_volume(labels)
         check_channels(decoder, volume, str(probs))

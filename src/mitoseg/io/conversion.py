@@ -35,7 +35,7 @@ from mitoseg.io.store import (
     create_volume,
     open_volume,
 )
-from mitoseg.io.voxels import TOLERANCE, VoxelSize, differing_axes, format_nm
+from mitoseg.io.voxels import VoxelSize, warn_if_not_stated
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,7 @@ def resolve_voxel_size(
     file's; None, with a warning, when neither is known."""
     if given is not None:
         sizes = _check_voxel_size(given)
-        differ = differing_axes(sizes, stated.nm) if stated is not None else []
-        if stated is not None and differ:
-            logger.warning(
-                "%s: using the voxel size given, %s, but the file states %s: they differ by "
-                "more than %d %% on %s",
-                src, format_nm(sizes), stated.describe(), round(TOLERANCE * 100), ", ".join(differ),
-            )  # fmt: skip
+        warn_if_not_stated(sizes, stated, src, logger)
         return sizes
     if stated is not None and stated.complete is not None:
         logger.info("%s: voxel size %s", src, stated.describe())

@@ -112,6 +112,20 @@ def check_voxel_size(voxel_size_nm: Any) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
+def warn_if_not_stated(
+    given: Sequence[float], stated: VoxelSize | None, where: Any, log: logging.Logger
+) -> None:
+    """Warn on ``log`` when the voxel size ``given`` differs from the one ``where`` states by more
+    than :data:`TOLERANCE` on an axis (the given one is used)."""
+    differ = differing_axes(given, stated.nm) if stated is not None else []
+    if stated is not None and differ:
+        log.warning(
+            "%s: using the voxel size given, %s, but the file states %s: they differ by more "
+            "than %d %% on %s",
+            where, format_nm(given), stated.describe(), round(TOLERANCE * 100), ", ".join(differ),
+        )  # fmt: skip
+
+
 def format_nm(sizes: Sequence[float | None]) -> str:
     """``50 x 4.6 x 4.6 nm`` (unknown axes as ``?``)."""
     return " x ".join("?" if v is None else f"{float(v):g}" for v in sizes) + " nm"
