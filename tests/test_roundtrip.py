@@ -13,15 +13,11 @@ from mitoseg import io
 from mitoseg.datasets.shape_families import FLOOR_NM3, SHAPE_FAMILIES, shape_family
 from mitoseg.datasets.synthetic_shapes import face_adjacent
 from mitoseg.decode.base import MIN_SEED_SIZE_NM3, MIN_SIZE_NM3, size_voxels, with_voxel_size
-from mitoseg.decode.instances import ACWatershed, AffinityWatershed, BCDWatershed, BCWatershed
+from mitoseg.decode.instances import ACWatershed, AffinityWatershed, BCWatershed
 from mitoseg.decode.run import BlockwiseOptions, DaskOptions, run_decoder
-from mitoseg.evaluate.roundtrip import perfect_probs, round_trip
-from mitoseg.io.voxels import is_isotropic
+from mitoseg.evaluate.roundtrip import perfect_probs, round_trip, target_decoders
 from mitoseg.train.targets import (
     Affinity,
-    AffinityContour,
-    BinaryContour,
-    BinaryContourDistance,
 )
 
 ANISO, ISO_FAST, ISO = (30.0, 8.0, 8.0), (8.0, 8.0, 8.0), (5.0, 5.0, 5.0)
@@ -29,16 +25,7 @@ ANISO, ISO_FAST, ISO = (30.0, 8.0, 8.0), (8.0, 8.0, 8.0), (5.0, 5.0, 5.0)
 
 def targets(voxel_size_nm: tuple[float, float, float]) -> dict[str, tuple]:
     """Target transform and default decoder per target, as the configs pair them."""
-    in_plane = not is_isotropic(voxel_size_nm)
-    return {
-        "a": (Affinity(), AffinityWatershed()),
-        "bc": (BinaryContour(in_plane=in_plane), BCWatershed()),
-        "ac": (AffinityContour(in_plane=in_plane), ACWatershed()),
-        "bcd": (
-            BinaryContourDistance(in_plane=in_plane, voxel_size_nm=voxel_size_nm),
-            BCDWatershed(),
-        ),
-    }
+    return target_decoders(voxel_size_nm)
 
 
 def check(result: dict, target: str) -> None:

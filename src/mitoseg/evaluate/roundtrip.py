@@ -17,6 +17,7 @@ import numpy as np
 from mitoseg.decode.base import size_voxels, with_voxel_size
 from mitoseg.evaluate.contingency import overlaps
 from mitoseg.evaluate.instance import scores_from_overlaps
+from mitoseg.io.voxels import is_isotropic
 
 
 def perfect_probs(
@@ -95,4 +96,33 @@ def round_trip(
         "ap50": float(scores["ap50"]),
         "n_pred": int(len(np.unique(instances[instances > 0]))),
         **result,
+    }
+
+
+def target_decoders(voxel_size_nm: tuple[float, float, float]) -> dict[str, tuple[Any, Any]]:
+    """Each instance target's transform and default decoder on ``voxel_size_nm``, as the configs
+    pair them (contours in-plane on anisotropic voxels): ``{"a": (Affinity(), AffinityWatershed()),
+    "bc": ..., "ac": ..., "bcd": ...}``."""
+    from mitoseg.decode.instances import (
+        ACWatershed,
+        AffinityWatershed,
+        BCDWatershed,
+        BCWatershed,
+    )
+    from mitoseg.train.targets import (
+        Affinity,
+        AffinityContour,
+        BinaryContour,
+        BinaryContourDistance,
+    )
+
+    in_plane = not is_isotropic(voxel_size_nm)
+    return {
+        "a": (Affinity(), AffinityWatershed()),
+        "bc": (BinaryContour(in_plane=in_plane), BCWatershed()),
+        "ac": (AffinityContour(in_plane=in_plane), ACWatershed()),
+        "bcd": (
+            BinaryContourDistance(in_plane=in_plane, voxel_size_nm=voxel_size_nm),
+            BCDWatershed(),
+        ),
     }
