@@ -35,10 +35,10 @@ RUNS = {
         "bcd": ["experiment=synthetic_instance", "target=bcd"],
     },
     "lucchipp": {
+        "semantic + components": ["experiment=lucchipp_cpu"],
         "bc": ["experiment=lucchipp_bc"],
         "bcd": ["experiment=lucchipp_bcd"],
         "a": ["experiment=lucchipp_a"],
-        "semantic + components": ["experiment=lucchipp_cpu"],
     },
 }
 KEYS = ("ap50_95", "ap75", "ap50", "accuracy75", "are", "voi_split", "voi_merge", "n_pred")
@@ -49,17 +49,28 @@ def hms(minutes: float) -> str:
     return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
+def budget(args: argparse.Namespace) -> list[str]:
+    """The training budget: ``--steps`` (the same step count anywhere, whatever else runs on
+    the machine) or ``--minutes`` of this machine."""
+    if args.steps:
+        return [f"trainer.max_steps={args.steps}", "trainer.max_time=null", "~callbacks.step_budget"]
+    cmd = [f"trainer.max_time={hms(args.minutes)}"]
+    if args.suite == "synthetic":
+        cmd.append("trainer.max_steps=100000")  # the time budget ends training
+    return cmd
+
+
 def train(name: str, overrides: list[str], out: Path, args: argparse.Namespace) -> Path:
-    """Run mitoseg-train for one row (unless reused); its run folder."""
+    """Run mitoseg-train for one row (unless reused); its run folder. With ``--reuse``, a run
+    that was interrupted (``checkpoints/last.ckpt`` and no ``metrics.json``) resumes."""
     run = out / name.replace(" + ", "_").replace(" ", "_")
     if args.reuse and (run / "metrics.json").is_file():
         return run
-    cmd = [str(BIN / "mitoseg-train"), *overrides, f"trainer.max_time={hms(args.minutes)}"]
-    if args.suite == "synthetic":
-        cmd.append("trainer.max_steps=100000")  # the time budget ends training
-    else:
+    cmd = [str(BIN / "mitoseg-train"), *overrides, *budget(args), f"seed={args.seed}"]
+    if args.suite == "lucchipp":
         cmd.append(f"data.root={Path(args.root).resolve()}")
-    cmd += [f"hydra.run.dir={run}", "overwrite=true"]
+    resume = args.reuse and (run / "checkpoints" / "last.ckpt").is_file()
+    cmd += [f"hydra.run.dir={run}", "ckpt=last" if resume else "overwrite=true"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run
@@ -85,6 +96,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("suite", choices=sorted(RUNS))
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per row")
+    p.add_argument("--steps", type=int, help="a step budget per row instead of --minutes")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--root", help="Lucchi++ folder (train_im.tif ...), for the lucchipp suite")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--names", nargs="*", help="rows to run (default all)")
@@ -110,12 +123,13 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
     # a budget other than the suite's usual one gets its own records instead of replacing those
     usual = {"synthetic": 20.0, "lucchipp": 60.0}[args.suite]
-    budget = "" if args.minutes == usual else f"_{args.minutes:g}min"
+    size = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    suffix = "" if args.steps or args.minutes == usual else f"_{args.minutes:g}min"
     for name, row in rows.items():
         key = name.replace(" + ", "_").replace(" ", "_")
         record(
-            f"{args.suite}_{key}_test_ap75{budget}", row["ap75"], "AP-75",
-            notes=f"{args.minutes:g} min",
+            f"{args.suite}_{key}_test_ap75{suffix}", row["ap75"], "AP-75",
+            notes=f"{size}, seed {args.seed}",
         )  # fmt: skip
 
 
