@@ -53,7 +53,8 @@ def budget(args: argparse.Namespace) -> list[str]:
     """The training budget: ``--steps`` (the same step count anywhere, whatever else runs on
     the machine) or ``--minutes`` of this machine."""
     if args.steps:
-        return [f"trainer.max_steps={args.steps}", "trainer.max_time=null", "~callbacks.step_budget"]
+        steps = f"trainer.max_steps={args.steps}"
+        return [steps, "trainer.max_time=null", "~callbacks.step_budget"]
     cmd = [f"trainer.max_time={hms(args.minutes)}"]
     if args.suite == "synthetic":
         cmd.append("trainer.max_steps=100000")  # the time budget ends training
