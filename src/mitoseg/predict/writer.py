@@ -98,12 +98,15 @@ def create_probs(
 @dataclass(frozen=True)
 class PredictJob:
     """One probability output: what to predict (``plan``) and where (``output``);
-    ``raw_intensity`` (the input's statistics and normalisation) goes into its attributes."""
+    ``raw_intensity`` (the input's statistics and normalisation) and ``compute`` (the precision
+    and memory layout it is computed in, :meth:`mitoseg.hardware.Compute.record`) go into its
+    attributes."""
 
     plan: BlockPlan
     output: Path
     voxel_size_nm: tuple[float, ...] | None = None
     raw_intensity: RawIntensity | None = None
+    compute: dict[str, Any] | None = None
 
     @property
     def journal(self) -> BlockJournal:
@@ -136,6 +139,7 @@ def prepare_output(job: PredictJob, overwrite: bool) -> None:
         raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
     if partial.exists():
         journal.check(plan, output)
+        _check_compute(job, partial)
         log.info("resuming %s: %d blocks already written", output, len(journal.done()))
         return
     if journal.path.exists():
@@ -144,8 +148,22 @@ def prepare_output(job: PredictJob, overwrite: bool) -> None:
         create_probs(partial, plan.channels, plan.shape, plan.dtype, job.voxel_size_nm, plan.chunks)
         if job.raw_intensity is not None:  # how the input's values were read, beside the result
             io.open_volume_writable(partial).attrs["raw_intensity"] = job.raw_intensity.to_dict()
+        if job.compute is not None:  # bf16 or fp32 (mitoseg.hardware): what made these numbers
+            io.open_volume_writable(partial).attrs["compute"] = job.compute
         journal.create(plan)
     signals.check()
+
+
+def _check_compute(job: PredictJob, partial: Path) -> None:
+    """Refuse to resume a partial output computed in another precision or layout."""
+    stored = io.open_volume(partial).attrs.get("compute")
+    if job.compute is None or stored is None or dict(stored) == job.compute:
+        return
+    raise io.VolumeError(
+        f"{job.output}: the unfinished run there computed in {stored}, this one would compute in "
+        f"{job.compute}; pass the same trainer.precision / channels_last to resume, or "
+        "overwrite=true to start again"
+    )
 
 
 def finish_output(job: PredictJob) -> None:
