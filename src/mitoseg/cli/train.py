@@ -32,8 +32,9 @@ from mitoseg.cli.common import (
     write_sweep_summary,
 )
 from mitoseg.cli.entry import command, hydra_task, run_hydra
+from mitoseg.cli.pretrained import init_net
 from mitoseg.evaluate.testtime import TestEvaluation
-from mitoseg.files import check_output_apart
+from mitoseg.files import check_output_apart, write_json_atomic
 from mitoseg.train.callbacks import ConfigInCheckpoint
 from mitoseg.train.checkpoints import RngStateInCheckpoint
 from mitoseg.train.interrupt import StopOnSignal
@@ -152,11 +153,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    init = init_weights(cfg, module.net, ckpt)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     if not logger:  # Lightning refuses a learning-rate monitor without a logger (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     run = resolved(cfg)
+    if init is not None:
+        run["init_weights"] = init
     stored = {k: run[k] for k in STORED_KEYS} | {
         "data": {
             "voxel_size_nm": run["data"]["train"].get("voxel_size_nm"),
@@ -184,9 +188,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, dataloaders=loaders, ckpt_path=best or None, weights_only=True)
     if not trainer.is_global_zero:
         return {}
-    return evaluation.evaluate(
+    metrics = evaluation.evaluate(
         datamodule.eval_sets, best or None, logger or None, trainer.global_step
     )
+    if init is not None:
+        metrics["init_weights"] = init
+        write_json_atomic(Path(cfg.output_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def init_weights(cfg: DictConfig, net: Any, ckpt: str | None) -> dict[str, Any] | None:
+    """``init=<pretrained name or checkpoint>``: start ``net`` from those weights (the optimiser
+    and schedule start fresh); returns what was copied and reinitialised (None without init=).
+    A resumed fine-tuning run (``ckpt``) checks and reports the same, then the checkpoint's
+    weights replace them."""
+    if cfg.get("init") is None:
+        return None
+    if ckpt is not None:
+        log.info("resuming from %s: its weights replace those of init=%s", ckpt, cfg.init)
+    return init_net(str(cfg.init), net, cfg)
 
 
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
