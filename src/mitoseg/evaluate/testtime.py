@@ -195,7 +195,8 @@ class TestEvaluation(BlockWriter):
         labels = io.open_volume(eval_set.paths.labels)
         path = self.output_dir / f"{eval_set.name}_labels.zarr"
         box = eval_set.region
-        attrs = {k: v for k, v in labels.attrs.asdict().items() if k in ("axes", "voxel_size_nm")}
+        kept = ("axes", "voxel_size_nm", "binary")
+        attrs = {"kind": "labels"} | {k: v for k, v in labels.attrs.asdict().items() if k in kept}
         with io.atomic_dir(path, overwrite=True) as tmp:
             out = io.create_volume(tmp, box.shape, labels.dtype, chunks=labels.chunks, attrs=attrs)
             step = int(out.chunks[0])

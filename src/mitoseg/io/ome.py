@@ -9,6 +9,10 @@ Levels halve y and x; z is halved too while it is not much coarser than y-x (iso
 so anisotropic EM keeps its z sampling until the in-plane voxels catch up. Label volumes
 (labels, instances, masks) are downsampled by striding, which never invents ids; raw and
 probabilities by the mean. Each level is written chunk by chunk from the level before.
+
+The NGFF metadata is built and checked with ``ome-zarr-models`` (its 0.5 models); label kinds
+(labels, masks, instances) carry ``image-label``, so napari's OME-Zarr reader opens them as
+labels layers. :func:`validate_volume` checks a written volume against the same models.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import zarr
+from ome_zarr_models.v05.axes import Axis
+from ome_zarr_models.v05.base import BaseOMEAttrs
+from ome_zarr_models.v05.image import Image, ImageAttrs
+from ome_zarr_models.v05.image_label import ImageLabel, ImageLabelAttrs
+from ome_zarr_models.v05.image_label_types import Color, Label
+from ome_zarr_models.v05.labels import VALID_DTYPES as LABEL_DTYPES
+from ome_zarr_models.v05.multiscales import Dataset, Multiscale
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +44,9 @@ PYRAMID_MIN_SIZE = 256
 # z is halved with y-x while its voxel size is at most this times the in-plane one.
 Z_COARSER_LIMIT = 1.5
 MEAN_KINDS = frozenset({"raw", "probabilities"})
+# Kinds stored as NGFF labels (``image-label``): viewers show them as label layers.
+LABEL_KINDS = frozenset({"labels", "mask", "instances"})
+MASK_RGBA = (255, 0, 255, 255)  # magenta foreground of masks (value 1); 0 stays transparent
 _AXIS_TYPES = {"z": "space", "y": "space", "x": "space", "c": "channel", "t": "time"}
 _DEFAULT_AXES = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("c", "z", "y", "x")}
 
@@ -59,61 +74,108 @@ def voxel_scale(axes: Sequence[str], voxel_size_nm: Sequence[float] | None) -> l
     return [float(sizes.get(a, 1.0)) for a in axes]
 
 
-def axes_metadata(axes: Sequence[str], with_unit: bool) -> list[dict[str, str]]:
+def axes_metadata(axes: Sequence[str], with_unit: bool) -> list[Axis]:
     """NGFF ``axes`` entries; spatial axes get ``nanometer`` when the voxel size is known."""
     entries = []
     for name in axes:
-        entry = {"name": name}
-        if name in _AXIS_TYPES:
-            entry["type"] = _AXIS_TYPES[name]
-        if with_unit and entry.get("type") == "space":
-            entry["unit"] = "nanometer"
-        entries.append(entry)
+        kind = _AXIS_TYPES.get(name)
+        unit = "nanometer" if with_unit and kind == "space" else None
+        entries.append(Axis(name=name, type=kind, unit=unit))
     return entries
+
+
+def image_label(attrs: Mapping[str, Any]) -> Label | None:
+    """The NGFF ``image-label`` entry of a volume with array attributes ``attrs``: set for
+    label kinds (:data:`LABEL_KINDS`) so viewers show them as labels; a mask (``kind`` mask, or
+    converted labels with ``binary``) gets :data:`MASK_RGBA` for its value 1. None for raw and
+    probabilities. No ``source``: our volumes are separate groups, not inside an image's
+    ``labels/`` folder, so there is no key image at a known relative path."""
+    kind = attrs.get("kind")
+    if kind not in LABEL_KINDS:
+        return None
+    if kind == "mask" or attrs.get("binary") is True:
+        return Label(colors=(Color(label_value=1, rgba=MASK_RGBA),))
+    return Label()
 
 
 def ome_attributes(
     axes: Sequence[str],
     scales: Sequence[Sequence[float]],
-    *,
-    with_unit: bool,
-    name: str = "volume",
+    attrs: Mapping[str, Any],
     method: str | None = None,
 ) -> dict[str, Any]:
-    """The group attribute ``ome`` of a multiscale volume with levels ``0 .. len(scales) - 1``.
+    """The group attribute ``ome`` of a multiscale volume with levels ``0 .. len(scales) - 1``,
+    built and validated by ``ome-zarr-models`` (NGFF 0.5).
 
     Args:
         axes: axis names, e.g. ("c", "z", "y", "x").
         scales: physical size of a voxel per axis, one list per level.
-        with_unit: label spatial axes in nanometres (else unitless voxels).
-        name: the multiscale's name (the volume's kind).
+        attrs: the level-0 array attributes: ``kind`` names the multiscale and decides the
+            ``image-label`` entry (:func:`image_label`); spatial axes are in nanometres when
+            ``voxel_size_nm`` is set (else unitless voxels).
         method: how levels were downsampled ("mean" / "nearest"), once there are levels.
+
+    Raises:
+        ValueError: the metadata breaks NGFF 0.5 (e.g. an axis name twice), naming the rule.
     """
-    multiscale: dict[str, Any] = {
-        "name": name,
-        "axes": axes_metadata(axes, with_unit),
-        "datasets": [
-            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(s)}]}
-            for i, s in enumerate(scales)
-        ],
-    }
-    if method is not None:
-        multiscale["type"] = method
-    return {"version": NGFF_VERSION, "multiscales": [multiscale]}
+    try:
+        multiscale = Multiscale(
+            axes=axes_metadata(axes, attrs.get("voxel_size_nm") is not None),
+            datasets=tuple(
+                Dataset.build(path=str(i), scale=list(s), translation=None)
+                for i, s in enumerate(scales)
+            ),
+            name=_name(attrs),
+            type=method,
+        )
+        label = image_label(attrs)
+        ome: BaseOMEAttrs
+        if label is None:
+            ome = ImageAttrs(version=NGFF_VERSION, multiscales=[multiscale])
+        else:
+            ome = ImageLabelAttrs(version=NGFF_VERSION, multiscales=[multiscale], image_label=label)
+    except pydantic.ValidationError as err:
+        raise ValueError(f"OME-Zarr metadata of axes {list(axes)}: {err}") from err
+    return ome.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def volume_group_attributes(shape: Sequence[int], attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Group attributes of a new volume with array attributes ``attrs``: level 0 only."""
     axes = volume_axes(shape, attrs)
-    voxel = attrs.get("voxel_size_nm")
-    ome = ome_attributes(
-        axes, [voxel_scale(axes, voxel)], with_unit=voxel is not None, name=_name(attrs)
-    )
-    return {"ome": ome}
+    return {"ome": ome_attributes(axes, [voxel_scale(axes, attrs.get("voxel_size_nm"))], attrs)}
 
 
 def _name(attrs: Mapping[str, Any]) -> str:
     return str(attrs.get("kind", "volume"))
+
+
+def validate_volume(path: str | Path) -> Image | ImageLabel:
+    """Check the volume group at ``path`` against NGFF 0.5 with ``ome-zarr-models``: the
+    metadata, every level it lists (present, an array, its ``dimension_names`` the axes), and
+    for a labels volume the ``image-label`` entry and an integer dtype on every level.
+
+    Returns:
+        The validated model: ``ImageLabel`` when the group has ``image-label``, else ``Image``.
+
+    Raises:
+        ValueError: the group breaks a rule; the message names ``path`` and the rule.
+    """
+    group = zarr.open_group(str(path), mode="r")
+    try:
+        image = Image.from_zarr(group)
+        if "image-label" not in image.ome_attributes.model_dump(by_alias=True):
+            return image
+        label = ImageLabel(attributes=image.attributes.model_dump(), members=image.members)
+    except (pydantic.ValidationError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is not a valid OME-Zarr 0.5 image: {err}") from err
+    for level in level_paths(group.attrs.asdict()):
+        dtype = np.dtype(group[level].dtype)
+        if dtype not in LABEL_DTYPES:
+            raise ValueError(
+                f"{path}/{level}: labels of dtype {dtype}; NGFF labels are one of "
+                f"{[str(d) for d in LABEL_DTYPES]}"
+            )
+    return label
 
 
 def multiscale_of(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -265,9 +327,7 @@ def write_pyramid(path: str | Path, min_size: int | None = None) -> int:
         scales.append([s * f for s, f in zip(scales[-1], factors, strict=True)])
         source = out
     method = ("mean" if mean else "nearest") if len(scales) > 1 else None
-    ome = ome_attributes(
-        axes, scales, with_unit=voxel is not None, name=_name(attrs), method=method
-    )
+    ome = ome_attributes(axes, scales, attrs, method)
     group.update_attributes({"ome": ome})
     logger.debug("%s: %d pyramid levels", path, len(scales) - 1)
     return len(scales) - 1
