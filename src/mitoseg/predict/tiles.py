@@ -17,6 +17,9 @@ import torch
 
 from mitoseg.geometry import Box, intersect, local_slices
 
+# Called after each batch of tiles with (tiles done, tiles to run) of the current block.
+TileProgress = Callable[[int, int], None]
+
 
 def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
     """uint8 raw data -> float32 ``raw / 255`` (its normalisation, done here on the device);
@@ -93,10 +96,15 @@ class BlockBlender:
     Args:
         weight: float32 (tz, ty, tx) blend weight, on the model's device.
         batch_size: tiles per call of the network.
+        progress: called after each batch of tiles with (done, total) of the block's tiles to
+            run, so a large block shows progress before it is written; None: silent.
     """
 
-    def __init__(self, weight: torch.Tensor, batch_size: int = 1) -> None:
+    def __init__(
+        self, weight: torch.Tensor, batch_size: int = 1, progress: TileProgress | None = None
+    ) -> None:
         self.weight, self.batch_size = weight, max(1, int(batch_size))
+        self.progress = progress
         self.weight_sums = WeightSums()
         self.carry: Carry | None = None
 
@@ -182,6 +190,8 @@ class BlockBlender:
                 _add(total, value, box, write, self.weight)
                 if passed is not None and out_box is not None and box.stop[0] > out_box.offset[0]:
                     _add(passed, value, box, out_box, self.weight)
+            if self.progress is not None:
+                self.progress(start + len(batch), len(tiles))
         if total is None:  # every tile was carried over
             assert carry is not None
             total = self._start(carry.sums.shape[0], write, carry, raw.device)

@@ -190,7 +190,8 @@ class BlockWriter(pl.Callback):
 
     Args:
         jobs: the outputs, in data-loader order.
-        progress: show a progress bar (rank 0: its blocks done / total, Mvox/s).
+        progress: show progress bars (rank 0: its blocks done / total, Mvox/s, and the tiles
+            done in the current block, so a run of one large block does not sit at 0/1).
     """
 
     def __init__(self, jobs: Sequence[PredictJob] = (), progress: bool = True) -> None:
@@ -208,6 +209,7 @@ class BlockWriter(pl.Callback):
         loaders = loaders if isinstance(loaders, list) else [loaders]
         self._outs = [io.open_volume_writable(partial_path(j.output)) for j in self.jobs]
         self._blocks = [j.plan.blocks() for j in self.jobs]
+        self._tile_bar: Any = None
         mine = sum(len(loader.sampler.pending) for loader in loaders)
         self._bar = tqdm(
             total=mine,
@@ -230,6 +232,19 @@ class BlockWriter(pl.Callback):
         )
         self.jobs[dataloader_idx].journal.mark(index)
         self._voxels += block.size
+    def _watch_tiles(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Show the tiles of the block being predicted (a second bar under the blocks' one)."""
+        if not self.progress or trainer.global_rank != 0:
+            return
+        self._tile_bar = tqdm(total=0, unit="tile", desc="tiles of block", leave=False)
+        pl_module.tile_progress = self._tiles_done  # type: ignore[assignment]
+
+    def _tiles_done(self, done: int, total: int) -> None:
+        bar = self._tile_bar
+        if done < bar.n or total != bar.total:  # a new block
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
         self._written += 1
         seconds = time.perf_counter() - self._start
         self._bar.set_postfix_str(f"{self._voxels / max(seconds, 1e-9) / 1e6:.2f} Mvox/s")
@@ -256,6 +271,8 @@ class BlockWriter(pl.Callback):
             "rank_peak_rss_mib": peak,
             "rank_start_rss_mib": self._rss_start,
         }
+        if self._tile_bar is not None:
+            self._tile_bar.close()
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._begin(trainer, trainer.predict_dataloaders)
@@ -300,9 +317,11 @@ class BlockPredictData(pl.LightningDataModule):
         self.sampler = self.job.sampler(self.trainer.global_rank, self.trainer.world_size)
 
     @property
+        self._watch_tiles(trainer, pl_module)
     def pending(self) -> list[int]:
         return self.sampler.pending if self.sampler is not None else []
 
+        self._watch_tiles(trainer, pl_module)
     def predict_dataloader(self) -> DataLoader:
         assert self.sampler is not None
         return block_loader(self.job.plan, self.sampler, self.num_workers)

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mitoseg.predict.blend import blend_weight
-from mitoseg.predict.tiles import BlockBlender, boxes_from_batch
+from mitoseg.predict.tiles import BlockBlender, TileProgress, boxes_from_batch
 
 Flips = tuple[int, ...]
 
@@ -109,7 +109,13 @@ class SegmentationModule(pl.LightningModule):
         compile: compile the network's forward in place with ``torch.compile`` (``nn.Module.
             compile``: parameter names and checkpoints are unchanged). The first steps and every
             new input shape pay the compilation; inductor on CPU needs a C++ compiler.
+
+    Attributes:
+        tile_progress: called with (tiles done, tiles to run) of the block ``predict_step`` is
+            blending (set by :class:`mitoseg.predict.writer.BlockWriter` to show it); None.
     """
+
+    tile_progress: TileProgress | None = None
 
     def __init__(
         self,
@@ -241,6 +247,7 @@ class SegmentationModule(pl.LightningModule):
         following = batch["next_write"]
         next_write = boxes_from_batch(following[None].cpu())[0] if following is not None else None
         origin = tuple(int(o) for o in batch["origin"])
+        self._blender.progress = self.tile_progress
         return self._blender(self.predict_probs, batch["raw"], tiles, write, origin, next_write)
 
     def configure_optimizers(self) -> Any:
