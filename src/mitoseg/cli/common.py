@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mitoseg.bioimage.package import ModelPackageError, is_model_package, read_model_package
 from mitoseg.evaluate.semantic import format_table
 from mitoseg.files import write_text_atomic
 from mitoseg.io.intensity import RawIntensity
@@ -32,8 +33,16 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, torch.Tenso
     """The config stored by training and the network weights of a checkpoint.
 
     Loads with ``weights_only=True``: a checkpoint that would need to run code is refused.
+    ``path`` may also be a bioimage.io model package of ``mitoseg-export-model``
+    (:mod:`mitoseg.bioimage.package`).
     """
     path = Path(path).expanduser()
+    if is_model_package(path):
+        try:
+            config, weights = read_model_package(path)
+        except (FileNotFoundError, ModelPackageError) as error:
+            raise CheckpointError(str(error)) from error
+        return OmegaConf.create(upgrade_targets(config)), weights
     try:
         checkpoint = load_weights_only(path)
     except (FileNotFoundError, UnsafeCheckpointError) as error:
