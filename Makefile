@@ -24,7 +24,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bioimage]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,napari,bioimage]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install torch (CPU) and mitoseg with its test tools
