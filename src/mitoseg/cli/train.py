@@ -143,9 +143,30 @@ def check_data_apart(cfg: DictConfig) -> None:
     check_output_apart(cfg.output_dir, data_paths(cfg))
 
 
+def check_sparse_test(cfg: DictConfig) -> None:
+    """Refuse ``test=true`` when the validation labels are sparse (``labelled_slices``): the
+    test-time evaluation chooses the decoder on whole validation volumes, where unlabelled
+    slices would count as background.
+
+    Raises:
+        ValueError: naming the keys to set.
+    """
+    val = cfg.data.get("val")
+    part = "val" if OmegaConf.is_dict(val) else "train"
+    labelled = cfg.data[part].get("labelled_slices") if OmegaConf.is_dict(cfg.data[part]) else None
+    if cfg.test and labelled is not None:
+        raise ValueError(
+            f"data.{part}.labelled_slices={list(labelled)}: the validation labels are sparse, "
+            "and the test-time evaluation scores whole volumes; pass test=false (validation "
+            "scores count labelled voxels only) and predict with mitoseg-predict, or give a "
+            "fully labelled data.val"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and (if ``cfg.test``) test; returns the metrics of the test evaluation."""
     check_data_apart(cfg)
+    check_sparse_test(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     fill_voxel_size(cfg)
     ckpt = resume_checkpoint(cfg)

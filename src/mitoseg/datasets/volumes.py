@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mitoseg import io
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.io.checks import check_labels, check_raw
@@ -22,10 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VolumePaths:
-    """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X)."""
+    """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X); with
+    ``labelled_slices`` only those z slices of the labels are labelled (see
+    :mod:`mitoseg.train.sparse`), None: all."""
 
     raw: Path
     labels: Path | None = None
+    labelled_slices: tuple[int, ...] | None = None
 
 
 class FileVolumes:
@@ -41,6 +46,9 @@ class FileVolumes:
     :func:`mitoseg.io.convert`), which may be none. ``label_components``: the labels are a mask
     (e.g. Lucchi++) whose 3D connected components (26-connected) are the instances, numbered
     once into ``cache_dir``; instance targets and instance scores need ids, not one mask value.
+    ``labelled_slices``: the z indices (of the volume as read, after ``labels_z_range``) of the
+    only labelled slices, e.g. ``[0, 7, 14]``; the other slices are unlabelled (neither
+    foreground nor background: training and validation skip them). None: every slice labelled.
     """
 
     def __init__(
@@ -55,8 +63,13 @@ class FileVolumes:
         label_values: int | str | Sequence[int | str] | None = None,
         label_threshold: float | None = None,
         label_components: bool = False,
+        labelled_slices: Sequence[int] | None = None,
     ) -> None:
         self.raw, self.labels = raw, labels
+        where = f"labelled_slices of {labels}"
+        self.labelled_slices = check_labelled_slices(
+            None if labelled_slices is None else list(labelled_slices), where=where
+        )
         self.label_components = bool(label_components)
         self.raw_dataset, self.labels_dataset = raw_dataset, labels_dataset
         self.voxel_size_nm = _voxel_size(voxel_size_nm)
@@ -79,7 +92,13 @@ class FileVolumes:
             raise io.VolumeError(
                 f"raw {self.raw} has shape {raw_shape} but labels {self.labels} have {label_shape}"
             )
-        return VolumePaths(raw, labels)
+        try:
+            labelled = check_labelled_slices(
+                self.labelled_slices, label_shape[0], f"labelled_slices of {self.labels}"
+            )
+        except ValueError as err:
+            raise io.VolumeError(str(err)) from err
+        return VolumePaths(raw, labels, labelled)
 
     def prepare_labels(self, cache_dir: Path, root: Path | None = None) -> Path:
         """The labels alone as a checked zarr: converted into ``cache_dir`` (``label_values`` /
@@ -185,6 +204,44 @@ def _z_range(value: Sequence[int] | None, name: str) -> tuple[int, int] | None:
     if len(value) != 2 or not 0 <= int(value[0]) < int(value[1]):
         raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {list(value)}")
     return int(value[0]), int(value[1])
+
+
+def check_labelled_slices(
+    slices: Sequence[int] | None, depth: int | None = None, where: str = "labelled_slices"
+) -> tuple[int, ...] | None:
+    """The labelled z indices, sorted, or None (every slice labelled).
+
+    Args:
+        slices: z indices (YAML list), or None.
+        depth: the volume's number of z slices, to check the range; None skips that check.
+        where: what the message names, e.g. ``data.train.labelled_slices of labels.tif``.
+
+    Raises:
+        ValueError: an empty list (nothing labelled), a non-integer, a repeated index, or an
+            index outside [0, depth).
+    """
+    if slices is None:
+        return None
+    if isinstance(slices, (str, bytes)) or not isinstance(slices, Sequence):
+        raise ValueError(f"{where} must be a list of z indices, e.g. [0, 7, 14], got {slices!r}")
+    if not slices:
+        raise ValueError(
+            f"{where} is empty: nothing is labelled; list the labelled z slices, e.g. [0, 7, "
+            "14], or leave it null when every slice is labelled"
+        )
+    if not all(isinstance(z, (int, np.integer)) and not isinstance(z, bool) for z in slices):
+        raise ValueError(f"{where} must hold integer z indices, got {list(slices)}")
+    values = [int(z) for z in slices]
+    repeated = sorted({z for z in values if values.count(z) > 1})
+    if repeated:
+        raise ValueError(f"{where} lists z {repeated} more than once")
+    outside = [z for z in values if z < 0 or (depth is not None and z >= depth)]
+    if outside:
+        limit = f"0..{depth - 1}" if depth is not None else ">= 0"
+        raise ValueError(
+            f"{where}: z {outside} outside the volume's slices ({limit}, {depth} slices)"
+        )
+    return tuple(sorted(values))
 
 
 class SyntheticVolumes:

@@ -28,6 +28,7 @@ from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.sampling import EpochSampler, ResumableLoader
+from mitoseg.train.sparse import SparseTarget, keep_labelled, mark_unlabelled
 
 __all__ = [  # the samplers stay importable here
     "EpochSampler",
@@ -87,7 +88,8 @@ class PatchDataset(_ZarrDataset):
 
     Sample ``i`` is drawn with ``np.random.default_rng([seed, i])``, independent of workers
     and processes. Items: ``raw`` float32 (1, Z, Y, X), normalised (about [0, 1]), and
-    ``target`` float32 (C, Z, Y, X).
+    ``target`` float32 (C, Z, Y, X). With ``paths.labelled_slices`` every patch holds a labelled
+    slice and the target is NaN on unlabelled voxels (:class:`mitoseg.train.sparse.SparseTarget`).
     """
 
     def __init__(
@@ -106,6 +108,9 @@ class PatchDataset(_ZarrDataset):
         self.normalization = normalization
         self.patch_shape = tuple(int(p) for p in patch_shape)
         check_patch_fits(self.patch_shape, region, paths.raw)
+        self.labelled = paths.labelled_slices
+        if self.labelled is not None and not isinstance(target, SparseTarget):
+            target = SparseTarget(target)
         self.target, self.augment = target, augment
         self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
         self._blocks: list[Box] | None = None
@@ -119,7 +124,7 @@ class PatchDataset(_ZarrDataset):
             # A random foreground voxel of a random block that holds foreground, at a random
             # place inside the patch: every such patch shows foreground, at one block read.
             block = self._blocks[int(rng.integers(len(self._blocks)))]
-            voxels = np.flatnonzero(read_box(labels, block, self._labels_path))
+            voxels = np.flatnonzero(self._read_labelled(labels, block))
             voxel = np.unravel_index(voxels[rng.integers(len(voxels))], block.shape)
             offset = [
                 int(np.clip(o + v - rng.integers(0, p), ro, ro + rs - p))
@@ -132,7 +137,24 @@ class PatchDataset(_ZarrDataset):
                 int(o + rng.integers(0, r - p + 1))
                 for o, r, p in zip(region.offset, region.shape, patch, strict=True)
             ]
+            if self.labelled is not None:
+                offset[0] = self._draw_labelled_z(rng)
         return Box(tuple(offset), patch)  # type: ignore[arg-type]
+
+    def _draw_labelled_z(self, rng: np.random.Generator) -> int:
+        """A patch z offset in the region whose patch holds a random labelled slice."""
+        assert self.labelled is not None
+        z0, depth, pz = self.region.offset[0], self.region.shape[0], self.patch_shape[0]
+        inside = [z for z in self.labelled if z0 <= z < z0 + depth]
+        z = inside[int(rng.integers(len(inside)))]
+        return int(rng.integers(max(z0, z - pz + 1), min(z, z0 + depth - pz) + 1))
+
+    def _read_labelled(self, labels: Any, block: Box) -> np.ndarray:
+        """The labels of ``block``, unlabelled slices zeroed (foreground is searched there)."""
+        data = read_box(labels, block, self._labels_path)
+        if self.labelled is None:
+            return data
+        return keep_labelled(data, block.offset[0], self.labelled)
 
     def foreground_blocks(self, labels: Any) -> list[Box]:
         """Chunk-sized blocks of the region holding foreground; found once, one block in memory."""
@@ -147,7 +169,7 @@ class PatchDataset(_ZarrDataset):
             for start in itertools.product(*starts):
                 shape = tuple(min(c, e - b) for b, c, e in zip(start, chunks, stop, strict=True))
                 block = Box(start, shape)  # type: ignore[arg-type]
-                if np.any(read_box(labels, block, self._labels_path)):
+                if np.any(self._read_labelled(labels, block)):
                     self._blocks.append(block)
         return self._blocks
 
@@ -157,6 +179,8 @@ class PatchDataset(_ZarrDataset):
         box = self._draw_box(rng, label_array)
         raw = self._normalize(read_box(raw_array, box, self.paths.raw), raw_array)
         labels = read_box(label_array, box, self._labels_path)
+        if self.labelled is not None:  # -1 on unlabelled voxels, moved along by augmentation
+            labels = mark_unlabelled(labels, box.offset[0], self.labelled)
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, rng)
         return {
@@ -170,7 +194,8 @@ class TileDataset(_ZarrDataset):
 
     Items: ``raw`` float32 (1, tz, ty, tx), normalised, padded by reflection where the region is
     smaller than the tile; ``box`` int64 (6,): the tile's offset and (clipped) shape in region
-    coordinates; and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation.
+    coordinates; and, when labels are given, ``target`` float32 (C, tz, ty, tx) for validation,
+    NaN on unlabelled voxels when ``paths.labelled_slices`` is set.
     """
 
     def __init__(
@@ -185,6 +210,8 @@ class TileDataset(_ZarrDataset):
         self.paths, self.normalization = paths, normalization
         self.tile_shape = tuple(int(t) for t in tile_shape)
         self.region = region
+        if target is not None and paths.labelled_slices is not None:
+            target = target if isinstance(target, SparseTarget) else SparseTarget(target)
         self.target = target
         shape = self.region.shape if region is not None else io.open_volume(paths.raw).shape
         self.shape = tuple(int(s) for s in shape)
@@ -202,6 +229,8 @@ class TileDataset(_ZarrDataset):
         if self.region is not None:
             box = box.shift(self.region.offset)
         data = read_box(array, box, path)
+        if path == self.paths.labels and self.paths.labelled_slices is not None:
+            data = mark_unlabelled(data, box.offset[0], self.paths.labelled_slices)
         pad = [(0, t - s) for t, s in zip(self.tile_shape, data.shape, strict=True)]
         if any(p[1] for p in pad):
             data = np.pad(data, pad, mode="reflect" if min(data.shape) > 1 else "edge")
@@ -310,6 +339,34 @@ class VolumeDataModule(pl.LightningDataModule):
                 f"training labels {self.train_paths.labels} hold no foreground in the training "
                 f"region {self.train_region}: there is nothing to learn"
             )
+        self._check_sparse()
+
+    def _check_sparse(self) -> None:
+        """Refuse sparse labels that leave the training or validation region without a
+        labelled slice, or training labelled slices without foreground; a target that cannot
+        skip unlabelled voxels (:func:`mitoseg.train.sparse.channel_reach`)."""
+        parts = [("training", self.train_paths, self.train_region)]
+        parts.append(("validation", self.val_paths, self.val_region))
+        for name, paths, region in parts:
+            if paths.labelled_slices is None:
+                continue
+            SparseTarget(self.target)
+            z0, z1 = region.offset[0], region.stop[0]
+            inside = [z for z in paths.labelled_slices if z0 <= z < z1]
+            if not inside:
+                raise io.VolumeError(
+                    f"labelled_slices {list(paths.labelled_slices)} of {paths.labels}: none lies "
+                    f"in the {name} region (z {z0}..{z1 - 1}); label slices there or split "
+                    "validation off along y or x (data.val_axis=1 or 2)"
+                )
+            if name == "training" and not any(
+                has_foreground(paths.labels, Box((z, *region.offset[1:]), (1, *region.shape[1:])))
+                for z in inside
+            ):
+                raise io.VolumeError(
+                    f"training labels {paths.labels} hold no foreground on the labelled slices "
+                    f"{inside} of the training region {region}: there is nothing to learn"
+                )
 
     def _setup_regions(self) -> None:
         shape = io.open_volume(self.train_paths.raw).shape
