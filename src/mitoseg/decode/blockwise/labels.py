@@ -3,9 +3,10 @@
 Three steps, each a pass of block tasks with small results:
 
 1. **label**: each block labels its write_roi alone (K label kinds at once, e.g. the decoders'
-   mask components and seeds), writes the local ids (1..n per block and kind) to a scratch array
-   and its first / last layers to face arrays (:mod:`.faces`), and returns per piece (a
-   component within one block) its size, first voxel (global raster index) and centroid sum;
+   mask components and seeds), writes the local ids (1..n per block and kind) to its own scratch
+   array, in the smallest dtype that holds them (mostly uint8), and its first / last layers to
+   face arrays (:mod:`.faces`), and returns per piece (a component within one block) its size,
+   first voxel (global raster index), centroid sum and bounding box;
 2. **join**: pairs of pieces touching across block faces, then union-find on the client
    (``scipy.sparse.csgraph.connected_components`` of the pair graph): an object is a set of
    pieces. Its first voxel is the smallest first voxel of its pieces, since a block's raster
@@ -39,7 +40,7 @@ from mitoseg.decode.blockwise.faces import (
     in_plane_steps,
     write_faces,
 )
-from mitoseg.geometry import Block, BlockGrid, block_grid
+from mitoseg.geometry import Block, BlockGrid, Box, block_grid
 
 
 @dataclass(frozen=True)
@@ -62,33 +63,48 @@ class BlockLabels:
 @dataclass(frozen=True)
 class Pieces:
     """The pieces of one kind in one block: int64 sizes (n,), int64 first voxels (n,) as global
-    raster indices, float64 coordinate sums (n, 3), uint32 local kind-0 parent (n,)."""
+    raster indices, float64 coordinate sums (n, 3), uint32 local kind-0 parent (n,), int64
+    bounding boxes (n, 6) as global (z0, y0, x0, z1, y1, x1)."""
 
     sizes: np.ndarray
     first: np.ndarray
     coord_sums: np.ndarray
     parent: np.ndarray
+    boxes: np.ndarray
 
 
 @dataclass(frozen=True)
 class LabelScratch:
-    """Paths of a labelling's scratch arrays: local labels (K, Z, Y, X) and face arrays."""
+    """Where a labelling's scratch arrays are: one folder of per-block local labels (K, *the
+    block's write_roi shape), each in its own smallest dtype and chunked by ``chunks``, and the
+    face arrays."""
 
     labels: str
     faces: FaceStore
+    chunks: tuple[int, ...]
+
+    def block_path(self, block_id: int) -> str:
+        return str(Path(self.labels) / str(block_id))
+
+    def read(self, block: Block, box: Box, kinds: slice | None = None) -> np.ndarray:
+        """Local labels (K', *box.shape) of ``box`` (inside ``block.write_roi``)."""
+        local = box.shift(tuple(-o for o in block.write_roi.offset))
+        return store.read(self.block_path(block.id), local, kinds or slice(None))
 
 
 @dataclass(frozen=True)
 class Objects:
     """The objects of one kind after joining: ``root`` maps each global piece id (block offset +
     local id - 1) to an object 0..n-1; per object int64 ``sizes``, ``first`` voxel, float64
-    ``centroids`` (n, 3) and (kinds >= 1) the kind-0 ``parent`` object."""
+    ``centroids`` (n, 3), int64 bounding ``boxes`` (n, 6) as (z0, y0, x0, z1, y1, x1) and
+    (kinds >= 1) the kind-0 ``parent`` object."""
 
     root: np.ndarray
     n: int
     sizes: np.ndarray
     first: np.ndarray
     centroids: np.ndarray
+    boxes: np.ndarray
     parent: np.ndarray | None
 
     def block_lut(self, offsets: np.ndarray, block_id: int, values: np.ndarray) -> np.ndarray:
@@ -151,14 +167,20 @@ def _pieces(labels: np.ndarray, n: int, block: Block, grid: BlockGrid, parents: 
     first = np.ravel_multi_index(shifted, grid.total_roi.shape).astype(np.int64)
     sums = (np.asarray(centroids, np.float64) + np.asarray(origin)) * sizes[:, None]
     parent = np.zeros(n, np.uint32) if parents is None else parents.reshape(-1)[local]
-    return Pieces(sizes.astype(np.int64), first, sums, parent.astype(np.uint32))
+    boxes = np.zeros((n, 6), np.int64)
+    if stats is not None:
+        bounds = [(sl.start, sl.stop) for box in stats["bounding_boxes"][1 : n + 1] for sl in box]
+        boxes = np.asarray(bounds, np.int64).reshape(n, 3, 2).transpose(0, 2, 1).reshape(n, 6)
+        boxes += np.tile(np.asarray(origin, np.int64), 2)
+    return Pieces(sizes.astype(np.int64), first, sums, parent.astype(np.uint32), boxes)
 
 
 def create_scratch(root: Path, grid: BlockGrid, kinds: int, chunks: Sequence[int]) -> LabelScratch:
-    """Empty scratch arrays under ``root`` for a labelling of ``kinds`` kinds."""
-    labels = str(root / "labels")
-    store.create_scratch(labels, (kinds, *grid.total_roi.shape), np.uint32, (1, *chunks))
-    return LabelScratch(labels, create_faces(root / "faces", grid, kinds))
+    """An empty scratch folder under ``root`` for a labelling of ``kinds`` kinds."""
+    labels = root / "labels"
+    labels.mkdir(parents=True)
+    faces = create_faces(root / "faces", grid, kinds)
+    return LabelScratch(str(labels), faces, tuple(int(c) for c in chunks))
 
 
 def label_task(
@@ -166,7 +188,7 @@ def label_task(
 ) -> list[Pieces]:
     """Pass 1: label one block, store its labels and faces, summarise its pieces."""
     result = label_fn(block, grid, *args)
-    store.write(scratch.labels, block.write_roi, result.labels, slice(None))
+    store.save_scratch(scratch.block_path(block.id), result.labels, (1, *scratch.chunks))
     write_faces(scratch.faces, grid, block, result.labels, result.crossing)
     parents = result.labels[0]
     if len(result.counts) > 1 and ((result.labels[1:] > 0) & (parents == 0)).any():
@@ -200,11 +222,16 @@ def _objects(pieces: list[Pieces], pairs: np.ndarray, parent_root: Any) -> Objec
     np.minimum.at(object_first, root, first)
     centroids = np.stack([np.bincount(root, sums[:, i], n) for i in range(3)], axis=1)
     centroids = centroids / np.maximum(total, 1)[:, None]
+    boxes = np.concatenate([np.zeros((0, 6), np.int64), *(p.boxes for p in pieces)])
+    object_boxes = np.zeros((n, 6), np.int64)
+    object_boxes[:, :3] = np.iinfo(np.int64).max
+    np.minimum.at(object_boxes[:, :3], root, boxes[:, :3])
+    np.maximum.at(object_boxes[:, 3:], root, boxes[:, 3:])
     parent = None
     if parent_root is not None:
         parent = np.zeros(n, np.int64)
         parent[root] = parent_root
-    return Objects(root, n, total, object_first, centroids, parent)
+    return Objects(root, n, total, object_first, centroids, object_boxes, parent)
 
 
 def label_blocks(
@@ -248,6 +275,11 @@ def label_blocks(
             parent_root = objects[0].root[np.concatenate([np.zeros(0, np.int64), *parents])]
         objects.append(_objects([s[k] for s in summaries], pairs, parent_root))
     return Labelling(scratch, offsets, objects)
+
+
+def relabel_task(block: Block, scratch: LabelScratch, output: str, lut: np.ndarray) -> None:
+    """Write ``lut[kind-0 local labels of the block]`` to ``output``."""
+    store.write(output, block.write_roi, lut[scratch.read(block, block.write_roi, slice(0, 1))[0]])
 
 
 def remap_task(block: Block, source: str, channel: int | None, output: str, lut: np.ndarray) -> int:
@@ -317,7 +349,7 @@ def write_raster_labels(
     objects, offsets = labelling.kinds[0], labelling.offsets[0]
     ids = raster_ids(objects)
     run_blocks(
-        client, "relabel", remap_task, list(grid), labelling.scratch.labels, 0, str(output),
+        client, "relabel", relabel_task, list(grid), labelling.scratch, str(output),
         per_block=lambda b: (objects.block_lut(offsets, b.id, ids),),
         run_log=run_log, progress=progress,
     )  # fmt: skip

@@ -26,7 +26,7 @@ def _version(path: Path) -> int:
         return -1
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _open(path: Path, writable: bool, version: int) -> zarr.Array:
     if not writable:
         return io.open_volume(path)
@@ -70,16 +70,28 @@ def write(
 def create_scratch(
     path: str | Path, shape: Sequence[int], dtype: npt.DTypeLike, chunks: Sequence[int]
 ) -> zarr.Array:
-    """A plain zarr array for intermediate results (zstd level 1: written once, read twice)."""
+    """A plain zarr array for intermediate results: Blosc lz4 with byte shuffle, the fastest
+    codec on label ids (zstd level 1 on unshuffled uint32 labels took 10x as long to write and
+    40x to read)."""
+    dtype = np.dtype(dtype)
+    shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"
+    codec = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle=shuffle, typesize=dtype.itemsize)
     return zarr.create_array(
         store=str(path),
         shape=tuple(int(s) for s in shape),
         chunks=io.clip_chunks(shape, chunks),
         dtype=dtype,
         fill_value=0,
-        compressors=[zarr.codecs.ZstdCodec(level=1)],
+        compressors=[codec],
         overwrite=True,
     )
+
+
+def save_scratch(path: str | Path, values: np.ndarray, chunks: Sequence[int]) -> None:
+    """Write ``values`` (non-negative integers) as a new scratch array at ``path``, in the
+    smallest unsigned dtype that holds its maximum (a block's local label ids: mostly uint8)."""
+    dtype = np.min_scalar_type(int(values.max()) if values.size else 0)
+    create_scratch(path, values.shape, dtype, chunks)[...] = values.astype(dtype, copy=False)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ Everything but the flood is exact, by the blockwise labelling of :mod:`.labels` 
    present there, with the whole-volume decoder's exact height and tie-break; it keeps the
    write_roi;
 4. instances under ``min_size`` are dropped and the rest renumbered (a relabel pass, only when
-   some instance is dropped).
+   some instance is dropped, and only over the blocks holding an id that changes).
 
 Where it can differ from the whole-volume decoder: inside multi-seed components that do not fit
 in a block's read_roi, a voxel whose whole-volume flood path leaves the read_roi (a seed beyond
@@ -41,6 +41,7 @@ from mitoseg.decode.blockwise.graph import CONTEXT, labels_of_graphs, restrict_e
 from mitoseg.decode.blockwise.labels import (
     BlockLabels,
     Labelling,
+    LabelScratch,
     label_blocks,
     label_grid,
     remap_task,
@@ -145,59 +146,84 @@ def plan_instances(labelling: Labelling, decoder: Any) -> Plan:
 
 @dataclass(frozen=True)
 class BlockTables:
-    """What one flood task needs: per block of its read_roi, uint32 lookup tables of local
-    component ids (-> single instance id, -> multi component) and local seed ids (-> instance
-    id); and the multi-seed components' seeds in the block: int64 component (k,), uint32
-    instance id (k,), float64 centroid (k, 3)."""
+    """What one flood task needs. The multi-seed components met in the block's write_roi are
+    numbered 1..k here (*compact* ids, in order of their global index).
+
+    Attributes:
+        single: uint32 lookup table, local component id of the block -> single instance id.
+        luts: per block overlapping ``region``, uint32 lookup tables of its local component ids
+            (-> compact id, 0 for every other component) and local seed ids (-> instance id).
+        seed_comp: int64 (s,) compact id of the component of each of its seeds;
+            seed_id: uint32 (s,) their instance ids; seed_centroid: float64 (s, 3).
+        region: the read_roi cut to the bounding box of the k components (all the flood
+            reads); None when k = 0.
+    """
 
     single: np.ndarray
     luts: dict[int, tuple[np.ndarray, np.ndarray]]
     seed_comp: np.ndarray
     seed_id: np.ndarray
     seed_centroid: np.ndarray
+    region: Box | None = None
+
+
+def _compact(lut: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """uint32: global component index + 1 in ``lut`` -> its 1-based place in sorted
+    ``present``, 0 for components not there."""
+    index = lut.astype(np.int64) - 1
+    place = np.minimum(np.searchsorted(present, index), max(present.size - 1, 0))
+    hit = (index >= 0) & (present[place] == index)
+    return np.where(hit, place + 1, 0).astype(np.uint32)
 
 
 def block_tables(labelling: Labelling, plan: Plan, grid: BlockGrid, block: Block) -> BlockTables:
     """The tables of ``block`` (built on the client, shipped with its task)."""
     comps, seeds = labelling.kinds
     off_c, off_s = labelling.offsets
-    multi_lut = comps.block_lut(off_c, block.id, plan.multi)
-    luts = {}
-    if multi_lut.any():
-        for other in grid.blocks_in(block.read_roi):
-            luts[other.id] = (
-                comps.block_lut(off_c, other.id, plan.multi),
-                seeds.block_lut(off_s, other.id, plan.seed_ids),
-            )
-    present = np.unique(multi_lut[multi_lut > 0]).astype(np.int64) - 1
-    parents = plan.multi_parents
-    lo, hi = np.searchsorted(parents, present), np.searchsorted(parents, present, side="right")
-    spans = [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
-    rows = plan.multi_seeds[np.concatenate([np.zeros(0, np.int64), *spans])]
     assert seeds.parent is not None
-    return BlockTables(
-        comps.block_lut(off_c, block.id, plan.single),
-        luts,
-        seeds.parent[rows] + 1,
-        plan.seed_ids[rows],
-        seeds.centroids[rows],
-    )
+    single = comps.block_lut(off_c, block.id, plan.single)
+    multi_lut = comps.block_lut(off_c, block.id, plan.multi)
+    present = np.unique(multi_lut[multi_lut > 0]).astype(np.int64) - 1
+    if not present.size:
+        none = np.zeros(0, np.int64)
+        return BlockTables(single, {}, none, none.astype(np.uint32), np.zeros((0, 3)))
+    boxes = comps.boxes[present]
+    lo, hi = boxes[:, :3].min(axis=0), boxes[:, 3:].max(axis=0)
+    region = intersect(Box(tuple(lo), tuple(hi - lo)), block.read_roi)  # type: ignore[arg-type]
+    assert region is not None
+    luts = {
+        other.id: (
+            _compact(comps.block_lut(off_c, other.id, plan.multi), present),
+            seeds.block_lut(off_s, other.id, plan.seed_ids),
+        )
+        for other in grid.blocks_in(region)
+    }
+    parents = plan.multi_parents
+    first, last = np.searchsorted(parents, present), np.searchsorted(parents, present, "right")
+    spans = [np.arange(a, b) for a, b in zip(first, last, strict=True)]
+    rows = plan.multi_seeds[np.concatenate([np.zeros(0, np.int64), *spans])]
+    seed_comp = np.searchsorted(present, seeds.parent[rows]) + 1
+    return BlockTables(single, luts, seed_comp, plan.seed_ids[rows], seeds.centroids[rows], region)
 
 
 # --------------------------------------------------------------------------- pass 3: flood
 
 
 def _global(
-    local: np.ndarray, box: Box, grid: BlockGrid, luts: dict[int, np.ndarray]
-) -> np.ndarray:
-    """uint32 ``luts[b][local]`` over ``box``, b the block owning each voxel."""
-    out = np.zeros(local.shape, np.uint32)
+    scratch: LabelScratch, box: Box, grid: BlockGrid, luts: dict[int, tuple[np.ndarray, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint32 (compact component ids, seed instance ids) over ``box``: each owning block's
+    local labels through its lookup tables."""
+    comps, seeds = np.zeros(box.shape, np.uint32), np.zeros(box.shape, np.uint32)
     for owner in grid.blocks_in(box):
         part = intersect(owner.write_roi, box)
         assert part is not None
         key = local_slices(part, box)
-        out[key] = luts[owner.id][local[key]]
-    return out
+        local = scratch.read(owner, part, slice(0, 2))
+        comp_lut, seed_lut = luts[owner.id]
+        comps[key] = comp_lut[local[0]]
+        seeds[key] = seed_lut[local[1]]
+    return comps, seeds
 
 
 def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndarray:
@@ -211,19 +237,20 @@ def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndar
     return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
 
 
+_NO_STATS = (np.zeros((0, 2), np.int64), *(np.zeros(0, np.int64) for _ in range(3)))
+
+
 def _neck_stats(
-    flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, core: Any
+    flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, inner: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """What the client's neck merge needs from one block, over its write_roi ``core``: the
-    deepest voxel of each interface between two flooded ids (faces whose lower voxel lies in
-    the core) and the shallowest voxel of each seed in the core.
+    """What the client's neck merge needs from one component's flood (on its box): the deepest
+    voxel of each interface between two flooded ids (faces whose lower voxel is ``inner``: in
+    the write_roi) and the shallowest voxel of each seed in the write_roi.
 
     Returns:
         int64 pairs (k, 2) (smaller id first), int64 (k,) depths, int64 seed ids (m,), (m,).
     """
-    inner = np.zeros(flooded.shape, dtype=bool)
-    inner[core] = True
-    keys, deepest = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int64)]
+    keys, deepest = [_NO_STATS[0]], [_NO_STATS[1]]
     for axis in range(3):
         lo, hi = [slice(None)] * 3, [slice(None)] * 3
         lo[axis], hi[axis] = slice(0, -1), slice(1, None)
@@ -264,37 +291,49 @@ def merge_groups(found: list[Any], n_ids: int) -> np.ndarray:
     return np.array([ws._root(group, i) for i in range(n_ids + 1)], dtype=np.int64)
 
 
+def _within(core: tuple[slice, ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The part of ``core`` inside ``box`` (slices of one array), as slices of ``box``."""
+    out = []
+    for c, b in zip(core, box, strict=True):
+        start = min(max(c.start, b.start), b.stop) - b.start
+        out.append(slice(start, max(min(c.stop, b.stop) - b.start, start)))
+    return tuple(out)
+
+
 def _flood(
     comps: np.ndarray,
     seeds: np.ndarray,
     score: np.ndarray,
-    core: Any,
+    core: tuple[slice, ...],
     rank: int,
     in_plane: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Flood each multi-seed component met in ``core`` on its box within the read_roi; with
-    ``in_plane`` not None also the components' depth (:func:`mitoseg.decode.watershed.neck_depth`,
-    a side on the read_roi's edge counting as the volume's border: a cut through a component
-    is not its outside)."""
-    wanted = np.unique(comps[core])
-    wanted = wanted[wanted > 0]
-    # A lookup table over the global ids (as many as the client's plan holds): one uint32
-    # gather, where a searchsorted took several int64 passes over the read_roi (>10x slower).
-    lut = np.zeros(int(comps.max()) + 1, np.uint32)
-    lut[wanted] = np.arange(1, wanted.size + 1, dtype=np.uint32)
-    compact = lut[comps]
+    at_edge: Any = ((True, True),) * 3,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]]]:
+    """Flood each component 1..k of ``comps`` on its own box; with ``in_plane`` not None also
+    its :func:`_neck_stats` over ``core``, from its depth
+    (:func:`mitoseg.decode.watershed.neck_depth`; a side on the array's edge counts as the
+    volume's border where ``at_edge`` (per axis, low and high side) says the array ends at the
+    read_roi's edge: a cut through a component is not its outside)."""
     out = np.zeros(comps.shape, np.uint32)
-    depth = None if in_plane is None else np.zeros(comps.shape, np.int32)
-    for j, box in enumerate(ndimage.find_objects(compact), start=1):
-        inside = compact[box] == j
+    stats = []
+    for j, box in enumerate(ndimage.find_objects(comps), start=1):
+        if box is None:
+            continue
+        inside = comps[box] == j
         markers = np.where(inside, seeds[box], np.uint32(0))
         height = ws.flood_height(score[box], markers)
         flooded = watershed(height, markers, mask=inside, connectivity=rank)
         out[box][inside] = flooded[inside]
-        if depth is not None:
-            edge = [(sl.start == 0, sl.stop == n) for sl, n in zip(box, comps.shape, strict=True)]
-            depth[box][inside] = ws.neck_depth(inside, edge, bool(in_plane))[inside]
-    return out, depth
+        if in_plane is not None:
+            edge = [
+                (sl.start == 0 and low, sl.stop == n and high)
+                for sl, n, (low, high) in zip(box, comps.shape, at_edge, strict=True)
+            ]
+            depth = ws.neck_depth(inside, edge, in_plane)
+            inner = np.zeros(inside.shape, dtype=bool)
+            inner[_within(core, box)] = True
+            stats.append(_neck_stats(flooded, markers, depth, inner))
+    return out, stats
 
 
 def _nearest_seed(
@@ -319,38 +358,44 @@ def flood_task(
     block: Block,
     grid: BlockGrid,
     probs: str,
-    labels: str,
+    scratch: LabelScratch,
     output: str,
     decoder: Any,
     tables: BlockTables,
 ) -> tuple[np.ndarray, ...]:
     """Pass 3: write the block's instance ids; return the ids of flooded instances in the block
-    and their voxel counts (int64), then for a neck-merging decoder :func:`_neck_stats`."""
+    and their voxel counts (int64), then for a neck-merging decoder :func:`_neck_stats`.
+
+    Single-seed components are a lookup; only the multi-seed components met in the write_roi
+    are read (on ``tables.region``) and flooded, each on its own box."""
     ids, counts = np.zeros(0, np.uint32), np.zeros(0, np.int64)
-    empty = (np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    stats: tuple[np.ndarray, ...] = (*empty, np.zeros(0, np.int64))
-    if not tables.luts:  # no multi-seed component: a lookup
-        out = tables.single[store.read(labels, block.write_roi, slice(0, 1))[0]]
-    else:
-        region, core = block.read_roi, local_slices(block.write_roi, block.read_roi)
-        raw = store.read(labels, region, slice(0, 2))
-        out = tables.single[raw[0][core]]
-        comps = _global(raw[0], region, grid, {b: t[0] for b, t in tables.luts.items()})
-        seeds = _global(raw[1], region, grid, {b: t[1] for b, t in tables.luts.items()})
-        del raw  # the task's peak is in the flood: two uint32 read_rois fewer there
+    stats = [_NO_STATS]
+    out = tables.single[scratch.read(block, block.write_roi, slice(0, 1))[0]]
+    region = tables.region
+    if region is not None:
+        part = intersect(block.write_roi, region)
+        assert part is not None
+        core = local_slices(part, region)
+        comps, seeds = _global(scratch, region, grid, tables.luts)
         score = _flood_score(probs, region, grid, decoder)
         in_plane = decoder._settings.in_plane if getattr(decoder, "merge_necks", False) else None
-        whole, depth = _flood(comps, seeds, score, core, _RANK[decoder.connectivity], in_plane)
+        at_edge = [
+            (r0 == q0, r1 == q1)
+            for r0, r1, q0, q1 in zip(
+                region.offset, region.stop, block.read_roi.offset, block.read_roi.stop, strict=True
+            )
+        ]
+        rank = _RANK[decoder.connectivity]
+        whole, found = _flood(comps, seeds, score, core, rank, in_plane, at_edge)
         flooded = whole[core]
-        _nearest_seed(flooded, comps[core], block.write_roi.offset, tables)
+        _nearest_seed(flooded, comps[core], part.offset, tables)
         multi = comps[core] > 0
-        out[multi] = flooded[multi]
+        out[local_slices(part, block.write_roi)][multi] = flooded[multi]
         ids, counts = np.unique(flooded[multi], return_counts=True)
-        if depth is not None:
-            whole[core] = np.where(multi, flooded, whole[core])
-            stats = _neck_stats(whole, seeds, depth, core)
+        stats += found
     store.write(output, block.write_roi, out)
-    return (ids.astype(np.int64), counts.astype(np.int64), *stats)
+    merged = [np.concatenate(parts) for parts in zip(*stats, strict=True)]
+    return (ids.astype(np.int64), counts.astype(np.int64), *merged)
 
 
 # --------------------------------------------------------------------------- driver
@@ -388,7 +433,7 @@ def decode_instances(
     )  # fmt: skip
     plan = plan_instances(labelling, decoder)
     found = run_blocks(
-        client, "flood", flood_task, list(grid), grid, probs, labelling.scratch.labels,
+        client, "flood", flood_task, list(grid), grid, probs, labelling.scratch,
         str(output), decoder, per_block=lambda b: (block_tables(labelling, plan, grid, b),),
         run_log=run_log, progress=progress,
     )  # fmt: skip
@@ -406,8 +451,16 @@ def decode_instances(
         return plan.n_ids
     # merged ids take their group's new id (ids keep raster order: a group's is its smallest)
     lut = np.where(keep, np.cumsum(keep) - 1, 0).astype(np.uint32)[group]
+    # Ids below the first changed one stay: a block holding none above it is left as it is.
+    changed = int(np.flatnonzero(lut != np.arange(lut.size))[0])
+    comps, offsets = labelling.kinds[0], labelling.offsets[0]
+    touched = [
+        block
+        for block, (ids, *_) in zip(grid, found, strict=True)
+        if max(comps.block_lut(offsets, block.id, plan.single).max(), ids.max(initial=0)) >= changed
+    ]
     run_blocks(
-        client, "drop small", remap_task, list(grid), str(output), None, str(output), lut,
+        client, "drop small", remap_task, touched, str(output), None, str(output), lut,
         run_log=run_log, progress=progress,
     )  # fmt: skip
     return int(keep.sum()) - 1
