@@ -5,17 +5,20 @@ weights copied, the layers of another target reinitialised and listed)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from mitoseg import pretrained
+from mitoseg import io, pretrained
 from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
+from mitoseg.cli.predict import predict
 from mitoseg.cli.train import train
 
 TINY = [
@@ -40,18 +43,27 @@ def compose_train(overrides: list[str], output_dir: Path):
     return cfg
 
 
-def _train(folder: Path, *overrides: str) -> Path:
-    """A tiny in-process run in ``folder``; returns its last checkpoint."""
-    cfg = compose_train([*TINY, f"data.cache_dir={folder.parent / 'cache'}", *overrides], folder)
+def _train(folder: Path, *overrides: str, cache: Path | None = None) -> Path:
+    """A tiny in-process run in ``folder`` (data cached in ``cache``, by default beside it);
+    returns its last checkpoint."""
+    cache = cache or folder.parent / "cache"
+    cfg = compose_train([*TINY, f"data.cache_dir={cache}", *overrides], folder)
     train(cfg)
     return folder / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A 2-step semantic run, tested (metrics.json: the threshold chosen on validation)."""
+    """A 2-step semantic run, tested (metrics.json: the threshold chosen on validation); its
+    best checkpoint, the one metrics.json scores."""
     run = tmp_path_factory.mktemp("pretrained") / "run"
-    return _train(run, "trainer.max_steps=2", "evaluate.sweep.threshold=[0.3,0.5]")
+    _train(run, "trainer.max_steps=2", "evaluate.sweep.threshold=[0.2,0.9]")
+    return run / "checkpoints" / json.loads((run / "metrics.json").read_text())["checkpoint"]
+
+
+def _test_raw(tiny: Path) -> Path:
+    """The run's synthetic test volume (converted in its cache)."""
+    return next((tiny.parents[2] / "cache").glob("synthetic-*seed1000*")) / "raw.zarr"
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -65,13 +77,12 @@ def test_init_from_a_checkpoint_copies_weights_and_lists_the_reinitialised_outpu
     tiny: Path, tmp_path: Path, caplog
 ) -> None:
     """semantic (1 channel) -> bc (2 channels): every tensor but the output convolution's is
-    the source's at step 0; the output layer is listed in the log, the checkpoint's run config
-    and metrics.json."""
+    the source's (lr=0); the output layer is listed in the log and the checkpoint's run config."""
     source = _tensors(tiny)
     with caplog.at_level(logging.INFO, logger="mitoseg"):
         last = _train(
             tmp_path / "bc", f"init={tiny}", "target=bc", "trainer.max_steps=1", "test=false",
-            "module.optimizer.lr=0",
+            "module.optimizer.lr=0", cache=tiny.parents[2] / "cache",
         )  # fmt: skip
     tuned = _tensors(last)
     reshaped = sorted(k for k in source if source[k].shape != tuned[k].shape)
@@ -90,7 +101,10 @@ def test_init_from_a_checkpoint_copies_weights_and_lists_the_reinitialised_outpu
 
 def test_init_with_another_network_is_refused_naming_the_settings(tiny: Path, tmp_path) -> None:
     cfg = compose_train([*TINY, f"init={tiny}", "model.widths=[4,16]"], tmp_path)
-    with pytest.raises(CheckpointError, match=r"init=.*last\.ckpt.*another network.*model\.widths"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"init=.*\.ckpt: another network .*model\.widths=\[4, 8\] there, \[4, 16\] here",
+    ):
         train(cfg)
 
 
@@ -106,3 +120,138 @@ def test_init_with_an_unknown_name_lists_the_available_ones(tmp_path: Path, monk
     cfg = compose_train([*TINY, "init=runs/nothing.ckpt"], tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint not found: runs/nothing\.ckpt"):
         train(cfg)
+
+
+def test_init_from_a_pretrained_name_copies_every_tensor(entry: Path, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from mitoseg.cli.pretrained import init_net
+
+    cfg = compose_train([*TINY, "init=tiny"], tmp_path)
+    net = instantiate(cfg.model)
+    report = init_net("tiny", net, cfg)
+    assert report["source"] == "pretrained:tiny" and report["reinitialised"] == []
+    weights = torch.load(entry / "tiny" / pretrained.WEIGHTS, weights_only=True)
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name])
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def made(tiny: Path) -> Path:
+    """The registry folder holding ``tiny``: the run's last checkpoint, its metrics.json and a
+    scored check crop of the synthetic test volume, made as the lead makes ``lucchipp``."""
+    from mitoseg.cli.pretrained import main
+
+    registry = tiny.parents[2] / "registry"
+    volume = _test_raw(tiny).parent
+    args = ["make", str(tiny), "--name", "tiny", "--dest", str(registry)]
+    args += ["--check", str(volume / "raw.zarr"), str(volume / "labels.zarr")]
+    assert main([*args, "--check-box", "0:16,0:40,8:48"]) == 0
+    return registry
+
+
+@pytest.fixture()
+def entry(made: Path, monkeypatch) -> Path:
+    """``made`` on the search path ($MITOSEG_PRETRAINED)."""
+    monkeypatch.setenv(pretrained.ENV, str(made))
+    return made
+
+
+def test_entry_holds_fp32_weights_that_load_weights_only_and_the_chosen_decoder(
+    entry: Path, tiny: Path
+) -> None:
+    folder = entry / "tiny"
+    weights = torch.load(folder / pretrained.WEIGHTS, weights_only=True)
+    original = _tensors(tiny)
+    assert weights.keys() == original.keys()
+    for name, tensor in original.items():
+        assert torch.equal(weights[name], tensor), name
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    manifest = json.loads((folder / pretrained.MANIFEST).read_text())
+    assert manifest["sha256"] == pretrained.sha256_of(folder / pretrained.WEIGHTS)
+    metrics = json.loads((tiny.parents[1] / "metrics.json").read_text())
+    chosen = metrics["selected"]["threshold"]
+    assert manifest["config"]["postprocess"]["threshold"] == chosen
+    assert manifest["scores"]["test"]["fg_iou"] == metrics["final"]["fg_iou"]
+    assert manifest["config"]["data"]["voxel_size_nm"] == [5.0, 5.0, 5.0]
+    assert "raw_intensity" in manifest["config"]["data"]
+    card = (folder / pretrained.CARD).read_text()
+    assert "{{" not in card and f"| {metrics['final']['fg_iou']:.4f}" in card
+    assert f"foreground IoU {manifest['check']['fg_iou']:.4f}" in card
+    assert pretrained.load_weights(pretrained.find("tiny")).keys() == original.keys()
+
+
+def test_changed_weights_are_refused_naming_the_file_and_both_hashes(
+    entry: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(entry / "tiny", copy)
+    monkeypatch.setenv(pretrained.ENV, str(tmp_path))
+    weights = torch.load(copy / pretrained.WEIGHTS, weights_only=True)
+    next(iter(weights.values())).add_(1.0)
+    torch.save(weights, copy / pretrained.WEIGHTS)
+    found = pretrained.sha256_of(copy / pretrained.WEIGHTS)
+    recorded = pretrained.find("tiny").sha256
+    with pytest.raises(pretrained.PretrainedError) as error:
+        pretrained.load_weights(pretrained.find("tiny"))
+    assert str(copy / pretrained.WEIGHTS) in str(error.value)
+    assert found in str(error.value) and recorded in str(error.value)
+
+
+def _predict(raw: Path, tmp_path: Path, output: str, *overrides: str) -> np.ndarray:
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"input={raw}", f"output={tmp_path / output}", f"cache_dir={tmp_path / 'cache'}",
+                "trainer.enable_progress_bar=false", *overrides,
+            ],
+        )  # fmt: skip
+    return io.open_volume(predict(cfg))[:]
+
+
+def test_predict_with_the_name_equals_predict_with_the_checkpoint(entry: Path, tiny: Path) -> None:
+    """Same weights, same tiles, TTA and intensity mapping, from the manifest alone."""
+    folder = entry / "predict"
+    folder.mkdir(exist_ok=True)
+    by_name = _predict(_test_raw(tiny), folder, "named.zarr", "pretrained=tiny")
+    by_checkpoint = _predict(_test_raw(tiny), folder, "checkpoint.zarr", f"ckpt={tiny}")
+    np.testing.assert_array_equal(by_name, by_checkpoint)
+    assert by_name.shape[0] == 1 and by_name.max() > 0
+
+
+def test_predict_takes_one_of_ckpt_or_pretrained_and_names_the_models(
+    entry: Path, tiny: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CheckpointError, match=r"missing value for 'ckpt'.*models: tiny"):
+        _predict(_test_raw(tiny), tmp_path, "a.zarr")
+    with pytest.raises(CheckpointError, match="pass one of them"):
+        _predict(_test_raw(tiny), tmp_path, "b.zarr", "pretrained=tiny", f"ckpt={tiny}")
+    with pytest.raises(pretrained.PretrainedError, match=r"unknown .* 'tinny'; available: tiny"):
+        _predict(_test_raw(tiny), tmp_path, "c.zarr", "pretrained=tinny")
+
+
+def test_segment_with_the_name_decodes_with_the_threshold_chosen_on_validation(
+    entry: Path, tmp_path: Path
+) -> None:
+    from mitoseg.cli.segment import postprocess_config
+
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("segment", overrides=["probs=p.zarr", "pretrained=tiny"])
+    chosen = json.loads((entry / "tiny" / pretrained.MANIFEST).read_text())["scores"]["selected"]
+    decoder = postprocess_config(cfg)
+    assert decoder.threshold == chosen["threshold"] != cfg.postprocess.threshold
+    assert decoder.median_size == chosen["median_size"]
+
+
+def test_card_template_with_an_unknown_field_is_refused() -> None:
+    from mitoseg.pretrained.make import render_card
+
+    assert render_card("IoU {{ test_fg_iou }}", {"test_fg_iou": "0.9"}) == "IoU 0.9"
+    with pytest.raises(pretrained.PretrainedError, match=r"unknown fields \['test_iou'\]"):
+        render_card("{{test_iou}}", {"test_fg_iou": "0.9"})

@@ -16,9 +16,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, build_net, load_checkpoint, trained_intensity
+from mitoseg.cli.common import CONFIG_PATH, build_net, trained_intensity
 from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.cli.predict_grid import predict_grid, work_output
+from mitoseg.cli.pretrained import chosen_model, load_chosen
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.files import check_output_apart, check_replaceable
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
@@ -53,7 +54,7 @@ def input_intensity(cfg: DictConfig, stored: DictConfig, raw: Path) -> RawIntens
     if trained is None:
         log.info(
             "checkpoint %s records no statistics of its training data (written before they "
-            "were recorded): the input's range is not compared with them", cfg.ckpt,
+            "were recorded): the input's range is not compared with them", cfg.get("ckpt"),
         )  # fmt: skip
     problem = mismatch(f"input {cfg.input}", found, trained)
     if problem:
@@ -76,7 +77,7 @@ def make_plan(
         overlap=float(settings.overlap),
         blend=str(settings.blend),
         tta=str(settings.tta),
-        checkpoint=str(Path(cfg.ckpt).expanduser().resolve()),
+        checkpoint=chosen_model(cfg),
         chunk_shape=tuple(int(c) for c in cfg.chunk_shape),  # type: ignore[arg-type]
         normalization=normalization,
     )
@@ -90,8 +91,8 @@ def predict(cfg: DictConfig) -> Path:
     if output.exists() and not cfg.overwrite:
         raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
     check_replaceable(output)  # overwrite replaces only what mitoseg wrote
-    stored, weights = load_checkpoint(cfg.ckpt)
-    net = build_net(stored, weights, str(cfg.ckpt))
+    stored, weights, source = load_chosen(cfg)
+    net = build_net(stored, weights, source)
     settings = predict_settings(cfg, stored)
     paths = FileVolumes(
         cfg.input, raw_dataset=cfg.dataset, voxel_size_nm=cfg.voxel_size_nm

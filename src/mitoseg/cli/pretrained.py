@@ -4,16 +4,23 @@ make one from a training checkpoint)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mitoseg import pretrained
-from mitoseg.cli.common import CheckpointError, _flat, load_checkpoint
+from mitoseg import io, pretrained
+from mitoseg.cli.common import CONFIG_PATH, CheckpointError, _flat, load_checkpoint
+from mitoseg.files import write_json_atomic
 from mitoseg.train.checkpoints import upgrade_targets
 from mitoseg.train.transfer import TransferError, transfer_weights
 
@@ -95,3 +102,187 @@ def init_net(ref: str, net: nn.Module, cfg: DictConfig) -> dict[str, Any]:
     result = report.to_dict()
     result["target"] = {"source": stored.target.get("name"), "here": cfg.target.get("name")}
     return result
+
+
+def chosen_model(cfg: DictConfig) -> str:
+    """What ``ckpt=`` / ``pretrained=`` name (exactly one of them): the checkpoint's resolved
+    path, or ``pretrained:<name> sha256:<hash>`` (recorded in the outputs' plans, so that an
+    output predicted with other weights is not resumed with these).
+
+    Raises:
+        CheckpointError: both or neither given.
+    """
+    ckpt, name = cfg.get("ckpt"), cfg.get("pretrained")
+    if ckpt is not None and name is not None:
+        raise CheckpointError(
+            f"ckpt={ckpt} and pretrained={name}: pass one of them (a checkpoint, or a pretrained "
+            "model's name)"
+        )
+    if name is not None:
+        return f"pretrained:{name} sha256:{pretrained.find(str(name)).sha256}"
+    if ckpt is None:
+        names = ", ".join(sorted(pretrained.available())) or "none installed"
+        raise CheckpointError(
+            f"missing value for 'ckpt': pass ckpt=<checkpoint> or pretrained=<name> (pretrained "
+            f"models: {names})"
+        )
+    return str(Path(str(ckpt)).expanduser().resolve())
+
+
+def load_chosen(cfg: DictConfig) -> tuple[DictConfig, dict[str, torch.Tensor], str]:
+    """The stored config, weights and a description of ``ckpt=`` or ``pretrained=``
+    (:func:`chosen_model`); a pretrained model's config is its manifest's, with the decoder
+    parameters chosen on validation and the prediction settings (tiles, TTA) of the recipe."""
+    chosen_model(cfg)
+    if cfg.get("pretrained") is not None:
+        stored, weights, path = load_pretrained(str(cfg.pretrained))
+        return stored, weights, f"pretrained model '{cfg.pretrained}' ({path})"
+    stored, weights = load_checkpoint(cfg.ckpt)
+    return stored, weights, str(cfg.ckpt)
+
+
+# --- python -m mitoseg.cli.pretrained ----------------------------------------------------------
+
+
+def parse_box(text: str) -> tuple[tuple[int, int], ...]:
+    """``"z0:z1,y0:y1,x0:x1"`` -> ``((z0, z1), (y0, y1), (x0, x1))``."""
+    try:
+        box = tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 3 or any(len(a) != 2 or not 0 <= a[0] < a[1] for a in box):
+        raise ValueError(f"box {text!r}: expected z0:z1,y0:y1,x0:x1 with z0 < z1 etc.")
+    return box  # type: ignore[return-value]
+
+
+def score_crop(
+    name: str,
+    raw: str | Path,
+    labels: str | Path,
+    box: Sequence[Sequence[int]],
+    work_dir: str | Path,
+) -> dict[str, Any]:
+    """Segment a crop of ``raw`` with the pretrained model ``name`` as a user would
+    (``mitoseg-predict pretrained=<name>`` in fp32, then the manifest's decoder) and score its
+    foreground against the same crop of ``labels`` (non-zero: foreground).
+
+    Returns:
+        ``{"raw", "labels" (file names), "box", "decoder", "fg_iou", ...}``: the semantic
+        scores, what the model card's check line reports and the shipped tests reproduce.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from mitoseg.cli.predict import predict
+    from mitoseg.decode.base import params
+    from mitoseg.decode.run import run_decoder
+    from mitoseg.io.sources import open_source
+
+    entry, work = pretrained.find(name), Path(work_dir)
+    (z0, z1), (y0, y1), (x0, x1) = box
+    crops = {}
+    for kind, path in (("raw", raw), ("labels", labels)):
+        with open_source(path) as source:
+            crops[kind] = source.read(z0, z1)[:, y0:y1, x0:x1]
+    size = entry.config.get("data", {}).get("voxel_size_nm")
+    io.write_volume(work / "raw.zarr", crops["raw"], attrs={"voxel_size_nm": size})
+    io.write_volume(work / "labels.zarr", crops["labels"])
+    overrides = [
+        f"pretrained={name}", f"input={work / 'raw.zarr'}", f"output={work / 'probs.zarr'}",
+        f"cache_dir={work / 'cache'}", "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false", "overwrite=true",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        predict(compose("predict", overrides=overrides))
+    decoder = instantiate(entry.config["postprocess"])
+    result = run_decoder(decoder, work / "probs.zarr", None, work / "labels.zarr")
+    assert result.scores is not None
+    return {
+        "raw": Path(raw).name,
+        "labels": Path(labels).name,
+        "box": [list(b) for b in box],
+        "decoder": ", ".join(f"{k}={v}" for k, v in params(decoder).items()),
+        "precision": "32-true",
+        **result.scores,
+    }
+
+
+def make(args: argparse.Namespace) -> dict[str, Any]:
+    """``make``: the entry, then (with ``--check``) the check crop's scores in its manifest and
+    card."""
+    from mitoseg.pretrained.make import make_entry, write_card
+
+    dest = Path(args.dest).expanduser()
+    folder = dest / args.name
+    if (folder / pretrained.MANIFEST).exists() and not args.overwrite:
+        raise FileExistsError(f"{folder} already holds an entry; pass --overwrite to replace it")
+    manifest = make_entry(args.ckpt, args.name, dest, args.metrics)
+    if args.check:
+        box = parse_box(args.check_box)
+        with tempfile.TemporaryDirectory() as work:
+            # the new entry, found first whatever $MITOSEG_PRETRAINED holds
+            search = [str(dest), *map(str, pretrained.search_path())]
+            with mock.patch.dict(os.environ, {pretrained.ENV: os.pathsep.join(search)}):
+                manifest["check"] = score_crop(args.name, *args.check, box, work)
+        write_json_atomic(folder / pretrained.MANIFEST, manifest)
+        write_card(folder, manifest)
+    return manifest
+
+
+def list_entries() -> str:
+    """One line per registered model: name, test foreground IoU, folder."""
+    lines = []
+    for name, folder in sorted(pretrained.available().items()):
+        entry = pretrained.find(name)
+        test = entry.manifest.get("scores", {}).get("test", {})
+        score = next((f"{k} {test[k]:.4f}" for k in ("fg_iou", "ap75") if k in test), "")
+        lines.append(f"{name}\t{score}\t{folder}")
+    return "\n".join(lines) or "no pretrained models installed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mitoseg.cli.pretrained list | make CKPT --name NAME ...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mitoseg.cli.pretrained", description="Pretrained models of mitoseg."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the registered models")
+    made = commands.add_parser(
+        "make", help="a registry entry (weights, manifest, model card) from a checkpoint"
+    )
+    made.add_argument("ckpt", type=Path, help="checkpoint of mitoseg-train (the tested one)")
+    made.add_argument("--name", required=True, help="the entry's name, e.g. lucchipp")
+    made.add_argument(
+        "--metrics", "--card-scores", type=Path, default=None,
+        help="the run's metrics.json (default: beside the checkpoints folder)",
+    )  # fmt: skip
+    made.add_argument(
+        "--dest", default=str(pretrained.PACKAGE_DIR),
+        help="registry folder (default: the package's, shipped with mitoseg)",
+    )  # fmt: skip
+    made.add_argument(
+        "--check", nargs=2, metavar=("RAW", "LABELS"),
+        help="score a crop of this volume (e.g. Lucchi++ test_im.tif test_label.tif) for the card",
+    )  # fmt: skip
+    made.add_argument("--check-box", default="35:131,224:544,352:672", help="z0:z1,y0:y1,x0:x1")
+    made.add_argument("--overwrite", action="store_true", help="replace an existing entry")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "list":
+            print(list_entries())
+            return 0
+        manifest = make(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    folder = Path(args.dest).expanduser() / args.name
+    check = manifest.get("check")
+    print(f"wrote {folder}: {pretrained.WEIGHTS} (sha256 {manifest['sha256']}), manifest, card")
+    if check:
+        print(f"check crop: foreground IoU {check['fg_iou']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mitoseg import io
+from mitoseg import io, pretrained
 from mitoseg.analyze.report import columns_of
 from mitoseg.cli.common import CONFIG_PATH, write_sweep_summary
 from mitoseg.cli.entry import command, hydra_task, run_hydra
@@ -31,9 +31,26 @@ def to_container(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
+def postprocess_config(cfg: DictConfig) -> DictConfig:
+    """The decoder config of ``mitoseg-segment``: ``cfg.postprocess``, or with
+    ``pretrained=<name>`` the model's (its parameters chosen on validation) with the command
+    line's ``postprocess.<key>=`` overrides on top; ``postprocess=<other decoder>`` wins."""
+    if cfg.get("pretrained") is None:
+        return cfg.postprocess
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if any(o.startswith("postprocess=") for o in given):
+        return cfg.postprocess
+    entry = pretrained.find(str(cfg.pretrained))
+    stored = OmegaConf.create(entry.config["postprocess"])  # current module names: no upgrade
+    changes = OmegaConf.from_dotlist([o for o in given if o.startswith("postprocess.")])
+    merged = OmegaConf.merge(stored, changes.get("postprocess", {}))
+    log.info("decoder of pretrained model '%s': %s", cfg.pretrained, OmegaConf.to_yaml(merged))
+    return merged
+
+
 def segment(cfg: DictConfig) -> dict[str, Any]:
     """Decode ``cfg.probs`` with ``cfg.postprocess``; score against ``cfg.labels`` if given."""
-    decoder = instantiate(cfg.postprocess)
+    decoder = instantiate(postprocess_config(cfg))
     output_dir = Path(cfg.output_dir)
     output = output_dir / f"{output_name(decoder)}.zarr" if cfg.save_output else None
     for written in (output, output_dir / "metrics.json"):  # never into the probs or the labels

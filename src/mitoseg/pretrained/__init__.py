@@ -13,7 +13,9 @@ An entry is a folder ``<name>/`` holding
 
 Entries are looked up in the folders of ``$MITOSEG_PRETRAINED`` (separated by ``os.pathsep``),
 then in this package's folder; the first folder that holds a name wins.
-``python -m mitoseg.cli.pretrained make`` writes an entry from a training checkpoint.
+``python -m mitoseg.cli.pretrained make`` writes an entry from a training checkpoint. Finding
+entries and reading manifests needs no torch (``mitoseg-segment pretrained=<name>`` reads the
+decoder only); :func:`load_weights` imports it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENV = "MITOSEG_PRETRAINED"
@@ -140,6 +141,10 @@ def load_weights(entry: Pretrained) -> dict[str, torch.Tensor]:
         PretrainedError: the weights file is missing, its sha256 differs from the manifest's
             (both named), or it is not a plain state dict loadable with ``weights_only=True``.
     """
+    import torch
+
+    from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only
+
     path = entry.weights_path
     if not path.is_file():
         raise PretrainedError(

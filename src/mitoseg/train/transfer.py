@@ -17,6 +17,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+SAME = "init= needs the same network (only the layers whose shape depends on the target may differ)"
+
 
 class TransferError(ValueError):
     """Weights that do not fit a network (another architecture); the message names the source."""
@@ -93,19 +95,17 @@ def transfer_weights(
     why = f" ({'; '.join(differences)})" if differences else ""
     if missing or unexpected:
         raise TransferError(
-            f"the weights of {source} are another network than this run's{why}: "
-            f"{len(missing)} tensor(s) of this network are not there {missing[:3]}, "
-            f"{len(unexpected)} there are unknown here {unexpected[:3]}; init= needs the same "
-            "network (only the layers whose shape depends on the target may differ)"
+            f"another network than this run's{why}: {len(missing)} tensor(s) of this network "
+            f"are not there {missing[:3]}, {len(unexpected)} there are unknown here "
+            f"{unexpected[:3]}; {SAME}"
         )
     if unfit and differences:
         shapes = ", ".join(
             f"{k} {list(weights[k].shape)} there, {list(own[k].shape)} here" for k in unfit[:3]
         )
         raise TransferError(
-            f"the weights of {source} are another network than this run's{why}: "
-            f"{len(unfit)} tensor(s) of other shapes ({shapes}); init= needs the same network "
-            "(only the layers whose shape depends on the target may differ)"
+            f"another network than this run's{why}: {len(unfit)} tensor(s) of other shapes "
+            f"({shapes}); {SAME}"
         )
     layers = sorted({_layer(k) for k in unfit})
     report = TransferReport(source)
