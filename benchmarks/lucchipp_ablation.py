@@ -168,6 +168,7 @@ def probe_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
     from hydra.utils import instantiate
 
     from mitoseg.cli.common import build_datamodule, build_module
+    from mitoseg.cli.train import fill_compute
 
     class StepEnds(pl.Callback):
         def __init__(self) -> None:
@@ -179,6 +180,7 @@ def probe_fit(cfg, steps: int = 8) -> float:  # type: ignore[no-untyped-def]
     pl.seed_everything(int(cfg.seed), verbose=False)
     cfg = cfg.copy()
     cfg.data.samples_per_epoch = (steps + 1) * int(cfg.data.batch_size)
+    fill_compute(cfg)  # trainer.precision / module.channels_last auto, as mitoseg-train
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     ends = StepEnds()

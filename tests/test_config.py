@@ -13,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
 from mitoseg.cli.common import CONFIG_PATH, build_datamodule
+from mitoseg.cli.train import fill_compute
 from mitoseg.decode.base import with_voxel_size
 
 CONF = Path(CONFIG_PATH)
@@ -37,6 +38,7 @@ def compose_train(overrides: list[str], tmp_path: Path):
 
 
 def build(cfg):
+    fill_compute(cfg)  # precision=auto, channels_last=auto: this machine's, as mitoseg-train
     datamodule = build_datamodule(cfg)
     net = instantiate(cfg.model)
     module = instantiate(cfg.module, net=net, loss=instantiate(cfg.target.loss))

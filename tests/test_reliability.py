@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from mitoseg import io
 from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
 from mitoseg.cli.predict import predict
-from mitoseg.cli.train import resume_checkpoint, train
+from mitoseg.cli.train import fill_compute, resume_checkpoint, train
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.datasets.volumes import FileVolumes, VolumePaths
 from mitoseg.files import write_json_atomic
@@ -431,6 +431,7 @@ def test_same_seed_same_trained_weights_on_cpu(trained: Path, tmp_path: Path, mo
 
 def test_checkpoints_and_metrics_are_replaced_atomically(tmp_path: Path, monkeypatch) -> None:
     cfg = compose_train(["trainer.accelerator=cpu"], tmp_path)
+    fill_compute(cfg)  # trainer.precision=auto resolved, as mitoseg-train does
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     ckpt_io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPUs that compute in bf16 natively
+# Lightning's older spellings, as trainer.precision reports them
+LEGACY_PRECISION = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 FAST_LAYOUT_CAPABILITIES = ("AVX2", "AVX512", "AMX")  # torch.backends.cpu.get_cpu_capability()
 
 
@@ -84,7 +86,7 @@ def resolve_precision(
         flags: the CPU's flags; None reads them (:func:`cpu_flags`).
     """
     if str(requested) != AUTO:
-        return str(requested), "given"
+        return LEGACY_PRECISION.get(str(requested), str(requested)), "given"
     reason = _bf16_reason(device, cpu_flags() if flags is None else flags)
     if reason is not None:
         return "bf16-mixed", f"auto: {reason}"

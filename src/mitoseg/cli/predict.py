@@ -22,6 +22,7 @@ from mitoseg.cli.predict_grid import predict_grid, work_output
 from mitoseg.cli.pretrained import chosen_model, load_chosen
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.files import check_output_apart, check_replaceable
+from mitoseg.hardware import resolve_compute
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.predict.blocks import BlockJournal, BlockPlan, journal_path
 from mitoseg.predict.writer import BlockPredictData, BlockWriter, PredictJob
@@ -115,7 +116,9 @@ def predict(cfg: DictConfig) -> Path:
     except ValueError as err:
         raise io.VolumeError(str(err)) from err
     job_output = work_output(Path(cfg.cache_dir), output, plan) if resampling else output
-    job = PredictJob(plan, job_output, voxel_size, raw_intensity)
+    # bf16 and channels-last where this machine computes faster with them (mitoseg.hardware)
+    compute = resolve_compute(cfg.trainer.precision, cfg.channels_last, cfg.trainer.accelerator)
+    job = PredictJob(plan, job_output, voxel_size, raw_intensity, compute.record())
     data = BlockPredictData(job, cfg.overwrite, cfg.num_workers)
     module = SegmentationModule(
         net,
@@ -123,12 +126,11 @@ def predict(cfg: DictConfig) -> Path:
         channels=plan.channels,
         tile_batch=int(settings.batch_size),
         blend=plan.blend,
-        # the memory layout the model was tested with at the end of training (same numbers)
-        channels_last=bool(settings.get("channels_last", False)),
+        channels_last=compute.channels_last,
     )
     writer = BlockWriter([job], progress=bool(cfg.trainer.enable_progress_bar))
     trainer = pl.Trainer(
-        **{**cfg.trainer, "enable_progress_bar": False},
+        **{**cfg.trainer, "enable_progress_bar": False, "precision": compute.precision},
         logger=False,
         callbacks=[writer],
         enable_checkpointing=False,
@@ -148,7 +150,7 @@ def predict(cfg: DictConfig) -> Path:
             f"wrote {output}: {len(plan.channels)} x {grid.shape} {plan.dtype}, "
             f"{summary['blocks']} blocks ({summary['rank_blocks']} by this process, "
             f"{trainer.world_size} process(es)) in {seconds:.1f} s "
-            f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s), peak RSS "
+            f"({summary['voxels'] / seconds / 1e6:.2f} Mvox/s, {compute.precision}), peak RSS "
             f"{summary['rank_peak_rss_mib']:.0f} MiB ({summary['rank_start_rss_mib']:.0f} MiB "
             "when prediction started)"
         )

@@ -35,6 +35,7 @@ from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.cli.pretrained import init_net
 from mitoseg.evaluate.testtime import TestEvaluation
 from mitoseg.files import check_output_apart, write_json_atomic
+from mitoseg.hardware import resolve_compute
 from mitoseg.train.callbacks import ConfigInCheckpoint
 from mitoseg.train.checkpoints import RngStateInCheckpoint
 from mitoseg.train.interrupt import StopOnSignal
@@ -115,6 +116,20 @@ def fill_voxel_size(cfg: DictConfig) -> None:
         )  # fmt: skip
 
 
+def fill_compute(cfg: DictConfig) -> None:
+    """Resolve ``trainer.precision=auto`` and ``module.channels_last=auto`` for this machine
+    (:mod:`mitoseg.hardware`: bf16 and channels-last where they compute faster), logging the
+    choice and why; the run's config and its checkpoints then hold what was used."""
+    compute = resolve_compute(
+        cfg.trainer.get("precision", "32-true"),
+        cfg.module.get("channels_last", False),
+        cfg.trainer.get("accelerator", "auto"),
+    )
+    with open_dict(cfg):
+        cfg.trainer.precision = compute.precision
+        cfg.module.channels_last = compute.channels_last
+
+
 def _pools_z(pool: Any) -> bool:
     """Whether one level's pool size is the same along z as in-plane (2, or [2, 2, 2])."""
     return isinstance(pool, int) or len(set(pool)) == 1
@@ -169,6 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_sparse_test(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     fill_voxel_size(cfg)
+    fill_compute(cfg)
     ckpt = resume_checkpoint(cfg)
     if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))

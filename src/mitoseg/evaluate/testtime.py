@@ -25,6 +25,7 @@ from mitoseg.decode.base import Decoder, OutputKind, params
 from mitoseg.decode.run import BlockwiseOptions, best, dask_session, output_name, run_decoder, sweep
 from mitoseg.files import write_json_atomic
 from mitoseg.geometry import Box
+from mitoseg.hardware import compute_record
 from mitoseg.predict.blocks import BlockPlan, block_loader
 from mitoseg.predict.writer import BlockWriter, PredictJob, prepare_output
 
@@ -101,7 +102,13 @@ class TestEvaluation(BlockWriter):
             eval_sets: :class:`mitoseg.train.data.EvalSet` of the data module, val first.
             checkpoint: the checkpoint tested (recorded in each output's journal).
         """
-        self.jobs = [self._job(s, checkpoint) for s in eval_sets]
+        # what mitoseg-predict records too: the trainer's precision and the module's layout
+        compute = compute_record(
+            trainer.precision,
+            getattr(trainer.lightning_module, "channels_last", False),
+            trainer.strategy.root_device,
+        )
+        self.jobs = [self._job(s, checkpoint, compute) for s in eval_sets]
         if trainer.global_rank == 0:
             for job in self.jobs:
                 prepare_output(job, overwrite=True)
@@ -111,7 +118,7 @@ class TestEvaluation(BlockWriter):
             block_loader(job.plan, job.sampler(rank, world), self.num_workers) for job in self.jobs
         ]
 
-    def _job(self, eval_set: Any, checkpoint: str) -> PredictJob:
+    def _job(self, eval_set: Any, checkpoint: str, compute: dict[str, Any] | None) -> PredictJob:
         region: Box = eval_set.region
         intensity = eval_set.raw_intensity
         raw = io.open_volume(eval_set.paths.raw)
@@ -128,7 +135,7 @@ class TestEvaluation(BlockWriter):
         voxel_size = raw.attrs.get("voxel_size_nm")
         voxel_size = None if voxel_size is None else tuple(float(v) for v in voxel_size)
         output = self.output_dir / f"{eval_set.name}_probs.zarr"
-        return PredictJob(plan, output, voxel_size, intensity)
+        return PredictJob(plan, output, voxel_size, intensity, compute)
 
     def evaluate(
         self, eval_sets: Sequence[Any], checkpoint: str | None, logger: Any = None, step: int = 0

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from mitoseg.hardware import device_of, resolve_channels_last, resolve_precision
 from mitoseg.predict.blend import blend_weight
 from mitoseg.predict.tiles import BlockBlender, TileProgress, boxes_from_batch
 
@@ -100,7 +101,9 @@ class SegmentationModule(pl.LightningModule):
         optimizer: partial optimiser, called with the parameters; needed for training only.
         scheduler: partial LR scheduler, called with the optimiser; stepped every step.
         tta: test-time augmentation for ``test_step`` and ``predict_step``.
-        channels_last: use the channels-last 3D memory format (faster on CPU and on GPUs).
+        channels_last: use the channels-last 3D memory format (faster on x86 CPUs and on GPUs
+            in bf16); ``"auto"``: where this machine's CPU or GPU is faster with it
+            (:func:`mitoseg.hardware.resolve_channels_last`; the CLIs resolve it first).
         val_threshold: probability threshold of the validation scores.
         channels: names of the output channels (the target's); validation logs the IoU of each
             at ``val_threshold`` as ``val/iou_<name>`` and their mean as ``val/iou``.
@@ -124,7 +127,7 @@ class SegmentationModule(pl.LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         tta: TTA | str = TTA.NONE,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         val_threshold: float = 0.5,
         channels: Sequence[str] = ("foreground",),
         tile_batch: int = 1,
@@ -132,6 +135,10 @@ class SegmentationModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(channels_last, str):
+            device = device_of("auto")
+            precision = resolve_precision("auto", device)[0]
+            channels_last = resolve_channels_last(channels_last, device, precision)[0]
         if channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
         if compile:
