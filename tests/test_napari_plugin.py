@@ -110,6 +110,7 @@ def test_manifest_is_valid_and_names_the_reader_and_widget() -> None:
     from npe2 import PluginManifest
 
     manifest = PluginManifest._from_package_or_name("mitoseg")  # what `npe2 validate` checks
+    manifest.validate_imports()  # `npe2 validate --imports`: every python_name imports
     assert manifest.name == "mitoseg"
     (read,) = manifest.contributions.readers
     assert read.accepts_directories and read.command == "mitoseg.get_reader"

@@ -108,24 +108,19 @@ def unscaled(layers: Sequence[Layer]) -> list[str]:
 
 
 def show_napari(layers: Sequence[Layer]) -> None:
-    """Open the layers in napari (pyramids as multiscale data) and run its event loop."""
+    """Open the layers in napari as the plugin's reader does (:mod:`mitoseg.napari_plugin.
+    reader`: pyramids as multiscale data, probabilities one image per channel), named after the
+    options, at each layer's voxel size (the options' volumes as labels), and run its loop."""
     import napari
+
+    from mitoseg.napari_plugin.reader import layer_data
 
     viewer = napari.Viewer()
     for layer in layers:
-        levels = layer.levels
-        data = levels if len(levels) > 1 else levels[0]
-        common = {"name": layer.name, "scale": layer.voxel_size_nm, "multiscale": len(levels) > 1}
-        attrs = dict(levels[0].attrs)
-        if layer.kind == "segmentation":
-            viewer.add_labels(data, **common)
-        elif levels[0].ndim == 4:  # (C, Z, Y, X) probabilities: one image per channel
-            channels = attrs.get("channels") or [str(c) for c in range(levels[0].shape[0])]
-            common["name"] = [f"{layer.name}: {c}" for c in channels]
-            limits = [0, float(attrs.get("scale", 1))]
-            viewer.add_image(data, channel_axis=0, contrast_limits=limits, **common)
-        else:
-            viewer.add_image(data, **common)
+        for data, kwargs, kind in layer_data(layer.path, name=layer.name):
+            kwargs |= {"scale": layer.voxel_size_nm, "units": "nm"}
+            kind = "labels" if layer.kind == "segmentation" else kind
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
     napari.run()
 
 

@@ -99,16 +99,17 @@ def ngff_scale(path: Path, levels: Sequence[zarr.Array]) -> tuple[list[float], s
     return [float(s) for a, s in zip(axes, scale, strict=True) if a in SPATIAL], unit
 
 
-def layer_data(path: str | Path) -> list[LayerData]:
+def layer_data(path: str | Path, name: str | None = None) -> list[LayerData]:
     """napari layer data of one volume (see the module docstring): ``(data, kwargs, type)``,
-    where data is the zarr level 0, or the list of levels of a pyramid."""
+    where data is the zarr level 0, or the list of levels of a pyramid. The layer is called
+    ``name`` (default: the folder's name without ``.zarr``); channels ``"{name}: {channel}"``."""
     path = Path(path)
     levels = io.open_levels(path)
     base = levels[0]
     attrs = dict(base.attrs)
     kind = str(attrs.get("kind", ""))
     scale, unit = ngff_scale(path, levels)
-    name = path.name.removesuffix(".zarr")
+    name = path.name.removesuffix(".zarr") if name is None else name
     kwargs: dict[str, Any] = {
         "name": name,
         "scale": scale,
