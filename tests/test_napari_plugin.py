@@ -10,6 +10,7 @@ needs GL. With a display (``DISPLAY`` set, e.g. under Xvfb) the real driver answ
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -103,6 +104,20 @@ def _checkpoint(path: Path, tile=(8, 32, 32)) -> Path:
     return path
 
 
+def _registry(folder: Path, name: str = "tiny") -> Path:
+    """A pretrained-model registry folder ($MITOSEG_PRETRAINED) holding one entry: the
+    checkpoint's config and its (empty) state dict, as mitoseg.pretrained stores them."""
+    from mitoseg.pretrained import sha256_of
+
+    entry = folder / name
+    entry.mkdir(parents=True)
+    torch.save({}, entry / "weights.pt")
+    config = torch.load(_checkpoint(folder / "bc.ckpt"), weights_only=True)["mitoseg"]["config"]
+    manifest = {"name": name, "sha256": sha256_of(entry / "weights.pt"), "config": config}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 # --- manifest and reader ---------------------------------------------------------------------
 
 
@@ -156,6 +171,15 @@ def test_reader_gives_pyramids_as_multiscale_and_declines_other_paths(tmp_path: 
 
 
 # --- the widget's work, without Qt -----------------------------------------------------------
+
+
+def test_pretrained_models_are_listed_and_load_by_name(tmp_path: Path, monkeypatch) -> None:
+    from mitoseg.napari_plugin import segment
+
+    monkeypatch.setenv("MITOSEG_PRETRAINED", str(_registry(tmp_path / "registry")))
+    assert "tiny" in segment.pretrained_names()
+    model = segment.load_model("tiny")
+    assert model.source == "pretrained:tiny" and model.channels == ("foreground", "contour")
 
 
 def test_segment_steps_predict_blockwise_decode_and_measure(tmp_path: Path) -> None:
@@ -235,8 +259,9 @@ def _wait(qtbot, widget, start) -> None:
 
 
 def test_viewer_opens_outputs_and_the_widget_segments_the_image(
-    make_napari_viewer, qtbot, tmp_path: Path, _offscreen_gl
+    make_napari_viewer, qtbot, tmp_path: Path, _offscreen_gl, monkeypatch
 ) -> None:
+    monkeypatch.setenv("MITOSEG_PRETRAINED", str(_registry(tmp_path / "registry")))
     viewer = make_napari_viewer()
     layers = viewer.open(str(_run_folder(tmp_path)), plugin="mitoseg")
     assert [layer.name for layer in layers] == [
@@ -246,8 +271,9 @@ def test_viewer_opens_outputs_and_the_widget_segments_the_image(
     assert tuple(viewer.layers["instances"].scale) == tuple(VOXEL)
 
     _, widget = viewer.window.add_plugin_dock_widget("mitoseg", "Segment mitochondria")
-    widget.model_choice.value = "checkpoint file"
-    widget.checkpoint.value = _checkpoint(tmp_path / "bc.ckpt")
+    assert "tiny" in widget.model_choice.choices  # the registry's models, then a file
+    assert widget.model_choice.choices[-1] == "checkpoint file"
+    widget.model_choice.value = "tiny"
     widget.image.value = viewer.layers["raw"]
     _wait(qtbot, widget, widget.run)
     assert widget.status.value == "instances: 2 objects"
@@ -266,7 +292,10 @@ def test_viewer_opens_outputs_and_the_widget_segments_the_image(
     assert widget.status.value == "mask: 0 objects"
     assert not viewer.layers["raw mask"].data.any()
 
-    # cancel: the job stops after its current block
+    # a checkpoint file, and cancel: the job stops after its current block
+    widget.model_choice.value = "checkpoint file"
+    assert widget.run() is None and "choose a checkpoint file" in widget.status.value
+    widget.checkpoint.value = _checkpoint(tmp_path / "bc.ckpt")
     widget.image.value = viewer.layers["raw"]
     _wait(qtbot, widget, lambda: (widget.run(), widget.cancel())[0])
     assert widget.status.value == "cancelled" and widget.run_button.enabled

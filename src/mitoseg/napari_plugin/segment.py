@@ -113,8 +113,9 @@ def _load(ref: str) -> tuple[DictConfig, dict[str, torch.Tensor], str]:
     return load_model(str(ref))
 
 
-def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load a pretrained model (by name) or a checkpoint written by ``mitoseg-train``.
+def load_model(ref: str | Path, device: str | None = None) -> LoadedModel:
+    """Load a pretrained model (by name) or a checkpoint written by ``mitoseg-train``, onto
+    ``device`` (None: the GPU when there is one, else the CPU).
 
     Raises:
         mitoseg.cli.common.CheckpointError: no such file or name, or weights that do not fit.
@@ -129,7 +130,7 @@ def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
         tile_batch=int(settings.batch_size),
         blend=str(settings.blend),
     )
-    module.to(device).eval()
+    module.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     postprocess = stored.get("postprocess")
     decoder = instantiate(postprocess) if postprocess is not None else BinarizeMedian()
     return LoadedModel(source, stored, module, decoder)
