@@ -119,7 +119,7 @@ def predict(cfg: DictConfig) -> Path:
     # bf16 and channels-last where this machine computes faster with them (mitoseg.hardware)
     compute = resolve_compute(cfg.trainer.precision, cfg.channels_last, cfg.trainer.accelerator)
     job = PredictJob(plan, job_output, voxel_size, raw_intensity, compute.record())
-    data = BlockPredictData(job, cfg.overwrite, cfg.num_workers)
+    data = BlockPredictData(job, cfg.overwrite, cfg.num_workers, bool(cfg.io_threads))
     module = SegmentationModule(
         net,
         tta=settings.tta,
@@ -128,7 +128,9 @@ def predict(cfg: DictConfig) -> Path:
         blend=plan.blend,
         channels_last=compute.channels_last,
     )
-    writer = BlockWriter([job], progress=bool(cfg.trainer.enable_progress_bar))
+    writer = BlockWriter(
+        [job], progress=bool(cfg.trainer.enable_progress_bar), io_threads=bool(cfg.io_threads)
+    )
     trainer = pl.Trainer(
         **{**cfg.trainer, "enable_progress_bar": False, "precision": compute.precision},
         logger=False,

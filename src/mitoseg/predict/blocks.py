@@ -39,6 +39,7 @@ from mitoseg.geometry import (
 )
 from mitoseg.io.checks import read_box
 from mitoseg.io.intensity import Normalization, measure
+from mitoseg.predict.background import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,31 @@ class BlockSampler(DistributedSampler):
         return iter(self.pending or [NOTHING])
 
 
-def block_loader(plan: BlockPlan, sampler: BlockSampler, num_workers: int = 0) -> DataLoader:
-    """One item per block of ``sampler`` (blocks are batches of tiles already)."""
-    return DataLoader(BlockDataset(plan), batch_size=None, sampler=sampler, num_workers=num_workers)
+class BlockLoader(DataLoader):
+    """One item per block of ``sampler`` (blocks are batches of tiles already), read ``prefetch``
+    blocks ahead in a background thread (:class:`mitoseg.predict.background.Prefetcher`) while
+    the network computes; ``prefetch=0`` reads each block when it is asked for.
+
+    Attributes:
+        reader: the latest iteration, or None; its ``wait_seconds`` is the time the network
+            waited for blocks.
+    """
+
+    def __init__(self, dataset: BlockDataset, prefetch: int = 1, **kwargs: Any) -> None:
+        # DataLoader's arguments as keywords: Lightning makes a copy with some of them changed
+        super().__init__(dataset, **kwargs)
+        self.prefetch = prefetch
+        self.reader: Prefetcher | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self.reader = Prefetcher(super().__iter__(), self.prefetch)
+        return self.reader
+
+
+def block_loader(
+    plan: BlockPlan, sampler: BlockSampler, num_workers: int = 0, prefetch: int = 1
+) -> BlockLoader:
+    """The blocks of ``sampler``, ``prefetch`` read ahead in a thread (0: none)."""
+    return BlockLoader(
+        BlockDataset(plan), prefetch, batch_size=None, sampler=sampler, num_workers=num_workers
+    )

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mitoseg import io, signals
 from mitoseg.files import check_replaceable, partial_path, publish
 from mitoseg.io.intensity import RawIntensity
+from mitoseg.predict.background import BackgroundWriter
 from mitoseg.predict.blocks import (
     NOTHING,
     BlockJournal,
@@ -186,20 +187,29 @@ class BlockWriter(pl.Callback):
     """Write each predicted block into its job's partial output (data loader ``i`` is job ``i``),
     record it, show progress; rank 0 finishes every output once all ranks are done.
 
-    Works for ``trainer.predict`` and ``trainer.test`` alike.
+    Works for ``trainer.predict`` and ``trainer.test`` alike. With ``io_threads``, blocks are
+    written (and then recorded) in a background thread while the next one computes
+    (:class:`mitoseg.predict.background.BackgroundWriter`); a failed write is raised at the next
+    block; on an error or a signal the blocks computed so far are written and recorded first.
 
     Args:
         jobs: the outputs, in data-loader order.
         progress: show progress bars (rank 0: its blocks done / total, Mvox/s, and the tiles
             done in the current block, so a run of one large block does not sit at 0/1).
+        io_threads: write in a background thread (False: each block when it is computed).
     """
 
-    def __init__(self, jobs: Sequence[PredictJob] = (), progress: bool = True) -> None:
-        self.jobs, self.progress = list(jobs), progress
+    def __init__(
+        self, jobs: Sequence[PredictJob] = (), progress: bool = True, io_threads: bool = True
+    ) -> None:
+        self.jobs, self.progress, self.io_threads = list(jobs), progress, io_threads
         self.summary: dict[str, Any] = {}
+        self._writer: BackgroundWriter | None = None
+        self._loaders: list[Any] = []
         self._outs: list[Any] = []
         self._blocks: list[list[Any]] = []
         self._bar: Any = None
+        self._tile_bar: Any = None
         self._voxels = 0
         self._written = 0
         self._start = 0.0
@@ -207,9 +217,10 @@ class BlockWriter(pl.Callback):
 
     def _begin(self, trainer: pl.Trainer, loaders: Any) -> None:
         loaders = loaders if isinstance(loaders, list) else [loaders]
+        self._loaders = loaders
+        self._writer = BackgroundWriter(depth=1 if self.io_threads else 0)
         self._outs = [io.open_volume_writable(partial_path(j.output)) for j in self.jobs]
         self._blocks = [j.plan.blocks() for j in self.jobs]
-        self._tile_bar: Any = None
         mine = sum(len(loader.sampler.pending) for loader in loaders)
         self._bar = tqdm(
             total=mine,
@@ -221,17 +232,6 @@ class BlockWriter(pl.Callback):
         _reset_peak_rss()  # the peak logged at the end is prediction's own
         self._rss_start = _rss_mib()
 
-    def _write(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
-        index = int(outputs["index"])
-        if index == NOTHING:
-            return
-        block = self._blocks[dataloader_idx][index]
-        out = self._outs[dataloader_idx]
-        out[(slice(None), *block.slices)] = (
-            to_storage(outputs["probs"], str(out.dtype)).cpu().numpy()
-        )
-        self.jobs[dataloader_idx].journal.mark(index)
-        self._voxels += block.size
     def _watch_tiles(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Show the tiles of the block being predicted (a second bar under the blocks' one)."""
         if not self.progress or trainer.global_rank != 0:
@@ -245,18 +245,41 @@ class BlockWriter(pl.Callback):
             bar.reset(total=total)
         bar.update(done - bar.n)
 
+    def _write(self, outputs: dict[str, Any], dataloader_idx: int) -> None:
+        index = int(outputs["index"])
+        if index == NOTHING:
+            return
+        block = self._blocks[dataloader_idx][index]
+        out = self._outs[dataloader_idx]
+        stored = to_storage(outputs["probs"], str(out.dtype)).cpu().numpy()
+        journal = self.jobs[dataloader_idx].journal
+
+        def write() -> None:  # the data, then its record: a rerun redoes an unrecorded block
+            out[(slice(None), *block.slices)] = stored
+            journal.mark(index)
+
+        assert self._writer is not None
+        self._writer.submit(write)
+        self._voxels += block.size
         self._written += 1
         seconds = time.perf_counter() - self._start
         self._bar.set_postfix_str(f"{self._voxels / max(seconds, 1e-9) / 1e6:.2f} Mvox/s")
         self._bar.update(1)
 
     def _end(self, trainer: pl.Trainer) -> None:
+        assert self._writer is not None
+        self._writer.flush()  # every block written and recorded, or its error raised
+        self._writer.close()
         self._bar.close()
+        if self._tile_bar is not None:
+            self._tile_bar.close()
         seconds = time.perf_counter() - self._start
         peak = _peak_rss_mib()
+        waits = self._io_waits()
         log.info(
-            "rank %d wrote %d blocks in %.1f s, peak RSS %.0f MiB (%.0f MiB when it started)",
-            trainer.global_rank, self._written, seconds, peak, self._rss_start,
+            "rank %d wrote %d blocks in %.1f s, peak RSS %.0f MiB (%.0f MiB when it started); "
+            "the network waited %.1f s for reads and %.1f s for writes",
+            trainer.global_rank, self._written, seconds, peak, self._rss_start, *waits,
         )  # fmt: skip
         trainer.strategy.barrier("mitoseg-blocks-written")
         if trainer.global_rank == 0:
@@ -270,15 +293,35 @@ class BlockWriter(pl.Callback):
             "rank_seconds": seconds,
             "rank_peak_rss_mib": peak,
             "rank_start_rss_mib": self._rss_start,
+            "rank_read_wait_seconds": waits[0],
+            "rank_write_wait_seconds": waits[1],
         }
-        if self._tile_bar is not None:
-            self._tile_bar.close()
+
+    def _io_waits(self) -> tuple[float, float]:
+        """Seconds the main thread waited for blocks to be read, and to be written."""
+        readers = [getattr(loader, "reader", None) for loader in self._loaders]
+        read = sum(r.wait_seconds for r in readers if r is not None)
+        return read, self._writer.wait_seconds if self._writer is not None else 0.0
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Stop the threads: the reader at once, the writer once the computed blocks are
+        written (a rerun resumes after them)."""
+        for loader in self._loaders:
+            reader = getattr(loader, "reader", None)
+            if reader is not None:
+                reader.close()
+        if self._writer is not None:
+            self._writer.close(timeout=60.0)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._begin(trainer, trainer.predict_dataloaders)
+        self._watch_tiles(trainer, pl_module)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._begin(trainer, trainer.test_dataloaders)
+        self._watch_tiles(trainer, pl_module)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
         self._write(outputs, dataloader_idx)
@@ -301,13 +344,21 @@ class BlockPredictData(pl.LightningDataModule):
         job: the output.
         overwrite: start again, discarding a finished or unfinished output at ``job.output``.
         num_workers: data-loader workers reading blocks.
+        io_threads: read the next block in a background thread while one computes.
     """
 
     prepare_data_per_node = False  # one shared file system: only global rank 0 prepares
 
-    def __init__(self, job: PredictJob, overwrite: bool = False, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        job: PredictJob,
+        overwrite: bool = False,
+        num_workers: int = 0,
+        io_threads: bool = True,
+    ) -> None:
         super().__init__()
         self.job, self.overwrite, self.num_workers = job, overwrite, num_workers
+        self.io_threads = io_threads
         self.sampler: BlockSampler | None = None
 
     def prepare_data(self) -> None:
@@ -317,11 +368,9 @@ class BlockPredictData(pl.LightningDataModule):
         self.sampler = self.job.sampler(self.trainer.global_rank, self.trainer.world_size)
 
     @property
-        self._watch_tiles(trainer, pl_module)
     def pending(self) -> list[int]:
         return self.sampler.pending if self.sampler is not None else []
 
-        self._watch_tiles(trainer, pl_module)
     def predict_dataloader(self) -> DataLoader:
         assert self.sampler is not None
-        return block_loader(self.job.plan, self.sampler, self.num_workers)
+        return block_loader(self.job.plan, self.sampler, self.num_workers, int(self.io_threads))
