@@ -4,6 +4,7 @@ with the checkpoint; packages mitoseg cannot use are refused with what they lack
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
 from mitoseg.cli.export_model import main as export_main
 from mitoseg.cli.predict import predict
 from mitoseg.datasets.synthetic import make_volume
-from mitoseg.io.intensity import measure
+from mitoseg.io.intensity import Method, Normalization, measure
 from mitoseg.train.callbacks import CHECKPOINT_KEY
 
 pytest.importorskip("bioimageio.spec")
@@ -127,7 +128,7 @@ def test_predict_from_the_package_equals_the_checkpoint(
     tmp_path: Path, package: Path, checkpoint: Path
 ) -> None:
     raw = tmp_path / "raw.zarr"
-    io.write_volume(raw, _twelve_bit(make_volume((16, 40, 40), seed=5)[0]), attrs={
+    io.write_volume(raw, _twelve_bit(make_volume((16, 32, 48), seed=5)[0]), attrs={
         "voxel_size_nm": VOXEL_NM})  # fmt: skip
     from_checkpoint = _predict(tmp_path, checkpoint, raw, "a.zarr")
     from_package = _predict(tmp_path, package, raw, "b.zarr")
@@ -242,14 +243,36 @@ def test_percentile_normalisation_is_reproduced_by_bioimageio_core(
     saved = torch.load(checkpoint, weights_only=True)
     raw = make_volume((16, 48, 48), seed=3)[0].astype(np.float32)
     record = measure((raw - 120.0) / 40.0)
-    assert record.normalization.method == "percentile"
+    assert record.normalization.method == Method.PERCENTILE
+    # the training data's 0.5 / 99.5 % at 0.1 / 0.8, not 0 / 1: a scale_linear after scale_range
+    low, high = record.stats.p0_5, record.stats.p99_5
+    width = (high - low) / 0.7
+    mapping = Normalization(Method.PERCENTILE, low - 0.1 * width, low + 0.9 * width)
+    record = dataclasses.replace(record, normalization=mapping)
     saved[CHECKPOINT_KEY]["config"]["data"]["raw_intensity"] = {"train": record.to_dict()}
     torch.save(saved, tmp_path / "signed.ckpt")
     out = tmp_path / "signed.zip"
     assert export_main([str(tmp_path / "signed.ckpt"), str(out), "--no-test"]) == 0
     with zipfile.ZipFile(out) as archive:
-        ops = [p["id"] for p in yaml.safe_load(archive.read("rdf.yaml"))["inputs"][0][
-            "preprocessing"]]  # fmt: skip
-    assert ops == ["ensure_dtype", "scale_range", "scale_linear", "ensure_dtype"]
+        steps = yaml.safe_load(archive.read("rdf.yaml"))["inputs"][0]["preprocessing"]
+    assert [p["id"] for p in steps] == [
+        "ensure_dtype",
+        "scale_range",
+        "scale_linear",
+        "ensure_dtype",
+    ]
+    assert (
+        steps[1]["kwargs"]["min_percentile"] == 0.5 and steps[1]["kwargs"]["max_percentile"] == 99.5
+    )
+    assert steps[2]["kwargs"] == pytest.approx({"gain": 0.7, "offset": 0.1})
     summary = run_bioimageio_test(out)
     assert summary.status == "passed", summary.format()
+
+
+def test_training_does_not_resume_from_a_package(tmp_path: Path, package: Path) -> None:
+    from mitoseg.cli.train import resume_checkpoint
+    from tests.test_config import compose_train
+
+    cfg = compose_train([f"ckpt={package}"], tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.zip is a model package: .* init="):
+        resume_checkpoint(cfg)

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from mitoseg import io, signals
 from mitoseg.analyze.report import columns_of, results_table
+from mitoseg.bioimage.package import is_model_package
 from mitoseg.cli.common import (
     CONFIG_PATH,
     CheckpointError,
@@ -67,6 +68,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
             )
     else:
         path = Path(cfg.ckpt).expanduser()
+    if is_model_package(path):
+        raise CheckpointError(
+            f"ckpt={cfg.ckpt} is a model package: it holds the weights but not the training "
+            "state that resuming needs; start from its weights with init= instead"
+        )
     stored, _ = load_checkpoint(path)
     check_target(stored, str(path), cfg.target)
     check_model(stored, str(path), cfg.model)
