@@ -282,6 +282,10 @@ def test_viewer_opens_outputs_and_the_widget_segments_the_image(
     assert len(np.unique(result.data)) == 3
     assert widget.table.shape == (2, 12) and widget.table.column_headers[0] == "id"
     assert widget.progress.value == widget.progress.max  # every block counted
+    widget.table.native.selectRow(1)  # centres the view on the second object
+    z, y, x = (widget.result.table[f"centroid_{a}"][1] for a in "zyx")
+    np.testing.assert_allclose(viewer.dims.point[0], z * VOXEL[0], atol=VOXEL[0] / 2)
+    np.testing.assert_allclose(viewer.camera.center[-2:], (y * VOXEL[1], x * VOXEL[2]))
     # thresholds of the model's decoder, then the mask from the kept probabilities, no network
     assert [w.name for w in widget.thresholds] == [
         "seed_threshold", "contour_threshold", "mask_threshold"

@@ -2,7 +2,8 @@
 
 ``Run`` loads the model, predicts the image block by block in a napari worker thread (the
 progress bar counts blocks; ``Cancel`` stops after the current block), decodes the probabilities
-into instances or a mask and lists one row per object. The thresholds of the decoder then
+into instances or a mask and lists one row per object (selecting a row centres the view on
+that object). The thresholds of the decoder then
 appear, set to the values the model was validated with; ``Decode again`` reruns only the
 decoder and the table on the kept probabilities, never the network. The non-Qt work is
 :mod:`mitoseg.napari_plugin.segment`.
@@ -114,6 +115,8 @@ class SegmentWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         self.decode_button.clicked.connect(self.decode_again)
         self.output.changed.connect(self._fill_thresholds)
+        self.table.native.itemSelectionChanged.connect(self._on_row)
+        self._shown_on: Any = None  # the image layer the table's objects lie in
         self._filled_for: str | None = None  # the model whose choices are shown
         self._show_checkpoint()
 
@@ -295,3 +298,18 @@ class SegmentWidget(Container):
             )  # fmt: skip
         self._put(f"{layer.name} {result.kind.value}", result.segmentation, "labels", layer)
         self.table.value = table_rows(result.table)
+        self._shown_on = layer
+
+    def go_to(self, row: int) -> None:
+        """Centre the view on the object of table row ``row`` (its centroid's slice)."""
+        if self.result is None or not 0 <= row < len(self.result.table["id"]):
+            return
+        layer = self._shown_on
+        centroid = np.array([self.result.table[f"centroid_{a}"][row] for a in "zyx"])
+        world = centroid * np.asarray(layer.scale[-3:]) + np.asarray(layer.translate[-3:])
+        axes = range(self.viewer.dims.ndim - 3, self.viewer.dims.ndim)
+        self.viewer.dims.set_point(axes, world)
+        self.viewer.camera.center = tuple(world)
+
+    def _on_row(self) -> None:
+        self.go_to(self.table.native.currentRow())
