@@ -30,7 +30,7 @@ def test_single_volume_prints_one_summary_line(volumes, capsys):
     argv = [str(d / "raw.tif"), str(d / "o.zarr"), "--voxel-size-nm", "30", "5", "5"]
     assert main([*argv, "--chunks", "4", "8", "8"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == [f"{d / 'o.zarr'}: shape (6, 16, 20) uint8 chunks (4, 8, 8)"]
+    assert out == [f"wrote {d / 'o.zarr'}: shape (6, 16, 20) uint8 chunks (4, 8, 8)"]
     stored = open_volume(d / "o.zarr")
     np.testing.assert_array_equal(stored[:], raw)
     assert stored.attrs["voxel_size_nm"] == [30.0, 5.0, 5.0]
@@ -69,8 +69,8 @@ def test_pair_mode_writes_raw_and_labels(volumes, capsys):
     assert main([*argv, str(d / "pair")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        str(d / "pair" / "raw.zarr"),
-        str(d / "pair" / "labels.zarr"),
+        f"wrote {d / 'pair' / 'raw.zarr'}",
+        f"wrote {d / 'pair' / 'labels.zarr'}",
     ]
     np.testing.assert_array_equal(open_volume(d / "pair" / "raw.zarr")[:], raw)
     assert open_volume(d / "pair" / "labels.zarr").attrs["kind"] == "labels"

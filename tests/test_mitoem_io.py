@@ -219,7 +219,7 @@ def test_mitoem_cli_writes_three_splits(tmp_path, capsys, label_format, with_jso
     lines = capsys.readouterr().out.strip().splitlines()
     names = ["train/raw", "train/labels", "val/raw", "val/labels", "test/raw"]
     assert [line.split(":")[0] for line in lines] == [
-        str(tmp_path / "o" / f"{n}.zarr") for n in names
+        f"wrote {tmp_path / 'o' / f'{n}.zarr'}" for n in names
     ]
     assert not (tmp_path / "o" / "test" / "labels.zarr").exists()
     for name in names:

@@ -187,15 +187,27 @@ def test_broken_volumes_are_refused_naming_the_rule(tmp_path) -> None:
         ome.ome_attributes(["z", "z", "x"], [[1.0, 1.0, 1.0]], {"kind": "raw"})
 
 
-def test_napari_ome_zarr_reader_opens_masks_as_labels_with_the_voxel_scale(tmp_path) -> None:
+def test_napari_ome_zarr_reader_opens_outputs_with_the_voxel_scale(tmp_path) -> None:
+    """napari-ome-zarr (the reader napari uses for OME-Zarr): masks and instances become
+    labels layers, raw an image, probabilities one image per channel; all at the voxel size."""
     reader_module = pytest.importorskip("napari_ome_zarr._reader")
-    volume = tmp_path / "out" / "run" / "mask.zarr"
     mask = np.zeros((4, 40, 40), np.uint8)
     mask[1:3, 5:20, 5:20] = 1
-    io.write_volume(volume, mask, attrs={"kind": "mask", "voxel_size_nm": VOXEL})
-    reader = reader_module.napari_get_reader(str(volume))
-    assert reader is not None
-    ((data, meta, layer_type),) = reader(str(volume))
-    assert layer_type == "labels" and len(data) >= 2  # the pyramid
-    assert meta["scale"] == VOXEL
-    np.testing.assert_array_equal(np.asarray(data[0]), mask)
+    volumes = {
+        "mask": (mask, {"kind": "mask"}),
+        "instances": (mask.astype(np.uint32) * 7, {"kind": "instances"}),
+        "raw": (mask * 200, {"kind": "raw"}),
+        "probs": (np.stack([mask, 1 - mask]), {"kind": "probabilities", "axes": list("czyx")}),
+    }
+    for name, (data, attrs) in volumes.items():
+        path = tmp_path / "out" / "run" / f"{name}.zarr"
+        io.write_volume(path, data, attrs={**attrs, "voxel_size_nm": VOXEL})
+        ((levels, meta, layer_type),) = reader_module.napari_get_reader(str(path))(str(path))
+        expected = "labels" if name in ("mask", "instances") else "image"
+        assert layer_type == expected and len(levels) >= 2, name  # with the pyramid
+        assert meta["scale"] == VOXEL, name
+        assert meta.get("channel_axis") == (0 if name == "probs" else None), name
+        np.testing.assert_array_equal(np.asarray(levels[0]), data, err_msg=name)
+    colours = {1: [c / 255 for c in ome.MASK_RGBA]}
+    path = str(tmp_path / "out" / "run" / "mask.zarr")
+    assert reader_module.napari_get_reader(path)(path)[0][1]["colormap"] == colours

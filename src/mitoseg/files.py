@@ -28,7 +28,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,28 @@ MARKER_VALUE = {"writer": "mitoseg"}
 
 LEGACY_KINDS = frozenset({"raw", "labels", "probabilities", "mask", "instances"})
 """``kind`` attributes of the volumes mitoseg wrote before :data:`MARKER_ATTR` existed."""
+
+
+CACHE_ENV = "MITOSEG_CACHE"
+"""Environment variable naming the cache folder (see :func:`cache_dir`)."""
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder where inputs are converted once and kept (conversion cache).
+
+    ``$MITOSEG_CACHE`` when set, else ``$XDG_CACHE_HOME/mitoseg`` (when it is an absolute path,
+    as the XDG base-directory specification asks), else ``~/.cache/mitoseg``: the user's cache
+    folder, never the current directory. Not created here; writers create it when they need it.
+
+    Args:
+        environ: the environment to read; None: ``os.environ``.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV]).expanduser()
+    xdg = env.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "mitoseg"
 
 
 class OutputExistsError(FileExistsError):

@@ -95,6 +95,26 @@ def _blend(rgb: np.ndarray, where: np.ndarray, colour: Any) -> None:
     rgb[where] = np.rint((1 - ALPHA) * rgb[where] + ALPHA * np.asarray(colour)).astype(np.uint8)
 
 
+def to_voxel_aspect(image: np.ndarray, pixel_nm: Sequence[float] | None) -> np.ndarray:
+    """``image`` (H, W, ...) repeated to square physical pixels: the axis with the larger pixel
+    size (e.g. z of a 30 x 8 x 8 nm x section) is stretched by the ratio, nearest neighbour,
+    to ``round(n * ratio)`` pixels; the finer axis keeps its pixels. Unchanged without a size.
+
+    Args:
+        pixel_nm: physical size of a pixel along H and W, or None.
+    """
+    if pixel_nm is None:
+        return image
+    finest = min(float(p) for p in pixel_nm)
+    for axis, size in enumerate(pixel_nm):
+        ratio = float(size) / finest
+        n = image.shape[axis]
+        if round(n * ratio) != n:
+            index = np.minimum((np.arange(round(n * ratio)) / ratio).astype(np.intp), n - 1)
+            image = np.take(image, index, axis=axis)
+    return image
+
+
 def _slice(volume: Any, index: int, axis: int) -> np.ndarray:
     key: list[Any] = [slice(None)] * 3
     key[axis] = index
@@ -196,13 +216,15 @@ def overlay_png(
     instances: Any | None = None,
     axis: int = 0,
     errors: ObjectErrors | None = None,
+    voxel_size_nm: Sequence[float] | None = None,
 ) -> Path:
     """Write a PNG with one row of panels per chosen slice (see :func:`overlay_panels`).
 
     Only the chosen slices are read. Panels are at full resolution: the PNG is
     ``n * W + (n + 1) * GAP`` pixels wide and ``rows * (HEADER + H + GAP) + GAP`` high, for
-    ``n`` panels of ``H x W`` (the slice's shape), plus the legend of the error panel
-    (:func:`legend_height`) when there is one.
+    ``n`` panels of ``H x W`` (the slice's shape, stretched to the voxel aspect ratio, see
+    :func:`to_voxel_aspect`), plus the legend of the error panel (:func:`legend_height`) when
+    there is one.
 
     Args:
         path: the PNG to write (atomically).
@@ -211,6 +233,9 @@ def overlay_png(
         truth, prediction, instances: (Z, Y, X) array-likes shaped like ``raw``, or None.
         axis: 0 (z: y-x slices), 1 (y) or 2 (x).
         errors: the classification of ``truth`` and ``instances``: adds the error panel.
+        voxel_size_nm: (z, y, x) nm of a voxel: x and y sections of anisotropic volumes are
+            shown at their physical aspect ratio (30 x 8 x 8 nm: z stretched 3.75x); None:
+            one pixel per voxel.
 
     Raises:
         ValueError: no slice, a slice out of range, a bad axis or a shape mismatch.
@@ -224,10 +249,14 @@ def overlay_png(
     bad = [s for s in slices if not 0 <= s < raw.shape[axis]]
     if not slices or bad:
         raise ValueError(f"slices {list(slices)} must lie in [0, {raw.shape[axis]}) along {axis}")
+    pixel_nm = None
+    if voxel_size_nm is not None:
+        pixel_nm = [float(v) for i, v in enumerate(voxel_size_nm) if i != axis]
     rows = []
     for index in slices:
         parts = {k: None if v is None else _slice(v, index, axis) for k, v in others.items()}
-        rows.append(overlay_panels(_slice(raw, index, axis), **parts, errors=errors))
+        panels = overlay_panels(_slice(raw, index, axis), **parts, errors=errors)
+        rows.append([(title, to_voxel_aspect(rgb, pixel_nm)) for title, rgb in panels])
     height, width = rows[0][0][1].shape[:2]
     n = len(rows[0])
     total_w, panels_h = n * width + (n + 1) * GAP, len(rows) * (HEADER + height + GAP) + GAP

@@ -4,6 +4,8 @@ from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
 
+from mitoseg.files import cache_dir
+
 
 def _affinity_channels(offsets: Any, *extra: str) -> list[str]:
     """Affinity channel names for ``offsets`` (then ``extra`` names), as the target names them."""
@@ -29,3 +31,5 @@ OmegaConf.register_new_resolver("not", lambda value: not value, replace=True)
 OmegaConf.register_new_resolver("isotropic", _isotropic, replace=True)
 # `${affinity_channels:${target.offsets},contour}`: the channel names follow the offsets.
 OmegaConf.register_new_resolver("affinity_channels", _affinity_channels, replace=True)
+# `${mitoseg_cache:}`: $MITOSEG_CACHE, else the user's cache folder (mitoseg.files.cache_dir).
+OmegaConf.register_new_resolver("mitoseg_cache", lambda: str(cache_dir()), replace=True)

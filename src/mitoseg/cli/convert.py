@@ -199,7 +199,7 @@ def _check_mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
 
 
 def _summary(array: zarr.Array, path: Path) -> str:
-    return f"{path}: shape {array.shape} {array.dtype} chunks {array.chunks}"
+    return f"wrote {path}: shape {array.shape} {array.dtype} chunks {array.chunks}"
 
 
 def check_apart(args: argparse.Namespace, mode: str) -> None:

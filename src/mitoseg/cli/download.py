@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         array = open_volume(path)
         lines.append(f"{path}: shape {array.shape} {array.dtype}")
     lines += [f"{sha}  {name}" for name, sha in sorted(result.sha256.items())]
+    lines.append(
+        f"{result.root} was complete already: nothing written"
+        if result.already_done
+        else f"wrote {result.root}"
+    )
     print("\n".join(lines))
     return 0
 

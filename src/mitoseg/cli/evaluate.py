@@ -10,7 +10,8 @@
 
 PRED and TRUTH are instance ids or masks in any format ``mitoseg-convert`` reads (zarr /
 OME-Zarr, TIFF, HDF5, slice folders); non-zarr inputs are converted once into the cache folder
-(``--cache-dir``, default ``$MITOSEG_CACHE`` or ``data_cache``), never written to. Both are read
+(``--cache-dir``, default :func:`mitoseg.files.cache_dir`: ``$MITOSEG_CACHE``, else
+``$XDG_CACHE_HOME/mitoseg`` or ``~/.cache/mitoseg``); inputs are never written to. Both are read
 in one streamed pass that keeps only counts (:mod:`mitoseg.evaluate.counts`): z-slabs in this
 process, or blocks (``--blockwise``, chosen automatically when a slab would exceed
 ``--memory-gb``) on Dask (``--dask-workers`` / ``--dask-address``) or here; the scores are
@@ -56,6 +57,7 @@ from mitoseg.evaluate.summary import (
 )
 from mitoseg.files import (
     OutputExistsError,
+    cache_dir,
     check_output_apart,
     check_replaceable,
     write_json_atomic,
@@ -375,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir",
         default=None,
-        help="where non-zarr inputs are converted once (default $MITOSEG_CACHE or data_cache)",
+        help="where non-zarr inputs are converted once (default $MITOSEG_CACHE, else "
+        "$XDG_CACHE_HOME/mitoseg or ~/.cache/mitoseg)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -393,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM / SIGINT it says how to rerun and exits 143 / 130."""
     args = build_parser().parse_args(argv)
     if args.cache_dir is None:
-        import os
-
-        args.cache_dir = os.environ.get("MITOSEG_CACHE", "data_cache")
+        args.cache_dir = str(cache_dir())
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -135,6 +135,7 @@ def _main(cfg: DictConfig) -> float | None:
         return None
     decoder_params = {k: v for k, v in result["postprocess"].items() if not isinstance(v, list)}
     print(format_table([{**decoder_params, **{k: scores[k] for k in columns_of(scores)}}]))
+    print(f"wrote {Path(cfg.output_dir)}")
     metric = cfg.select_metric or ("fg_iou" if "fg_iou" in scores else "ap75")
     return float(scores[metric])
 

@@ -306,6 +306,8 @@ def _main(cfg: DictConfig) -> float | None:
     with hydra_task(lambda: resume_hint(cfg)):
         metrics = train(cfg)
     if not metrics:
+        if rank_zero_only.rank == 0:
+            print(f"wrote {cfg.output_dir} (checkpoints in {last_checkpoint(cfg).parent})")
         return None
     print(results_table(metrics))
     final = metrics["final"]

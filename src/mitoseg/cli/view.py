@@ -244,7 +244,7 @@ def write_overlay(args: argparse.Namespace) -> Path:
         errors = object_errors(truth, instances, args.match_iou)
     return plots.overlay_png(
         args.png, raw, slices, truth=truth, prediction=prediction, instances=instances,
-        axis=axis, errors=errors,
+        axis=axis, errors=errors, voxel_size_nm=raw.attrs.get("voxel_size_nm"),
     )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mitoseg import io
+from mitoseg import files, io
 from mitoseg.datasets.volumes import FileVolumes, SyntheticVolumes, VolumePaths
 from mitoseg.geometry import Box, overlap_stride, split_axis, tile_grid
 from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
@@ -284,7 +284,8 @@ class VolumeDataModule(pl.LightningDataModule):
             configs derive the augmentation and the target's in-plane contours from it.
         target: labels -> target callable (the target config's transform).
         root: folder that relative paths of ``train`` and ``test`` are resolved against.
-        cache_dir: where converted and synthetic volumes are written once.
+        cache_dir: where converted and synthetic volumes are written once; None: the user's
+            cache folder (:func:`mitoseg.files.cache_dir`).
         patch_shape: training patch (z, y, x).
         samples_per_epoch: patches per training epoch (over all processes).
     """
@@ -298,7 +299,7 @@ class VolumeDataModule(pl.LightningDataModule):
         isotropic: bool = True,
         target: Callable[[np.ndarray], np.ndarray],
         root: str | None = None,
-        cache_dir: str = "data_cache",
+        cache_dir: str | Path | None = None,
         patch_shape: Sequence[int] = (32, 64, 64),
         batch_size: int = 2,
         num_workers: int = 0,
@@ -313,7 +314,7 @@ class VolumeDataModule(pl.LightningDataModule):
         self.train_volumes, self.test_volumes, self.target = train, test, target
         self.val_volumes, self.isotropic = val, isotropic
         self.root = Path(root) if root else None
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = files.cache_dir() if cache_dir is None else Path(cache_dir)
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
