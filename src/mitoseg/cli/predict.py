@@ -127,6 +127,7 @@ def predict(cfg: DictConfig) -> Path:
         tile_batch=int(settings.batch_size),
         blend=plan.blend,
         channels_last=compute.channels_last,
+        compile=bool(cfg.compile),
     )
     writer = BlockWriter(
         [job], progress=bool(cfg.trainer.enable_progress_bar), io_threads=bool(cfg.io_threads)
