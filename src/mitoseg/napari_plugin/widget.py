@@ -94,7 +94,8 @@ class SegmentWidget(Container):
         self._voxel: tuple[float, float, float] | None = None
         names = pretrained_names()
         self.model_choice = ComboBox(label="model", choices=[*names, CHECKPOINT])
-        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.ckpt")
+        # a training checkpoint, or a bioimage.io package of mitoseg-export-model
+        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.ckpt *.zip")
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         # a callable: napari resets a dock widget's choices whenever layers change
         self.output = ComboBox(label="output", choices=self._output_choices)
@@ -131,7 +132,9 @@ class SegmentWidget(Container):
             return str(self.model_choice.value)
         path = Path(self.checkpoint.value)
         if not str(self.checkpoint.value) or path.is_dir():
-            raise ValueError("choose a checkpoint file (.ckpt written by mitoseg-train)")
+            raise ValueError(
+                "choose a checkpoint file (.ckpt of mitoseg-train, or .zip of mitoseg-export-model)"
+            )
         return str(path)
 
     def decoder(self) -> Any:
