@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
@@ -49,16 +50,24 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def package(checkpoint: Path) -> Path:
+def sample(checkpoint: Path) -> Path:
+    """A 12-bit TIFF stack like the training data."""
+    path = checkpoint.parent / "sample.tif"
+    tifffile.imwrite(path, _twelve_bit(make_volume((20, 40, 48), seed=4)[0]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(checkpoint: Path, sample: Path) -> Path:
     out = checkpoint.parent / "model.zip"
     cite = "Lucchi A et al. 2012=10.1007/978-3-642-33709-3_58"
     args = [str(checkpoint), str(out), "--no-test", "--author", "Ada Lovelace", "--cite", cite]
-    assert export_main(args) == 0
+    assert export_main([*args, "--sample", str(sample)]) == 0
     return out
 
 
 def test_package_validates_and_describes_tensors_voxels_and_processing(
-    package: Path, checkpoint: Path
+    package: Path, checkpoint: Path, sample: Path
 ) -> None:
     from bioimageio.spec import load_model_description
     from bioimageio.spec.model import v0_5
@@ -87,7 +96,8 @@ def test_package_validates_and_describes_tensors_voxels_and_processing(
         assert "## Validation" in archive.read("README.md").decode()
         assert archive.read("cover.png")[:8] == b"\x89PNG\r\n\x1a\n"
         test_input = np.load(archive.open("test_input.npy"))
-    assert test_input.shape == (1, 1, 16, 32, 32) and test_input.dtype == np.uint16
+    # the central tile of --sample
+    np.testing.assert_array_equal(test_input[0, 0], tifffile.imread(sample)[2:18, 4:36, 8:40])
 
 
 def test_bioimageio_core_runs_both_weight_formats_like_mitoseg(package: Path) -> None:
@@ -198,6 +208,11 @@ def test_export_refuses_an_existing_output_and_a_bad_citation(
     assert export_main([str(checkpoint), out, "--no-test", "--cite", "no reference"]) == 2
     assert "--cite 'no reference': expected TEXT=DOI_OR_URL" in capsys.readouterr().err
     assert export_main([str(checkpoint), str(checkpoint), "--no-test"]) == 2  # never the input
+    capsys.readouterr()
+    eight_bit = tmp_path / "eight_bit.tif"
+    tifffile.imwrite(eight_bit, np.zeros((16, 32, 32), np.uint8))
+    assert export_main([str(checkpoint), out, "--no-test", "--sample", str(eight_bit)]) == 2
+    assert "is uint8, the model was trained on uint16 data" in capsys.readouterr().err
     assert not (tmp_path / "x.zip").exists()
 
 

@@ -278,16 +278,19 @@ def describe(
     info: PackageInfo,
     mitoseg: dict[str, Any],
     folder: Path,
+    sample: np.ndarray | None = None,
 ) -> Any:
     """The validated :class:`bioimageio.spec.ModelDescr` of the package, its files written to
-    ``folder``; ``mitoseg`` goes to ``config.mitoseg`` (with its ``format``)."""
+    ``folder``; ``mitoseg`` goes to ``config.mitoseg`` (with its ``format``). ``sample``: the
+    test input, (Z, Y, X) of a valid input size in the training dtype (default: synthetic,
+    :func:`make_test_input`)."""
     try:
         from bioimageio.spec.model import v0_5 as spec
     except ImportError as error:
         raise ImportError(
             f"writing a bioimage.io package needs bioimageio.spec: {INSTALL_HINT}"
         ) from error
-    raw = make_test_input(io)
+    raw = make_test_input(io) if sample is None else sample[None, None]
     probs = run_net(net, raw, io.intensity)
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", probs)
@@ -334,13 +337,15 @@ def export_package(
     info: PackageInfo,
     mitoseg: dict[str, Any],
     output: str | Path,
+    sample: np.ndarray | None = None,
 ) -> Path:
-    """Write the model package ``output`` (a zip file, atomically) and return its path."""
+    """Write the model package ``output`` (a zip file, atomically) and return its path; see
+    :func:`describe`."""
     from bioimageio.spec import save_bioimageio_package
 
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix="mitoseg-bioimage-") as tmp:
-        descr = describe(net, arch, io, info, mitoseg, Path(tmp))
+        descr = describe(net, arch, io, info, mitoseg, Path(tmp), sample)
 
         def write(path: Path) -> None:
             zipped = path.with_name(path.name + ".zip")  # the writer wants a .zip suffix

@@ -1,7 +1,7 @@
 """``mitoseg-export-model``: a checkpoint -> a bioimage.io model package (zip).
 
 mitoseg-export-model CKPT OUT.zip [--name NAME] [--author NAME ...] [--license SPDX]
-    [--cite TEXT=DOI_OR_URL ...] [--card CARD.md] [--no-test] [--overwrite]
+    [--cite TEXT=DOI_OR_URL ...] [--card CARD.md] [--sample VOLUME] [--no-test] [--overwrite]
 
 The package (model spec 0.5) runs in bioimage.io tools and in ``mitoseg-predict ckpt=OUT.zip``;
 see :mod:`mitoseg.bioimage.export`. Unless ``--no-test``, bioimageio.core then validates it and
@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mitoseg import io
 from mitoseg.cli.common import CheckpointError, build_net, load_checkpoint, trained_intensity
 from mitoseg.files import OutputExistsError, check_output_apart
 from mitoseg.train.checkpoints import load_weights_only
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--card", type=Path, help="model card (Markdown); default: written from the "
                    "checkpoint, its run's metrics.json and config")  # fmt: skip
+    p.add_argument("--sample", type=Path, help="a volume like the training data (any format "
+                   "mitoseg reads): its central tile is the test input and the cover (default: "
+                   "a synthetic EM tile)")  # fmt: skip
     p.add_argument("--no-test", dest="test", action="store_false",
                    help="skip bioimageio.core's test run of the written package")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zip")
@@ -85,6 +90,31 @@ def citations(model_target: str, extra: list[str]) -> list[tuple[str, str]]:
             raise ValueError(f"--cite {item!r}: expected TEXT=DOI_OR_URL")
         pairs.append((text.strip(), ref.strip()))
     return [*found, UNET_3D, *pairs]
+
+
+def central_tile(path: Path, tile: tuple[int, int, int], dtype: str) -> np.ndarray:
+    """The (Z, Y, X) box of shape ``tile`` at the centre of the volume ``path``.
+
+    Raises:
+        VolumeError: the volume is smaller than ``tile``, has colour, or is not ``dtype`` (the
+            training data's: the package's pre-processing maps that dtype's range).
+    """
+    with io.open_source(path) as source:
+        shape = tuple(int(s) for s in source.shape[:3])
+        if any(s < t for s, t in zip(shape, tile, strict=True)):
+            raise io.VolumeError(f"--sample {path}: shape {shape} is smaller than a tile {tile}")
+        if str(source.dtype) != dtype:
+            raise io.VolumeError(
+                f"--sample {path} is {source.dtype}, the model was trained on {dtype} data: give "
+                "a sample stored like the training data"
+            )
+        start = [(s - t) // 2 for s, t in zip(shape, tile, strict=True)]
+        slab = source.read(start[0], start[0] + tile[0])
+    if slab.ndim != 3:
+        raise io.VolumeError(f"--sample {path} has colour slices {slab.shape}: give a grey volume")
+    return np.ascontiguousarray(
+        slab[:, start[1] : start[1] + tile[1], start[2] : start[2] + tile[2]]
+    )
 
 
 def _metrics(ckpt: Path) -> dict[str, Any] | None:
@@ -112,7 +142,7 @@ def export(args: argparse.Namespace) -> Path:
     from mitoseg.bioimage.card import model_card
     from mitoseg.bioimage.export import Architecture, PackageInfo, export_package
 
-    check_output_apart(args.output, [args.ckpt, args.card])
+    check_output_apart(args.output, [args.ckpt, args.card, args.sample])
     if args.output.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.output} already exists; pass --overwrite to replace it")
     if args.output.suffix.lower() != ".zip":
@@ -157,9 +187,13 @@ def export(args: argparse.Namespace) -> Path:
         },
     )
     mitoseg = {"config": config, "versions": record.get("versions") or {}}
-    return export_package(
-        net, Architecture.of(target, kwargs), _model_io(stored, net), info, mitoseg, args.output
-    )
+    model_io = _model_io(stored, net)
+    sample = None
+    if args.sample is not None:
+        dtype = model_io.intensity.stats.dtype if model_io.intensity else "uint8"
+        sample = central_tile(args.sample, model_io.tile_shape, dtype)
+    arch = Architecture.of(target, kwargs)
+    return export_package(net, arch, model_io, info, mitoseg, args.output, sample)
 
 
 def main(argv: list[str] | None = None) -> int:
