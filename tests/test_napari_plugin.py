@@ -192,7 +192,10 @@ def test_segment_steps_predict_blockwise_decode_and_measure(tmp_path: Path) -> N
         "seed_threshold": 0.85, "contour_threshold": 0.6, "mask_threshold": 0.8
     }  # fmt: skip
     raw = segment.write_raw(tmp_path / "raw.zarr", _raw(), VOXEL)
-    steps = segment.segment_steps(model, raw, model.decoder, VOXEL, block_shape=(8, 32, 32))
+    tiles = []
+    steps = segment.segment_steps(
+        model, raw, model.decoder, VOXEL, block_shape=(8, 32, 32), on_tiles=tiles.append
+    )
     progress = []
     try:
         while True:
@@ -201,6 +204,11 @@ def test_segment_steps_predict_blockwise_decode_and_measure(tmp_path: Path) -> N
         result = stop.value
     blocks = [p for p in progress if p.stage == "predicting"]
     assert [(p.done, p.total) for p in blocks] == [(i, 8) for i in range(9)]  # 2 x 2 x 2 blocks
+    # inside each block: its tiles, in batches of 2, up to all of them
+    assert sorted({p.done for p in tiles}) == list(range(8))
+    for block in range(8):
+        done = [p.tiles for p in tiles if p.done == block]
+        assert done[-1][0] == done[-1][1] and [d for d, _ in done] == sorted(d for d, _ in done)
     # identity foreground through tiles, blending and blocks: the raw back, no seams
     np.testing.assert_array_equal(result.probs[0], _raw())
     assert result.kind is OutputKind.INSTANCES
@@ -214,6 +222,22 @@ def test_segment_steps_predict_blockwise_decode_and_measure(tmp_path: Path) -> N
     mask = segment.decode(result.probs, model.decoders()["mask"], VOXEL)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert len(segment.object_table(mask, OutputKind.MASK, VOXEL)["id"]) == 2
+
+
+def test_a_tile_callback_stops_the_prediction_inside_a_block(tmp_path: Path) -> None:
+    from mitoseg.napari_plugin import segment
+
+    model = segment.load_model(_checkpoint(tmp_path / "bc.ckpt"))
+    plan, _ = segment.make_plan(model, segment.write_raw(tmp_path / "raw.zarr", _raw(), VOXEL))
+
+    def stop(progress: segment.Progress) -> None:
+        raise segment.Cancelled("stop")
+
+    steps = segment.predict_steps(model, plan, on_tiles=stop)
+    assert next(steps) == segment.Progress(0, 1)
+    with pytest.raises(segment.Cancelled):
+        next(steps)
+    assert model.module.tile_progress is None  # the module is left as it was
 
 
 def test_write_raw_refuses_what_is_not_a_volume(tmp_path: Path) -> None:

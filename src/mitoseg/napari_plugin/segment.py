@@ -13,8 +13,9 @@ effect between blocks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,20 @@ DEFAULT_BLOCK = (32, 256, 256)
 
 @dataclass(frozen=True)
 class Progress:
-    """A step of :func:`segment_steps`: ``done`` of ``total`` blocks, or a named stage."""
+    """A step of :func:`segment_steps`: ``done`` of ``total`` blocks, or a named stage; while a
+    block is predicted, ``tiles`` = (tiles done, tiles to run) of that block."""
 
     done: int
     total: int
     stage: str = "predicting"
+    tiles: tuple[int, int] | None = None
+
+
+class Cancelled(Exception):
+    """Raised by a tile callback to stop a prediction inside a block."""
+
+
+TileCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -167,8 +177,16 @@ def make_plan(
     return plan, [problem] if problem else []
 
 
-def predict_steps(model: LoadedModel, plan: BlockPlan) -> Generator[Progress, None, np.ndarray]:
-    """Predict ``plan``'s volume block by block, in this process; yields after each block.
+def _report_tiles(on_tiles: TileCallback, index: int, total: int, done: int, tiles: int) -> None:
+    on_tiles(Progress(index, total, "predicting", (done, tiles)))
+
+
+def predict_steps(
+    model: LoadedModel, plan: BlockPlan, on_tiles: TileCallback | None = None
+) -> Generator[Progress, None, np.ndarray]:
+    """Predict ``plan``'s volume block by block, in this process; yields after each block and
+    calls ``on_tiles`` after each batch of tiles inside one (which may raise :class:`Cancelled`
+    to stop there).
 
     Returns (the generator's value):
         (C, Z, Y, X) probabilities in the plan's dtype (uint8: p x 255, else float in [0, 1]);
@@ -178,14 +196,21 @@ def predict_steps(model: LoadedModel, plan: BlockPlan) -> Generator[Progress, No
     probs = np.zeros((len(plan.channels), *plan.shape), dtype=np.dtype(plan.dtype))
     blocks = plan.blocks()
     yield Progress(0, len(blocks))
-    device = model.module.device
-    for index, box in enumerate(blocks):
-        item = dataset[index]
-        item["raw"] = item["raw"].to(device)
-        with torch.no_grad():
-            block = model.module.predict_step(item, index)["probs"]
-        probs[(slice(None), *box.slices)] = to_storage(block, plan.dtype).cpu().numpy()
-        yield Progress(index + 1, len(blocks))
+    module = model.module
+    try:
+        for index, box in enumerate(blocks):
+            if on_tiles is not None:  # the predictor's per-block tile report (issue 21.6)
+                module.tile_progress = functools.partial(
+                    _report_tiles, on_tiles, index, len(blocks)
+                )
+            item = dataset[index]
+            item["raw"] = item["raw"].to(module.device)
+            with torch.no_grad():
+                block = module.predict_step(item, index)["probs"]
+            probs[(slice(None), *box.slices)] = to_storage(block, plan.dtype).cpu().numpy()
+            yield Progress(index + 1, len(blocks))
+    finally:
+        module.tile_progress = None
     return probs
 
 
@@ -258,11 +283,13 @@ def segment_steps(
     decoder: Decoder,
     voxel_size_nm: Sequence[float],
     block_shape: Sequence[int] = DEFAULT_BLOCK,
+    on_tiles: TileCallback | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Predict the volume at ``raw_path`` blockwise, decode it with ``decoder`` and measure
-    the objects; yields :class:`Progress` after each block and stage."""
+    the objects; yields :class:`Progress` after each block and stage (``on_tiles``: see
+    :func:`predict_steps`)."""
     plan, warnings = make_plan(model, raw_path, block_shape)
-    probs = yield from predict_steps(model, plan)
+    probs = yield from predict_steps(model, plan, on_tiles)
     return (yield from decode_steps(probs, decoder, voxel_size_nm, warnings))
 
 

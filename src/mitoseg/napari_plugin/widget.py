@@ -1,12 +1,12 @@
 """The napari dock widget: segment the current image with a pretrained model or a checkpoint.
 
 ``Run`` loads the model, predicts the image block by block in a napari worker thread (the
-progress bar counts blocks; ``Cancel`` stops after the current block), decodes the probabilities
-into instances or a mask and lists one row per object (selecting a row centres the view on
-that object). The thresholds of the decoder then
-appear, set to the values the model was validated with; ``Decode again`` reruns only the
-decoder and the table on the kept probabilities, never the network. The non-Qt work is
-:mod:`mitoseg.napari_plugin.segment`.
+progress bar counts blocks, the status line the tiles of the block being predicted; ``Cancel``
+stops after the current batch of tiles), decodes the probabilities into instances or a mask and
+lists one row per object (selecting a row centres the view on that object). The thresholds of
+the decoder then appear, set to the values the model was validated with; ``Decode again``
+reruns only the decoder and the table on the kept probabilities, never the network. The non-Qt
+work is :mod:`mitoseg.napari_plugin.segment`.
 """
 
 from __future__ import annotations
@@ -232,9 +232,20 @@ class SegmentWidget(Container):
             self._tmp = tempfile.TemporaryDirectory(prefix="mitoseg-napari-")
             source = segment.write_raw(Path(self._tmp.name) / "raw.zarr", data, voxel)
         decoder = decoder or self.model.decoder
-        result = yield from segment.segment_steps(self.model, source, decoder, voxel)
+        result = yield from segment.segment_steps(
+            self.model, source, decoder, voxel, on_tiles=self._on_tiles
+        )
         result.warnings[:0] = warnings
         return result
+
+    def _on_tiles(self, progress: Any) -> None:
+        """Inside a block (the worker's thread): stop there if asked, else report the tiles."""
+        from mitoseg.napari_plugin.segment import Cancelled
+
+        if self.worker is not None and self.worker.abort_requested:
+            raise Cancelled("cancelled inside a block")
+        if self.worker is not None:
+            self.worker.yielded.emit(progress)  # a Qt signal: delivered in Qt's thread
 
     def _start(self, steps: Generator[Any, None, Any], layer: Any) -> None:
         self.worker = create_worker(lambda: (yield from steps), _start_thread=False)
@@ -254,8 +265,10 @@ class SegmentWidget(Container):
     def _on_progress(self, progress: Any) -> None:
         self.progress.max = max(progress.total, 1)
         self.progress.value = progress.done
-        total = f" {progress.done}/{progress.total}" if progress.total else ""
-        self.status.value = f"{progress.stage}{total}"
+        text = progress.stage + (f" {progress.done}/{progress.total}" if progress.total else "")
+        if progress.tiles is not None:  # inside the next block
+            text += f" blocks, {progress.tiles[0]}/{progress.tiles[1]} tiles of the next"
+        self.status.value = text
 
     def _on_result(self, result: Any, layer: Any) -> None:
         if self.model is not None and self._filled_for != self._model_ref:
@@ -277,6 +290,12 @@ class SegmentWidget(Container):
         self.status.value = message
 
     def _fail(self, error: Exception) -> None:
+        from mitoseg.napari_plugin.segment import Cancelled
+
+        if isinstance(error, Cancelled):
+            self._finish("cancelled")
+            self._set_running(False)
+            return
         self.status.value = f"error: {error}"
         show_error(str(error))
         self._set_running(False)
