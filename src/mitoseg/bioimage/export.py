@@ -4,8 +4,9 @@ The package holds the weights twice, as a PyTorch state dict with the architectu
 builds it (mitoseg's own network as a source file that needs only torch; a library network such
 as MONAI's by its import path) and as TorchScript (needs only torch); the raw input and the
 probabilities with axes ``batch, channel, z, y, x`` and the voxel size in nm; the input's
-normalisation as pre-processing and the sigmoid as post-processing; a test input (a synthetic EM
-tile in the training data's dtype and range) and the output the model gives for it; a cover
+normalisation as pre-processing and the sigmoid as post-processing; a test input (a tile of a
+sample volume, or a synthetic EM tile in the training data's dtype and range) and the output the
+model gives for it (also as TIFF sample tensors); a cover
 image, the model card and citations; and, under ``config.mitoseg``, the config that training
 stored in the checkpoint, from which mitoseg rebuilds the network and decoder exactly
 (:mod:`mitoseg.bioimage.package`). Needs the ``bioimage`` extra (bioimageio.spec).
@@ -153,7 +154,7 @@ def preprocessing(intensity: RawIntensity | None) -> list[Any]:
         steps.append(spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(**kwargs)))
         gain, offset = high - low, low
     else:
-        gain, offset = 1.0 / (n.high - n.low), -n.low / (n.high - n.low)
+        gain, offset = 1.0 / (n.high - n.low), 0.0 - n.low / (n.high - n.low)
     if (gain, offset) != (1.0, 0.0):
         linear = spec.ScaleLinearKwargs(gain=gain, offset=offset)
         steps.append(spec.ScaleLinearDescr(kwargs=linear))
