@@ -291,3 +291,17 @@ def test_training_does_not_resume_from_a_package(tmp_path: Path, package: Path) 
     cfg = compose_train([f"ckpt={package}"], tmp_path)
     with pytest.raises(CheckpointError, match=r"model\.zip is a model package: .* init="):
         resume_checkpoint(cfg)
+
+
+def test_reading_packages_needs_no_bioimageio_library() -> None:
+    """mitoseg-predict reads packages with torch and PyYAML: the base install suffices."""
+    import ast
+
+    import mitoseg.bioimage.package
+    import mitoseg.cli.common
+
+    for module in (mitoseg.bioimage.package, mitoseg.cli.common, mitoseg.bioimage):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [name for name in imported if name.startswith("bioimageio")], module.__name__
