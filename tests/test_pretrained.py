@@ -216,13 +216,24 @@ def _predict(raw: Path, tmp_path: Path, output: str, *overrides: str) -> np.ndar
 
 
 def test_predict_with_the_name_equals_predict_with_the_checkpoint(entry: Path, tiny: Path) -> None:
-    """Same weights, same tiles, TTA and intensity mapping, from the manifest alone."""
+    """Same weights, same tiles, TTA and intensity mapping, from the manifest alone; with
+    ``segmentation=``, the mask of the decoder and threshold chosen on validation too."""
+    from mitoseg.decode.masks import BinarizeMedian
+    from mitoseg.decode.run import run_decoder
+
     folder = entry / "predict"
     folder.mkdir(exist_ok=True)
-    by_name = _predict(_test_raw(tiny), folder, "named.zarr", "pretrained=tiny")
+    mask = f"segmentation={folder / 'mask.zarr'}"
+    by_name = _predict(_test_raw(tiny), folder, "named.zarr", "pretrained=tiny", mask)
     by_checkpoint = _predict(_test_raw(tiny), folder, "checkpoint.zarr", f"ckpt={tiny}")
     np.testing.assert_array_equal(by_name, by_checkpoint)
     assert by_name.shape[0] == 1 and by_name.max() > 0
+    chosen = pretrained.find("tiny").config["postprocess"]
+    assert chosen["threshold"] != 0.5  # the sweep's [0.2, 0.9], not the decoder's default
+    decoder = BinarizeMedian(threshold=chosen["threshold"], median_size=chosen["median_size"])
+    run_decoder(decoder, folder / "named.zarr", folder / "expected.zarr")
+    expected = io.open_volume(folder / "expected.zarr")[:]
+    np.testing.assert_array_equal(io.open_volume(folder / "mask.zarr")[:], expected)
 
 
 def test_predict_takes_one_of_ckpt_or_pretrained_and_names_the_models(

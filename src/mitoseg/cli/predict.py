@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mitoseg import io
@@ -21,6 +22,8 @@ from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.cli.predict_grid import predict_grid, work_output
 from mitoseg.cli.pretrained import chosen_model, load_chosen
 from mitoseg.datasets.volumes import FileVolumes
+from mitoseg.decode.base import params
+from mitoseg.decode.run import run_decoder
 from mitoseg.files import check_output_apart, check_replaceable
 from mitoseg.hardware import resolve_compute
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
@@ -92,6 +95,7 @@ def predict(cfg: DictConfig) -> Path:
     if output.exists() and not cfg.overwrite:
         raise io.VolumeError(f"output {output} already exists; pass overwrite=true to replace it")
     check_replaceable(output)  # overwrite replaces only what mitoseg wrote
+    segmentation = segmentation_output(cfg, output)
     stored, weights, source = load_chosen(cfg)
     net = build_net(stored, weights, source)
     settings = predict_settings(cfg, stored)
@@ -159,7 +163,38 @@ def predict(cfg: DictConfig) -> Path:
         )
     elif trainer.is_global_zero:  # the model's grid was predicted by an earlier run
         print(f"wrote {output}: {len(plan.channels)} x {grid.shape} {plan.dtype}, resampled back")
+    if segmentation is not None and trainer.is_global_zero:
+        decode_output(stored, output, segmentation)
     return output
+
+
+def segmentation_output(cfg: DictConfig, output: Path) -> Path | None:
+    """``segmentation=``'s path, checked before anything runs: apart from the input, the
+    checkpoint and the probabilities, and new unless ``overwrite=true`` (then only over an
+    output of mitoseg's)."""
+    if cfg.get("segmentation") is None:
+        return None
+    path = Path(cfg.segmentation).expanduser()
+    check_output_apart(path, [cfg.input, cfg.ckpt, output])
+    if path.exists() and not cfg.overwrite:
+        raise io.VolumeError(
+            f"segmentation {path} already exists; pass overwrite=true to replace it"
+        )
+    check_replaceable(path)
+    return path
+
+
+def decode_output(stored: DictConfig, probs: Path, output: Path) -> None:
+    """Decode ``probs`` with the model's decoder (a pretrained model's: with the parameters
+    chosen on its validation data) into ``output``: a mask (uint8) or instances (uint32)."""
+    decoder = instantiate(stored.postprocess)
+    start = time.perf_counter()
+    run_decoder(decoder, probs, output)
+    chosen = ", ".join(f"{k}={v}" for k, v in params(decoder).items() if not isinstance(v, list))
+    print(
+        f"wrote {output}: {type(decoder).__name__} ({chosen}) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
 
 
 def resume_hint(cfg: DictConfig) -> str:

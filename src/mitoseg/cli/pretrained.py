@@ -26,6 +26,8 @@ from mitoseg.train.transfer import TransferError, transfer_weights
 
 log = logging.getLogger(__name__)
 
+CHECK_BOX = "35:131,64:256,576:768"
+
 
 def load_pretrained(name: str) -> tuple[DictConfig, dict[str, torch.Tensor], Path]:
     """The stored config, weights (sha256 checked) and weights file of the entry ``name``."""
@@ -190,6 +192,7 @@ def score_crop(
     overrides = [
         f"pretrained={name}", f"input={work / 'raw.zarr'}", f"output={work / 'probs.zarr'}",
         f"cache_dir={work / 'cache'}", "trainer.precision=32-true",
+        f"block_shape=[{z1 - z0},{y1 - y0},{x1 - x0}]",  # one block: no seams between blocks
         "trainer.enable_progress_bar=false", "overwrite=true",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
@@ -202,8 +205,8 @@ def score_crop(
         "labels": Path(labels).name,
         "box": [list(b) for b in box],
         "decoder": ", ".join(f"{k}={v}" for k, v in params(decoder).items()),
-        "precision": "32-true",
         **result.scores,
+        "compute": "32-true",
     }
 
 
@@ -264,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "--check", nargs=2, metavar=("RAW", "LABELS"),
         help="score a crop of this volume (e.g. Lucchi++ test_im.tif test_label.tif) for the card",
     )  # fmt: skip
-    made.add_argument("--check-box", default="35:131,224:544,352:672", help="z0:z1,y0:y1,x0:x1")
+    made.add_argument(
+        "--check-box", default=CHECK_BOX,
+        help=f"z0:z1,y0:y1,x0:x1 (default {CHECK_BOX}: 96 x 192 x 192 voxels of Lucchi++ "
+        "test_im.tif, 11 %% foreground, 10 mitochondria)",
+    )  # fmt: skip
     made.add_argument("--overwrite", action="store_true", help="replace an existing entry")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -28,7 +28,11 @@ from mitoseg.train.checkpoints import load_weights_only, save_atomic, upgrade_ta
 log = logging.getLogger(__name__)
 
 TEMPLATE = "model_card.template.md"  # an entry's own template, else the package's
-DATA_PLACEHOLDER = "/path/to/data"
+
+
+def data_placeholder(root: str) -> str:
+    """What a user's data folder is called in a shipped command: ``/path/to/<its name>``."""
+    return f"/path/to/{Path(root).name or 'data'}"
 
 
 def net_state_dict(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
@@ -47,14 +51,14 @@ def net_state_dict(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Te
 
 def run_command(run_dir: Path, data_root: str | None) -> str | None:
     """``mitoseg-train <overrides>`` from the run's ``.hydra/overrides.yaml``, without
-    ``overwrite=`` / ``hydra.run.dir=`` and with the data folder as :data:`DATA_PLACEHOLDER`."""
+    ``overwrite=`` / ``hydra.run.dir=`` and with the data folder as :func:`data_placeholder`."""
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
     items = [str(o) for o in yaml.safe_load(path.read_text()) or []]
     items = [o for o in items if not o.lstrip("+~").startswith(("overwrite=", "hydra.run.dir="))]
     if data_root:
-        items = [o.replace(data_root, DATA_PLACEHOLDER) for o in items]
+        items = [o.replace(data_root, data_placeholder(data_root)) for o in items]
     return " ".join(["mitoseg-train", *items])
 
 
@@ -77,6 +81,7 @@ def scores_of(metrics: dict[str, Any]) -> dict[str, Any]:
         final.pop(key, None)
     return {
         "selected": selected,
+        "swept": list(swept),
         "selected_on": metrics.get("selected_on"),
         "val": {k: v for k, v in (val[0] if val else {}).items() if k not in selected},
         final_set: final,
@@ -98,9 +103,8 @@ def build_manifest(
     run = dict(record.get("run") or {})
     root = (run.get("data") or {}).get("root")
     output_dir = run.pop("output_dir", None)
-    run = _replace_strings(
-        _replace_strings(run, output_dir or "", "<run>"), root or "", DATA_PLACEHOLDER
-    )
+    run = _replace_strings(run, output_dir or "", "<run>")  # where it ran: of no use
+    run = _replace_strings(run, root or "", data_placeholder(root or ""))
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
@@ -163,6 +167,10 @@ def card_fields(manifest: dict[str, Any]) -> dict[str, str]:
         "seed": str(config.get("seed")),
         "versions": ", ".join(f"{k} {v}" for k, v in (source.get("versions") or {}).items()),
         "selected": _params_line(scores.get("selected", {})) or "(no metrics given)",
+        "chosen": _params_line(
+            {k: v for k, v in scores.get("selected", {}).items() if k in scores.get("swept", [])}
+        )
+        or "(no metrics given)",
         "selected_on": str(scores.get("selected_on")),
         "scores": _scores_table(scores),
         "check": _check_line(manifest.get("check")),
