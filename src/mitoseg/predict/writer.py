@@ -271,9 +271,11 @@ class BlockWriter(pl.Callback):
         self._writer.flush()  # every block written and recorded, or its error raised
         self._writer.close()
         self._bar.close()
-        if self._tile_bar is not None:
+        if self._tile_bar is not None:  # a later run of the module shows no closed bar
             self._tile_bar.close()
         seconds = time.perf_counter() - self._start
+            self._tile_bar = None
+            trainer.lightning_module.tile_progress = None  # type: ignore[assignment]
         peak = _peak_rss_mib()
         waits = self._io_waits()
         log.info(
