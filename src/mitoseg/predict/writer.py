@@ -273,9 +273,9 @@ class BlockWriter(pl.Callback):
         self._bar.close()
         if self._tile_bar is not None:  # a later run of the module shows no closed bar
             self._tile_bar.close()
-        seconds = time.perf_counter() - self._start
             self._tile_bar = None
             trainer.lightning_module.tile_progress = None  # type: ignore[assignment]
+        seconds = time.perf_counter() - self._start
         peak = _peak_rss_mib()
         waits = self._io_waits()
         log.info(
