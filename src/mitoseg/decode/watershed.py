@@ -137,11 +137,18 @@ def _below(x: np.ndarray, threshold: float) -> np.ndarray:
 # --------------------------------------------------------------------------- flooding
 
 
+def float_levels(score: np.ndarray) -> np.ndarray:
+    """uint16 (Z, Y, X): a float score in [0, 1] as the 65535 levels the flood orders it by
+    (``rint(65535 score)``, in float64 as :func:`flood_height` computes it)."""
+    return np.rint(score.astype(np.float64) * FLOAT_LEVELS).astype(np.uint16)
+
+
 def flood_height(score: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The height the watershed floods: -score as exact integers, ties of seed voxels in C order.
 
     Args:
-        score: (Z, Y, X) uint8 in [0, 255] or float in [0, 1]; high floods first.
+        score: (Z, Y, X) uint8 in [0, 255] or float in [0, 1]; high floods first. uint16 holds
+            a float score as its 65535 levels (:func:`float_levels`), as blockwise passes keep it.
         seeds: integer (Z, Y, X), non-zero on seed voxels.
 
     Returns:
@@ -153,6 +160,8 @@ def flood_height(score: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     height[seeds == 0] = _NON_SEED
     if score.dtype == np.uint8:
         levels = 255.0 - score
+    elif score.dtype == np.uint16:
+        levels = FLOAT_LEVELS - score.astype(np.float64)
     else:
         levels = FLOAT_LEVELS - np.rint(score.astype(np.float64) * FLOAT_LEVELS)
     levels *= 2.0**TIE_BITS

@@ -40,7 +40,7 @@ from mitoseg.decode.blockwise.faces import (
     in_plane_steps,
     write_faces,
 )
-from mitoseg.geometry import Block, BlockGrid, Box, block_grid
+from mitoseg.geometry import Block, BlockGrid, Box, block_grid, intersect, local_slices
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,15 @@ class BlockLabels:
         counts: pieces of each kind.
         crossing: for graph labels, per axis the uint8 bits of the edges leaving the last
             layer (see :func:`.faces.write_faces`); None for grid labels.
+        values: None, or (*write_roi.shape) values kept beside the labels for a later pass
+            (the decoders' flood score: read there from this scratch, uncompressed by the
+            probabilities' codec and without their chunks around the read_roi).
     """
 
     labels: np.ndarray
     counts: tuple[int, ...]
     crossing: list[np.ndarray] | None = None
+    values: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -83,13 +87,28 @@ class LabelScratch:
     faces: FaceStore
     chunks: tuple[int, ...]
 
-    def block_path(self, block_id: int) -> str:
-        return str(Path(self.labels) / str(block_id))
+    def block_path(self, block_id: int, part: str = "labels") -> str:
+        """The scratch array of a block: its ``labels`` or its ``values``."""
+        return str(Path(self.labels).parent / part / str(block_id))
 
     def read(self, block: Block, box: Box, kinds: slice | None = None) -> np.ndarray:
         """Local labels (K', *box.shape) of ``box`` (inside ``block.write_roi``)."""
         local = box.shift(tuple(-o for o in block.write_roi.offset))
         return store.read(self.block_path(block.id), local, kinds or slice(None))
+
+    def read_values(self, grid: BlockGrid, box: Box) -> np.ndarray:
+        """The blocks' kept values (:attr:`BlockLabels.values`) over ``box``, any blocks."""
+        out: np.ndarray | None = None
+        for owner in grid.blocks_in(box):
+            part = intersect(owner.write_roi, box)
+            assert part is not None
+            local = part.shift(tuple(-o for o in owner.write_roi.offset))
+            values = store.read(self.block_path(owner.id, "values"), local)
+            if out is None:
+                out = np.empty(box.shape, values.dtype)
+            out[local_slices(part, box)] = values
+        assert out is not None
+        return out
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,7 @@ def create_scratch(root: Path, grid: BlockGrid, kinds: int, chunks: Sequence[int
     """An empty scratch folder under ``root`` for a labelling of ``kinds`` kinds."""
     labels = root / "labels"
     labels.mkdir(parents=True)
+    (root / "values").mkdir()
     faces = create_faces(root / "faces", grid, kinds)
     return LabelScratch(str(labels), faces, tuple(int(c) for c in chunks))
 
@@ -189,6 +209,9 @@ def label_task(
     """Pass 1: label one block, store its labels and faces, summarise its pieces."""
     result = label_fn(block, grid, *args)
     store.save_scratch(scratch.block_path(block.id), result.labels, (1, *scratch.chunks))
+    if result.values is not None:
+        path, values = scratch.block_path(block.id, "values"), result.values
+        store.create_scratch(path, values.shape, values.dtype, scratch.chunks)[...] = values
     write_faces(scratch.faces, grid, block, result.labels, result.crossing)
     parents = result.labels[0]
     if len(result.counts) > 1 and ((result.labels[1:] > 0) & (parents == 0)).any():

@@ -9,9 +9,10 @@ Everything but the flood is exact, by the blockwise labelling of :mod:`.labels` 
    -> background, one -> the whole component is that instance; components under ``min_size``
    -> background; instance ids 1..N in raster order of their seeds' first voxels;
 3. each block writes single-seed components through a lookup table and floods the components
-   with two or more seeds (only those) on its read_roi (write_roi + halo), from the global seeds
-   present there, with the whole-volume decoder's exact height and tie-break; it keeps the
-   write_roi;
+   with two or more seeds met in its write_roi (only those, each on its own box) within its
+   read_roi (write_roi + halo), from the global seeds present there, with the whole-volume
+   decoder's exact height and tie-break; it keeps the write_roi. Labels and the flood's score
+   come from pass 1's scratch (per block, in small dtypes), not from the probabilities again;
 4. instances under ``min_size`` are dropped and the rest renumbered (a relabel pass, only when
    some instance is dropped, and only over the blocks holding an id that changes).
 
@@ -25,6 +26,7 @@ halo at least the extent of every multi-seed component the result is identical.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,14 @@ def bc_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> 
         seed_map &= ws._below(data[1], decoder.contour_cut)
     comps, n_comps = label_grid(mask, decoder.connectivity)
     seeds, n_seeds = label_grid(seed_map, decoder.connectivity)
-    return BlockLabels(np.stack([comps, seeds]), (n_comps, n_seeds))
+    score = _kept_score(data[decoder.seed_channel])
+    return BlockLabels(np.stack([comps, seeds]), (n_comps, n_seeds), values=score)
+
+
+def _kept_score(score: np.ndarray) -> np.ndarray:
+    """The flood's score as the scratch keeps it: uint8 as it is, float as its uint16 levels
+    (:func:`mitoseg.decode.watershed.float_levels`; the flood's heights are the same)."""
+    return score if score.dtype == np.uint8 else ws.float_levels(score)
 
 
 def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> BlockLabels:
@@ -89,7 +98,10 @@ def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: An
     if threshold is not None:
         nodes &= ws._below(data[-1], threshold)
     seed_graph = restrict_edges(affinity.strong_edges(affs, decoder.seed_threshold, offsets), nodes)
-    return labels_of_graphs(block, context, [comp_graph, seed_graph])
+    found = labels_of_graphs(block, context, [comp_graph, seed_graph])
+    # The mean affinity needs one voxel around each voxel: the context holds two.
+    score = affinity.affinity_inside(affs, offsets)[local_slices(block.write_roi, context)]
+    return dataclasses.replace(found, values=_kept_score(score))
 
 
 # --------------------------------------------------------------------------- the plan
@@ -226,17 +238,6 @@ def _global(
     return comps, seeds
 
 
-def _flood_score(probs: str, box: Box, grid: BlockGrid, decoder: Any) -> np.ndarray:
-    """The height's score over ``box``: foreground (BC), distance (BCD) or the mean affinity
-    (A, AC)."""
-    if not decoder.uses_affinities:
-        channel = decoder.seed_channel
-        return store.read(probs, box, slice(channel, channel + 1))[0]
-    context = grow(box, (1, 1, 1), grid.total_roi)
-    affs = store.read(probs, context, slice(0, len(decoder.offsets)))
-    return affinity.affinity_inside(affs, decoder.offsets)[local_slices(box, context)]
-
-
 _NO_STATS = (np.zeros((0, 2), np.int64), *(np.zeros(0, np.int64) for _ in range(3)))
 
 
@@ -357,7 +358,6 @@ def _nearest_seed(
 def flood_task(
     block: Block,
     grid: BlockGrid,
-    probs: str,
     scratch: LabelScratch,
     output: str,
     decoder: Any,
@@ -377,7 +377,7 @@ def flood_task(
         assert part is not None
         core = local_slices(part, region)
         comps, seeds = _global(scratch, region, grid, tables.luts)
-        score = _flood_score(probs, region, grid, decoder)
+        score = scratch.read_values(grid, region)  # foreground, distance or mean affinity
         in_plane = decoder._settings.in_plane if getattr(decoder, "merge_necks", False) else None
         at_edge = [
             (r0 == q0, r1 == q1)
@@ -433,7 +433,7 @@ def decode_instances(
     )  # fmt: skip
     plan = plan_instances(labelling, decoder)
     found = run_blocks(
-        client, "flood", flood_task, list(grid), grid, probs, labelling.scratch,
+        client, "flood", flood_task, list(grid), grid, labelling.scratch,
         str(output), decoder, per_block=lambda b: (block_tables(labelling, plan, grid, b),),
         run_log=run_log, progress=progress,
     )  # fmt: skip
