@@ -287,6 +287,19 @@ def test_load_model_names_a_missing_checkpoint(tmp_path: Path) -> None:
         segment.load_model(tmp_path / "nothing.ckpt")
 
 
+def test_the_voxel_size_comes_from_a_physical_layer_scale_only() -> None:
+    from napari.layers import Image
+
+    from mitoseg.napari_plugin.widget import layer_voxel_size
+
+    data = np.zeros((2, 3, 4), np.uint8)
+    assert layer_voxel_size(Image(data, scale=VOXEL, units="nm")) == tuple(VOXEL)
+    assert layer_voxel_size(Image(data, scale=(0.03, 0.008, 0.008), units="um")) == pytest.approx(
+        VOXEL
+    )
+    assert layer_voxel_size(Image(data, scale=VOXEL)) is None  # pixels: unknown
+
+
 # --- in a viewer (napari's fixture, Qt offscreen) --------------------------------------------
 
 
