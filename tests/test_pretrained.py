@@ -108,6 +108,27 @@ def test_init_with_another_network_is_refused_naming_the_settings(tiny: Path, tm
         train(cfg)
 
 
+def test_init_without_a_model_choice_takes_the_sources_network(
+    tiny: Path, tmp_path, caplog
+) -> None:
+    """No model= / model.* given: the run's network becomes the checkpoint's (with this run's
+    output channels), so that init= works with any experiment; the change is logged."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mitoseg.cli.pretrained import adopt_init_model
+
+    cfg = compose_train([f"init={tiny}", "target=bc"], tmp_path)
+    assert list(cfg.model.widths) != [4, 8]
+    with caplog.at_level(logging.WARNING, logger="mitoseg"):
+        changed = adopt_init_model(cfg, HydraConfig.get().overrides.task)
+    assert changed and "model.widths=[4, 8] there" in "; ".join(changed)
+    assert list(cfg.model.widths) == [4, 8] and cfg.model.out_channels == 2
+    assert "the network is the one of" in caplog.text
+    chosen = compose_train([f"init={tiny}", "model.widths=[4,16]"], tmp_path)
+    assert adopt_init_model(chosen, HydraConfig.get().overrides.task) == []
+    assert list(chosen.model.widths) == [4, 16]  # the user's choice stays (and init= refuses it)
+
+
 def test_init_with_an_unknown_name_lists_the_available_ones(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(pretrained.ENV, str(tmp_path / "registry"))
     (tmp_path / "registry" / "mine").mkdir(parents=True)

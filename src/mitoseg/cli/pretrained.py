@@ -15,7 +15,7 @@ from typing import Any
 from unittest import mock
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mitoseg import io, pretrained
@@ -69,6 +69,38 @@ def model_differences(stored: Any, model: Any) -> list[str]:
         for k in keys
         if k != "model.out_channels"
     ]
+
+
+def source_config(ref: str) -> DictConfig:
+    """The stored config of a checkpoint path or a pretrained model's name (no weights read for a
+    name)."""
+    if not Path(ref).expanduser().exists() and ref in pretrained.available():
+        return OmegaConf.create(upgrade_targets(pretrained.find(ref).config))
+    return load_model(ref)[0]
+
+
+def adopt_init_model(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """``init=`` without ``model=`` / ``model.*`` on the command line: this run's network becomes
+    the source's (``init=`` needs the same network; the output channels stay this run's
+    target's), and the settings that changed are logged and returned. With them, the run's own
+    model stays, and :func:`init_net` refuses another network naming what differs."""
+    if cfg.get("init") is None or any(o.lstrip("+~").startswith("model") for o in overrides):
+        return []
+    stored = source_config(str(cfg.init))
+    differences = model_differences(stored.model, cfg.model)
+    if not differences:
+        return []
+    model = OmegaConf.to_container(stored.model, resolve=True)
+    assert isinstance(model, dict)
+    if "out_channels" in model:
+        model["out_channels"] = len(cfg.target.channels)
+    with open_dict(cfg):
+        cfg.model = model
+    log.warning(
+        "init=%s: the network is the one of %s (%s); set model=... to choose, it must be the "
+        "same network", cfg.init, cfg.init, "; ".join(differences),
+    )  # fmt: skip
+    return differences
 
 
 def init_net(ref: str, net: nn.Module, cfg: DictConfig) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from mitoseg.cli.common import (
     write_sweep_summary,
 )
 from mitoseg.cli.entry import command, hydra_task, run_hydra
-from mitoseg.cli.pretrained import init_net
+from mitoseg.cli.pretrained import adopt_init_model, init_net
 from mitoseg.evaluate.testtime import TestEvaluation
 from mitoseg.files import check_output_apart, write_json_atomic
 from mitoseg.hardware import resolve_compute
@@ -191,6 +191,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     fill_voxel_size(cfg)
     fill_compute(cfg)
+    adopt_init_model(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
     ckpt = resume_checkpoint(cfg)
     if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
         refuse_finished_run(Path(cfg.output_dir), bool(cfg.overwrite))
