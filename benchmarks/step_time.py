@@ -5,14 +5,19 @@ MONAI's UNet 16-32-64-128 (strides 2, 2 residual units) on a batch of 2 x 96^3 w
 baseline's setting and the reference of the ratios. ``--compile`` adds the recipe's setting
 (batch norm, channels-last) under ``torch.compile`` (inductor); its compilation is not timed.
 ``--bf16`` adds it under bf16 autocast (``trainer.precision=bf16-mixed``), which pays only where
-the CPU has bf16 instructions (AVX512-BF16, AMX) or on a GPU.
+the CPU has bf16 instructions (AVX512-BF16, AMX) or on a GPU. ``--auto`` times a training step
+and the prediction of a batch of tiles (forward pass, no gradients; Mvox/s) in fp32 in the
+default layout, before (the previous defaults: fp32, channels-last) and after (what
+``precision=auto`` and ``channels_last=auto`` choose on this machine, :mod:`mitoseg.hardware`).
+``--size`` sets the patch edge (96: the recipe's).
 
-    python benchmarks/step_time.py --steps 4 [--compile] [--bf16]
+    python benchmarks/step_time.py --steps 4 [--compile] [--bf16] [--auto] [--size 96]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -59,12 +64,66 @@ def step_seconds(
     return time_training_steps(net, SHAPE, channels_last, steps, compiled, bf16)
 
 
+def predict_seconds(
+    net: torch.nn.Module, shape: tuple[int, ...], channels_last: bool, steps: int, bf16: bool
+) -> float:
+    """Seconds per forward pass of ``net`` (eval mode, no gradients) on a batch of ``shape``."""
+    layout = torch.channels_last_3d if channels_last else torch.preserve_format
+    net = net.eval().to(memory_format=layout)
+    x = torch.rand(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        net(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            net(x)
+    return (time.perf_counter() - start) / steps
+
+
+def before_after(steps: int) -> None:
+    """fp32 in the default layout against this machine's auto choice: training and prediction."""
+    from mitoseg.hardware import resolve_compute
+
+    auto = resolve_compute("auto", "auto", "cpu")
+    bf16 = auto.precision.startswith("bf16")
+    print(f"\nauto on this machine: {auto.describe()}")
+    print("| run | precision | layout | s / training step | prediction Mvox/s |")
+    print("|---|---|---|---|---|")
+    rows = {}
+    runs = (
+        ("fp32", False, False),
+        ("before: the previous defaults", True, False),
+        ("after: auto", auto.channels_last, bf16),
+    )
+    for name, layout, half in runs:
+        train = step_seconds("batch", layout, steps, bf16=half)
+        torch.manual_seed(0)
+        net = UNet(
+            3, 1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm="batch"
+        )
+        infer = predict_seconds(net, SHAPE, layout, steps, half)
+        rows[name] = (train, math.prod(SHAPE) / infer / 1e6)
+        precision = auto.precision if half else "32-true"
+        print(f"| {name} | {precision} | {'channels-last 3D' if layout else 'default'} | "
+              f"{train:.2f} | {rows[name][1]:.2f} |", flush=True)  # fmt: skip
+    (t0, p0), (t1, p1) = rows["before: the previous defaults"], rows["after: auto"]
+    print(f"after / before: training step {t0 / t1:.2f}x faster, prediction {p1 / p0:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
     parser.add_argument("--bf16", action="store_true", help="add a bf16 autocast row")
+    parser.add_argument("--auto", action="store_true", help="fp32 against precision=auto only")
+    parser.add_argument("--size", type=int, default=96, help="patch edge in voxels")
     args = parser.parse_args()
+    global SHAPE
+    SHAPE = (2, 1, args.size, args.size, args.size)
+    if args.auto:
+        before_after(args.steps)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {SHAPE}")
     print("| norm | layout | s / step | speed vs instance, default layout |")
     print("|---|---|---|---|")
