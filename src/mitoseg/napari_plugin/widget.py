@@ -196,7 +196,7 @@ class SegmentWidget(Container):
         if self.result is None or self.model is None:
             return self._fail(ValueError("run the model first"))
         steps = decode_steps(self.result.probs, self.decoder(), self._voxel_size())
-        self._start(steps, self.image.value)
+        self._start(steps, self._shown_on)  # the image the probabilities belong to
         return self.worker
 
     def cancel(self, *_: Any) -> None:
