@@ -123,7 +123,7 @@ def test_init_without_a_model_choice_takes_the_sources_network(
         changed = adopt_init_model(cfg, HydraConfig.get().overrides.task)
     assert changed and "model.widths=[4, 8] there" in "; ".join(changed)
     assert list(cfg.model.widths) == [4, 8] and cfg.model.out_channels == 2
-    assert "the network is the one of" in caplog.text
+    assert "this run's network is the source's, mitoseg.train.nets.ResidualUNet3D(" in caplog.text
     chosen = compose_train([f"init={tiny}", "model.widths=[4,16]"], tmp_path)
     assert adopt_init_model(chosen, HydraConfig.get().overrides.task) == []
     assert list(chosen.model.widths) == [4, 16]  # the user's choice stays (and init= refuses it)

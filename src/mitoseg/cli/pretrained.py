@@ -90,15 +90,18 @@ def adopt_init_model(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
     differences = model_differences(stored.model, cfg.model)
     if not differences:
         return []
+    ours = cfg.model.get("_target_")
     model = OmegaConf.to_container(stored.model, resolve=True)
     assert isinstance(model, dict)
     if "out_channels" in model:
         model["out_channels"] = len(cfg.target.channels)
     with open_dict(cfg):
         cfg.model = model
+    settings = ", ".join(f"{k}={v}" for k, v in model.items() if k != "_target_")
     log.warning(
-        "init=%s: the network is the one of %s (%s); set model=... to choose, it must be the "
-        "same network", cfg.init, cfg.init, "; ".join(differences),
+        "init=%s: this run's network is the source's, %s(%s), in place of %s (%d settings "
+        "differ); set model=... to choose, it must be the same network",
+        cfg.init, model.get("_target_"), settings, ours, len(differences),
     )  # fmt: skip
     return differences
 
