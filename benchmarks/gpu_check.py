@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tifffile
+
 REPO = Path(__file__).resolve().parents[1]
 GRACE_S = 20  # after SIGTERM: training saves last.ckpt, prediction keeps its finished blocks
 GVOX_SHAPE = (256, 2048, 2048)  # 1.07 Gvox
@@ -152,6 +154,19 @@ def make_volume_file(path: Path, shape: tuple[int, int, int]) -> None:
         out[z : z + depth] = slab
 
 
+def crop_lucchi(src: Path, dst: Path, yx: tuple[int, int] = (256, 384)) -> None:
+    """The four Lucchi++ TIFFs cropped to their central ``yx`` (all slices), zlib-compressed:
+    small enough to carry to the GPU machine (about 33 MB), large enough for lucchipp_best's
+    128^3 patches."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train_im", "train_label", "test_im", "test_label"):
+        volume = tifffile.imread(src / f"{name}.tif")
+        y0, x0 = ((s - c) // 2 for s, c in zip(volume.shape[1:], yx, strict=True))
+        crop = volume[:, y0 : y0 + yx[0], x0 : x0 + yx[1]]
+        tifffile.imwrite(dst / f"{name}.tif", crop, compression="zlib")
+    print(f"wrote {dst}: Lucchi++ cropped to {crop.shape}")
+
+
 def plan(args: argparse.Namespace, gpu: bool, out: Path) -> list[Part]:
     """The parts of the check, in order."""
     tiny = args.tiny or not gpu
@@ -233,7 +248,13 @@ def main() -> None:
     parser.add_argument("--budget-compile", type=float, default=100, help="compile on")
     parser.add_argument("--total", type=float, default=570, help="seconds for everything")
     parser.add_argument("--make-volume", nargs=4, metavar=("PATH", "Z", "Y", "X"))
+    parser.add_argument(
+        "--crop-lucchi", type=Path, metavar="DST", help="write a crop of DATA to carry, then stop"
+    )
     args = parser.parse_args()
+    if args.crop_lucchi:
+        crop_lucchi(Path(args.data), args.crop_lucchi)
+        return
     if args.make_volume:
         path, *shape = args.make_volume
         make_volume_file(Path(path), tuple(int(s) for s in shape))  # type: ignore[arg-type]
