@@ -23,7 +23,12 @@ from mitoseg.decode import affinity
 from mitoseg.decode.blockwise import store
 from mitoseg.decode.blockwise.cluster import RunLog
 from mitoseg.decode.blockwise.faces import GRAPH
-from mitoseg.decode.blockwise.labels import BlockLabels, label_blocks, write_raster_labels
+from mitoseg.decode.blockwise.labels import (
+    BlockLabels,
+    label_blocks,
+    stack_labels,
+    write_raster_labels,
+)
 from mitoseg.geometry import Block, BlockGrid, block_grid, grow, local_slices
 from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
 
@@ -95,8 +100,9 @@ def labels_of_graphs(block: Block, context: Any, graphs: list[np.ndarray]) -> Bl
     core = local_slices(block.write_roi, context)
     cropped = [g[core] for g in graphs]
     labelled = [label_graph(g) for g in cropped]
-    labels = np.stack([lab for lab, _ in labelled])
-    return BlockLabels(labels, tuple(n for _, n in labelled), crossing_bits(cropped))
+    counts = tuple(n for _, n in labelled)
+    labels = stack_labels([lab for lab, _ in labelled], counts)
+    return BlockLabels(labels, counts, crossing_bits(cropped))
 
 
 def affinity_graph_labels(

@@ -47,6 +47,7 @@ from mitoseg.decode.blockwise.labels import (
     label_blocks,
     label_grid,
     remap_task,
+    stack_labels,
 )
 from mitoseg.geometry import Block, BlockGrid, Box, grow, intersect, local_slices
 
@@ -76,7 +77,8 @@ def bc_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> 
     comps, n_comps = label_grid(mask, decoder.connectivity)
     seeds, n_seeds = label_grid(seed_map, decoder.connectivity)
     score = _kept_score(data[decoder.seed_channel])
-    return BlockLabels(np.stack([comps, seeds]), (n_comps, n_seeds), values=score)
+    labels = stack_labels([comps, seeds], (n_comps, n_seeds))
+    return BlockLabels(labels, (n_comps, n_seeds), values=score)
 
 
 def _kept_score(score: np.ndarray) -> np.ndarray:
@@ -180,12 +182,12 @@ class BlockTables:
 
 
 def _compact(lut: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """uint32: global component index + 1 in ``lut`` -> its 1-based place in sorted
-    ``present``, 0 for components not there."""
+    """Global component index + 1 in ``lut`` -> its 1-based place in sorted ``present``, 0 for
+    components not there; in the smallest dtype that holds them all (one for every block)."""
     index = lut.astype(np.int64) - 1
     place = np.minimum(np.searchsorted(present, index), max(present.size - 1, 0))
     hit = (index >= 0) & (present[place] == index)
-    return np.where(hit, place + 1, 0).astype(np.uint32)
+    return np.where(hit, place + 1, 0).astype(np.min_scalar_type(present.size))
 
 
 def block_tables(labelling: Labelling, plan: Plan, grid: BlockGrid, block: Block) -> BlockTables:
@@ -224,10 +226,11 @@ def block_tables(labelling: Labelling, plan: Plan, grid: BlockGrid, block: Block
 def _global(
     scratch: LabelScratch, box: Box, grid: BlockGrid, luts: dict[int, tuple[np.ndarray, ...]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint32 (compact component ids, seed instance ids) over ``box``: each owning block's
+    """(compact component ids, uint32 seed instance ids) over ``box``: each owning block's
     local labels through its lookup tables."""
-    comps, seeds = np.zeros(box.shape, np.uint32), np.zeros(box.shape, np.uint32)
-    for owner in grid.blocks_in(box):
+    first = luts[grid.blocks_in(box)[0].id][0]
+    comps, seeds = np.empty(box.shape, first.dtype), np.empty(box.shape, np.uint32)
+    for owner in grid.blocks_in(box):  # their write_rois tile the box
         part = intersect(owner.write_roi, box)
         assert part is not None
         key = local_slices(part, box)
@@ -391,7 +394,9 @@ def flood_task(
         _nearest_seed(flooded, comps[core], part.offset, tables)
         multi = comps[core] > 0
         out[local_slices(part, block.write_roi)][multi] = flooded[multi]
-        ids, counts = np.unique(flooded[multi], return_counts=True)
+        counts = np.bincount(flooded[multi])  # ids up to the plan's: no sort of the voxels
+        ids = np.flatnonzero(counts)
+        counts = counts[ids]
         stats += found
     store.write(output, block.write_roi, out)
     merged = [np.concatenate(parts) for parts in zip(*stats, strict=True)]
