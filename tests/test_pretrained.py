@@ -77,12 +77,15 @@ def test_init_from_a_checkpoint_copies_weights_and_lists_the_reinitialised_outpu
     tiny: Path, tmp_path: Path, caplog
 ) -> None:
     """semantic (1 channel) -> bc (2 channels): every tensor but the output convolution's is
-    the source's (lr=0); the output layer is listed in the log and the checkpoint's run config."""
+    the source's (lr=0); the output layer is listed in the log, the checkpoint's run config and
+    metrics.json."""
     source = _tensors(tiny)
     with caplog.at_level(logging.INFO, logger="mitoseg"):
         last = _train(
-            tmp_path / "bc", f"init={tiny}", "target=bc", "trainer.max_steps=1", "test=false",
-            "module.optimizer.lr=0", cache=tiny.parents[2] / "cache",
+            tmp_path / "bc", f"init={tiny}", "target=bc", "trainer.max_steps=1",
+            "module.optimizer.lr=0", "evaluate.sweep.seed_threshold=[0.85]",
+            "~evaluate.sweep.contour_threshold", "~evaluate.sweep.mask_threshold",
+            cache=tiny.parents[2] / "cache",
         )  # fmt: skip
     tuned = _tensors(last)
     reshaped = sorted(k for k in source if source[k].shape != tuned[k].shape)
@@ -97,6 +100,7 @@ def test_init_from_a_checkpoint_copies_weights_and_lists_the_reinitialised_outpu
     assert report["source"] == str(tiny) and report["reinitialised"] == [layer]
     assert report["target"] == {"source": "semantic", "here": "bc"}
     assert report["copied_tensors"] == len(source) - len(reshaped)
+    assert json.loads((tmp_path / "bc" / "metrics.json").read_text())["init_weights"] == report
 
 
 def test_init_with_another_network_is_refused_naming_the_settings(tiny: Path, tmp_path) -> None:
