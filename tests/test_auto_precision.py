@@ -169,3 +169,16 @@ def _plan(raw: Path):
         tta="none",
         checkpoint=str(FIXTURE),
     )
+
+
+def test_the_module_resolves_auto_itself_when_built_without_the_cli() -> None:
+    from mitoseg.train.module import SegmentationModule
+    from mitoseg.train.nets import ResidualUNet3D
+
+    module = SegmentationModule(ResidualUNet3D(1, 1, widths=[2, 4]), channels_last="auto")
+    expected = resolve_compute("auto", "auto").channels_last
+    assert module.channels_last is expected
+    assert (
+        SegmentationModule(ResidualUNet3D(1, 1, widths=[2, 4]), channels_last=False).channels_last
+        is False
+    )
