@@ -1,0 +1,296 @@
+"""Blockwise decoding against the in-memory decoder, side by side on the same probabilities.
+
+For each target (BC, BCD, A, AC) and size, one run decodes the same probabilities in memory
+(``run_decoder``, one process), then block by block on a local Dask cluster of 1 and of 2 worker
+processes (``decode_blockwise``, cluster start-up excluded), each in a fresh process; it reports
+seconds, Mvox/s, blockwise against in memory, 2 workers against 1, the CPU seconds of every
+process (client and workers: on a shared machine a steadier measure of the work than the wall
+clock), the peak memory (in memory: the process; blockwise: the largest worker, and the client)
+and whether the blockwise output is identical to the in-memory one.
+
+Inputs: mitochondria of the five hard shape families (:mod:`mitoseg.datasets.shape_families`:
+tubes, branched, necked chains, small ones, touching pairs) at MitoEM's 30 x 8 x 8 nm, placed
+at random without overlap in a pattern of 40 z-slices, repeated along z to the size (ids offset
+per repeat); each target's perfect probabilities blurred and noised (as ``decode_speed.py``),
+uint8 or float32, chunks (C, 32, 256, 256) as mitoseg-predict writes them. Objects cross block
+faces on every axis; every component fits in the default halo, so outputs must be identical.
+
+    python benchmarks/blockwise_decode.py --sizes 0.03 [--targets bc bcd a ac] [--workers 1 2]
+        [--plane 1024] [--dtype uint8] [--memory-max-gvox 4] [--dir DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from blockwise_scale import peak_kib, reset_peak
+from results import record
+
+VOXEL_SIZE_NM = (30.0, 8.0, 8.0)
+SLAB = 40  # z-slices of the repeated pattern; not a multiple of the block depth
+CHUNKS = (32, 256, 256)
+WINDOW = 64  # z-slices written at a time
+TARGETS = ("bc", "bcd", "a", "ac")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def slab_labels(plane: int, seed: int = 0, draws: int = 6) -> np.ndarray:
+    """uint32 (SLAB, plane, plane): ``draws`` volumes of each shape family, placed again and
+    again at random places where their objects stay two voxels (z: one) from all others, ids
+    1..n."""
+    from scipy import ndimage
+
+    from mitoseg.datasets.shape_families import SHAPE_FAMILIES, shape_family
+
+    rng = np.random.default_rng(seed)
+    parts = [shape_family(f, VOXEL_SIZE_NM, seed=seed * draws + s) for f in SHAPE_FAMILIES
+             for s in range(draws)]  # fmt: skip
+    # Objects keep two voxels (z: one) from each other's: distinct mitochondria.
+    grown = {id(p): ndimage.binary_dilation(p > 0, np.ones((3, 5, 5), bool)) for p in parts}
+    labels = np.zeros((SLAB, plane, plane), np.uint32)
+    taken = np.zeros(labels.shape, bool)
+    for _ in range(plane**2 // 50):
+        part = parts[int(rng.integers(len(parts)))]
+        if any(p > s for p, s in zip(part.shape, labels.shape, strict=True)):
+            continue
+        room = np.asarray(labels.shape) - np.asarray(part.shape) + 1
+        start = [int(rng.integers(0, r)) for r in room]
+        box = tuple(slice(a, a + p) for a, p in zip(start, part.shape, strict=True))
+        if (taken[box] & (part > 0)).any():
+            continue
+        taken[box] |= grown[id(part)]
+        labels[box] = np.where(part > 0, part + labels.max(), labels[box])
+    return labels
+
+
+def slab_probs(target: object, labels: np.ndarray, dtype: str, seed: int = 0) -> np.ndarray:
+    """The target's perfect probabilities blurred and noised: (C, *labels.shape) ``dtype``."""
+    from scipy import ndimage
+
+    from mitoseg.evaluate.roundtrip import perfect_probs
+
+    rng = np.random.default_rng(seed)
+    probs = perfect_probs(target, labels, "float32")  # type: ignore[arg-type]
+    sigma = (0.0, 0.5, 1.5, 1.5)
+    probs = ndimage.gaussian_filter(probs, sigma, mode=("nearest", "wrap", "reflect", "reflect"))
+    probs += 0.1 * ndimage.gaussian_filter(rng.standard_normal(probs.shape, np.float32), 2.0)
+    probs += 0.03 * rng.standard_normal(probs.shape, dtype=np.float32)
+    probs = np.clip(probs, 0.0, 1.0)
+    return np.rint(probs * 255).astype(np.uint8) if dtype == "uint8" else probs
+
+
+def write_probs(path: Path, depth: int, probs: np.ndarray) -> None:
+    """Repeat the pattern to ``depth`` slices, WINDOW at a time; ``.done`` marks success."""
+    from mitoseg import io
+
+    shape = (probs.shape[0], depth, *probs.shape[2:])
+    attrs = {"voxel_size_nm": list(VOXEL_SIZE_NM), "kind": "probabilities"}
+    out = io.create_volume(
+        path, shape, probs.dtype, chunks=(shape[0], *CHUNKS), attrs=attrs, overwrite=True
+    )
+    for z0 in range(0, depth, WINDOW):
+        z = np.arange(z0, min(z0 + WINDOW, depth))
+        out[:, z0 : z0 + z.size] = probs[:, z % SLAB]
+    path.with_suffix(".done").touch()
+
+
+def inputs(args: argparse.Namespace, target: str, gvox: float) -> Path:
+    depth = math.ceil(gvox * 1e9 / args.plane**2)
+    path = args.dir / f"{target}_{args.dtype}_{depth}x{args.plane}x{args.plane}.zarr"
+    if not path.with_suffix(".done").exists():
+        from mitoseg.evaluate.roundtrip import target_decoders
+
+        start = time.perf_counter()
+        transform = target_decoders(VOXEL_SIZE_NM)[target][0]
+        write_probs(path, depth, slab_probs(transform, pattern(args.plane), args.dtype))
+        print(f"wrote {path.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return path
+
+
+_PATTERN: dict[int, np.ndarray] = {}
+
+
+def pattern(plane: int) -> np.ndarray:
+    if plane not in _PATTERN:
+        _PATTERN[plane] = slab_labels(plane)
+    return _PATTERN[plane]
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(args: argparse.Namespace) -> None:
+    """Decode once (in memory with --workers-n -1, else blockwise); print a JSON line."""
+    from mitoseg import io
+    from mitoseg.decode.base import with_voxel_size
+    from mitoseg.decode.blockwise import dask_client, decode_blockwise
+    from mitoseg.decode.run import run_decoder
+    from mitoseg.evaluate.roundtrip import target_decoders
+
+    probs, output = args.probs, args.output
+    decoder = target_decoders(VOXEL_SIZE_NM)[args.target][1]
+    if args.workers_n < 0:
+        base, cpu = reset_peak(), cpu_seconds()
+        start = time.perf_counter()
+        run_decoder(decoder, probs, output)
+        seconds = time.perf_counter() - start
+        peaks = {"peak_mib": (peak_kib() - base) / 1024, "cpu_s": cpu_seconds() - cpu}
+    else:
+        decoder = with_voxel_size(decoder, io.open_volume(probs).attrs["voxel_size_nm"], probs)
+        with dask_client(None, args.workers_n) as client:
+            worker_base, worker_cpu = client.run(reset_peak), client.run(cpu_seconds)
+            client_base, cpu = reset_peak(), cpu_seconds()
+            start = time.perf_counter()
+            run = decode_blockwise(decoder, probs, output, client=client, progress=False)
+            seconds = time.perf_counter() - start
+            worker_peak, worker_done = client.run(peak_kib), client.run(cpu_seconds)
+        peaks = {
+            "peak_mib": max((worker_peak[w] - worker_base[w]) / 1024 for w in worker_base),
+            "client_mib": (peak_kib() - client_base) / 1024,
+            "cpu_s": cpu_seconds() - cpu + sum(worker_done[w] - worker_cpu[w] for w in worker_cpu),
+            "stages": run.summary["stages"],
+        }
+    print(json.dumps({"seconds": seconds, **peaks}))
+
+
+def spawn(args: argparse.Namespace, target: str, probs: Path, workers: int) -> dict:
+    output = probs.with_name(probs.stem + f"_out{workers}.zarr")
+    command = [sys.executable, __file__, "--child", target, "--workers-n", str(workers),
+               "--probs", str(probs), "--output", str(output)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{target} ({workers} workers) failed:\n{done.stderr[-3000:]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "output": output}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def measure(args: argparse.Namespace, target: str, gvox: float) -> list[dict]:
+    from mitoseg import io
+
+    probs = inputs(args, target, gvox)
+    voxels = math.prod(io.open_volume(probs).shape[1:])
+    modes = ([-1] if gvox <= args.memory_max_gvox else []) + list(args.workers)
+    rows: list[dict] = []
+    for workers in modes:
+        result = spawn(args, target, probs, workers)
+        row = {"target": target, "gvox": voxels / 1e9, "workers": workers, **result}
+        row["mvox_per_s"] = voxels / 1e6 / result["seconds"]
+        memory = next((r for r in rows if r["workers"] == -1), None)
+        one = next((r for r in rows if r["workers"] == 1), None)
+        if memory is not None and workers >= 0:
+            row["vs_memory"] = row["mvox_per_s"] / memory["mvox_per_s"]
+            row["cpu_vs_memory"] = row["cpu_s"] / memory["cpu_s"]
+            same = np.array_equal(
+                io.open_volume(row["output"])[:], io.open_volume(memory["output"])[:]
+            )
+            row["identical"] = bool(same)
+        if one is not None and workers > 1:
+            row["vs_one"] = one["seconds"] / result["seconds"]
+        rows.append(row)
+        print(table([row], header=False), file=sys.stderr, flush=True)
+    for row in rows:
+        row["output"] = str(row["output"])
+    return rows
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    lines = [
+        "| target | Gvox | decoder | s | Mvox/s | vs in memory | vs 1 worker | CPU s "
+        "| CPU vs in memory | peak MiB | client MiB | identical | stages (s) |",
+        "|---" * 13 + "|",
+    ]
+    for r in rows:
+        mode = "in memory" if r["workers"] < 0 else f"blockwise, {r['workers']} worker(s)"
+        ratio = {k: f"{r[k]:.2f}x" if k in r else "-" for k in ("vs_memory", "vs_one")}
+        stages = " ".join(f"{k} {v:.1f}" for k, v in r.get("stages", {}).items()) or "-"
+        cells = [r["target"], f"{r['gvox']:.3f}", mode, f"{r['seconds']:.2f}",
+                 f"{r['mvox_per_s']:.1f}", ratio["vs_memory"], ratio["vs_one"],
+                 f"{r['cpu_s']:.1f}", f"{r['cpu_vs_memory']:.2f}x" if "cpu_vs_memory" in r else "-",
+                 f"{r['peak_mib']:.0f}", f"{r['client_mib']:.0f}" if "client_mib" in r else "-",
+                 str(r.get("identical", "-")), stages]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines if header else lines[2:])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.5, 2.0], help="Gvox")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--plane", type=int, default=1024, help="Y = X of every volume")
+    parser.add_argument("--dtype", choices=["uint8", "float32"], default="uint8")
+    parser.add_argument("--memory-max-gvox", type=float, default=4.0,
+                        help="decode in memory only up to this size")  # fmt: skip
+    parser.add_argument(
+        "--dir", type=Path, default=Path(tempfile.gettempdir()) / "mitoseg-blockwise-decode"
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--no-record", action="store_true", help="leave results.json alone")
+    parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
+    parser.add_argument("--workers-n", type=int, help=argparse.SUPPRESS)
+    for name in ("--probs", "--output"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        args.target = args.child
+        child(args)
+        return
+    args.dir = args.dir.absolute()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    rows = [row for gvox in args.sizes for t in args.targets for row in measure(args, t, gvox)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+        f"{load:.1f} at the end; {args.dtype} probabilities, chunks {list(CHUNKS)}, default "
+        "block (64, 512, 512) and halo (16, 64, 64)"
+    )
+    print(table(rows))
+    for target in args.targets:
+        mine = [r for r in rows if r["target"] == target and r["gvox"] == rows[-1]["gvox"]]
+        one = next((r for r in mine if r["workers"] == 1 and "vs_memory" in r), None)
+        two = next((r for r in mine if r["workers"] == 2 and "vs_one" in r), None)
+        if one is None or two is None or args.no_record:
+            continue
+        notes = (f"{one['gvox']:.2f} Gvox {args.dtype}; 1 worker {one['vs_memory']:.2f}x in "
+                 f"memory, 2 workers {two['vs_one']:.2f}x 1 worker, worker peak "
+                 f"{max(one['peak_mib'], two['peak_mib']):.0f} MiB, identical: "
+                 f"{one['identical'] and two['identical']}")  # fmt: skip
+        record(
+            f"blockwise_decode_{target}_1_worker_mvox_per_s",
+            one["mvox_per_s"],
+            "Mvox/s",
+            baseline=one["mvox_per_s"] / one["vs_memory"],
+            baseline_name="the in-memory decoder on the same probabilities",
+            notes=notes,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
