@@ -214,6 +214,8 @@ def _finetune_overrides(paths: VolumePaths, tmp_path: Path) -> list[str]:
         "trainer.max_steps=2",
         "trainer.max_time=null",
         "trainer.enable_progress_bar=false",
+        "+trainer.num_sanity_val_steps=0",
+        "+trainer.limit_val_batches=2",
         "logger=none",
     ]
 
