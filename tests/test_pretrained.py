@@ -29,6 +29,7 @@ TINY = [
     "data.augment=null",
     "trainer.enable_progress_bar=false",
     "logger=none",
+    "+trainer.num_sanity_val_steps=0",
 ]
 
 
@@ -54,10 +55,10 @@ def _train(folder: Path, *overrides: str, cache: Path | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A 2-step semantic run, tested (metrics.json: the threshold chosen on validation); its
+    """A 1-step semantic run, tested (metrics.json: the threshold chosen on validation); its
     best checkpoint, the one metrics.json scores."""
     run = tmp_path_factory.mktemp("pretrained") / "run"
-    _train(run, "trainer.max_steps=2", "evaluate.sweep.threshold=[0.2,0.9]")
+    _train(run, "trainer.max_steps=1", "evaluate.sweep.threshold=[0.2,0.9]")
     return run / "checkpoints" / json.loads((run / "metrics.json").read_text())["checkpoint"]
 
 
@@ -207,6 +208,18 @@ def test_entry_holds_fp32_weights_that_load_weights_only_and_the_chosen_decoder(
     assert "{{" not in card and f"| {metrics['final']['fg_iou']:.4f}" in card
     assert f"foreground IoU {manifest['check']['fg_iou']:.4f}" in card
     assert pretrained.load_weights(pretrained.find("tiny")).keys() == original.keys()
+
+
+def test_list_and_make_refusals(entry: Path, tiny: Path, capsys) -> None:
+    from mitoseg.cli.pretrained import main
+
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.startswith("tiny\tfg_iou ")
+    args = ["make", str(tiny), "--name", "tiny", "--dest", str(entry)]
+    assert main(args) == 2  # an entry is there
+    assert "already holds an entry; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--check", "nothing.tif", "nothing.tif"]) == 2
+    assert "--check: nothing.tif does not exist" in capsys.readouterr().err
 
 
 def test_changed_weights_are_refused_naming_the_file_and_both_hashes(

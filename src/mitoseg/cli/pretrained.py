@@ -9,10 +9,10 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -245,6 +245,20 @@ def score_crop(
     }
 
 
+@contextmanager
+def searched_first(folder: Path) -> Iterator[None]:
+    """``folder`` first on the registry's search path (``$MITOSEG_PRETRAINED``) for a while."""
+    old = os.environ.get(pretrained.ENV)
+    os.environ[pretrained.ENV] = os.pathsep.join(map(str, [folder, *pretrained.search_path()]))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(pretrained.ENV, None)
+        else:
+            os.environ[pretrained.ENV] = old
+
+
 def make(args: argparse.Namespace) -> dict[str, Any]:
     """``make``: the entry, then (with ``--check``) the check crop's scores in its manifest and
     card."""
@@ -254,13 +268,14 @@ def make(args: argparse.Namespace) -> dict[str, Any]:
     folder = dest / args.name
     if (folder / pretrained.MANIFEST).exists() and not args.overwrite:
         raise FileExistsError(f"{folder} already holds an entry; pass --overwrite to replace it")
+    box = parse_box(args.check_box)
+    for path in args.check or []:  # before anything is written
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--check: {path} does not exist")
     manifest = make_entry(args.ckpt, args.name, dest, args.metrics)
     if args.check:
-        box = parse_box(args.check_box)
         with tempfile.TemporaryDirectory() as work:
-            # the new entry, found first whatever $MITOSEG_PRETRAINED holds
-            search = [str(dest), *map(str, pretrained.search_path())]
-            with mock.patch.dict(os.environ, {pretrained.ENV: os.pathsep.join(search)}):
+            with searched_first(dest):  # the new entry, whatever $MITOSEG_PRETRAINED holds
                 manifest["check"] = score_crop(args.name, *args.check, box, work)
         write_json_atomic(folder / pretrained.MANIFEST, manifest)
         write_card(folder, manifest)
