@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from omegaconf import open_dict
 
@@ -188,6 +189,33 @@ def test_no_foreground_on_labelled_slices_is_refused(tmp_path: Path) -> None:
         module.setup("fit")
 
 
+def test_ignore_label_marks_unlabelled_voxels(stack_zarr: VolumePaths, tmp_path: Path) -> None:
+    """ignore_label=255 in an 8-bit label TIFF (0 background, 1 mitochondria): its voxels are
+    unlabelled (NaN targets), the other non-zero values the foreground."""
+    ids = io.open_volume(stack_zarr.labels)[:]
+    labels = (ids > 0).astype(np.uint8)
+    labels[:, :, 40:] = 255  # a partly labelled stack
+    labels[5, 10:20, 10:20] = 255
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    volumes = FileVolumes(str(stack_zarr.raw), str(tmp_path / "labels.tif"), ignore_label=255)
+    paths = volumes.prepare(tmp_path / "cache")
+    assert paths.unlabelled is not None and paths.labelled_slices is None
+    np.testing.assert_array_equal(io.open_volume(paths.unlabelled)[:] > 0, labels == 255)
+    np.testing.assert_array_equal(io.open_volume(paths.labels)[:] > 0, labels == 1)
+    dataset = PatchDataset(paths, Box((0, 0, 0), (20, 64, 64)), (4, 32, 32), Semantic(), length=8)
+    array = io.open_volume(paths.labels)
+    for i in range(len(dataset)):
+        box = dataset._draw_box(np.random.default_rng([0, i]), array)
+        target = dataset[i]["target"].numpy()[0]
+        np.testing.assert_array_equal(np.isnan(target), labels[box.slices] == 255)
+    raw, tif = str(stack_zarr.raw), str(tmp_path / "labels.tif")
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="must be a positive label value"):
+            FileVolumes(raw, tif, ignore_label=bad)
+    with pytest.raises(ValueError, match="255 is also selected as foreground"):
+        FileVolumes(raw, tif, ignore_label=255, label_values="1,200-255")
+
+
 def _compose(overrides: list[str], run: Path):  # type: ignore[no-untyped-def]
     from tests.test_config import compose_train
 
@@ -227,6 +255,10 @@ def test_test_time_evaluation_is_refused_with_sparse_validation(
 
     cfg = _compose([*_finetune_overrides(stack_zarr, tmp_path), "test=true"], tmp_path / "run")
     with pytest.raises(ValueError, match=r"data.train.labelled_slices=\[3, 10, 17\].*test=false"):
+        check_sparse_test(cfg)
+    cfg.data.train.labelled_slices = None
+    cfg.data.train.ignore_label = 255
+    with pytest.raises(ValueError, match=r"data.train.ignore_label=255: .*sparse"):
         check_sparse_test(cfg)
     cfg.test = False
     check_sparse_test(cfg)

@@ -165,22 +165,23 @@ def check_data_apart(cfg: DictConfig) -> None:
 
 
 def check_sparse_test(cfg: DictConfig) -> None:
-    """Refuse ``test=true`` when the validation labels are sparse (``labelled_slices``): the
-    test-time evaluation chooses the decoder on whole validation volumes, where unlabelled
-    slices would count as background.
+    """Refuse ``test=true`` when the validation labels are sparse (``labelled_slices`` or
+    ``ignore_label``): the test-time evaluation chooses the decoder on whole validation volumes,
+    where unlabelled voxels would count as background.
 
     Raises:
         ValueError: naming the keys to set.
     """
     val = cfg.data.get("val")
     part = "val" if OmegaConf.is_dict(val) else "train"
-    labelled = cfg.data[part].get("labelled_slices") if OmegaConf.is_dict(cfg.data[part]) else None
-    if cfg.test and labelled is not None:
+    node = cfg.data[part] if OmegaConf.is_dict(cfg.data[part]) else {}
+    keys = [k for k in ("labelled_slices", "ignore_label") if node.get(k) is not None]
+    sparse = [f"data.{part}.{k}={node[k]}" for k in keys]
+    if cfg.test and sparse:
         raise ValueError(
-            f"data.{part}.labelled_slices={list(labelled)}: the validation labels are sparse, "
-            "and the test-time evaluation scores whole volumes; pass test=false (validation "
-            "scores count labelled voxels only) and predict with mitoseg-predict, or give a "
-            "fully labelled data.val"
+            f"{', '.join(sparse)}: the validation labels are sparse, and the test-time "
+            "evaluation scores whole volumes; pass test=false (validation scores count labelled "
+            "voxels only) and predict with mitoseg-predict, or give a fully labelled data.val"
         )
 
 

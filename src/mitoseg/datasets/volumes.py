@@ -14,23 +14,28 @@ import numpy as np
 
 from mitoseg import io
 from mitoseg.datasets.synthetic import make_volume
-from mitoseg.io.checks import check_labels, check_raw
+from mitoseg.geometry import Box
+from mitoseg.io.checks import check_labels, check_raw, has_foreground
 from mitoseg.io.label_values import LabelSelection
 from mitoseg.io.sources import is_zarr, read_voxel_size
 from mitoseg.io.voxels import warn_if_not_stated
 
 log = logging.getLogger(__name__)
 
+MAX_LABEL = 2**64 - 1  # above every label value
+
 
 @dataclass(frozen=True)
 class VolumePaths:
     """Zarr arrays of one volume: raw (Z, Y, X) and optional labels (Z, Y, X); with
-    ``labelled_slices`` only those z slices of the labels are labelled (see
-    :mod:`mitoseg.train.sparse`), None: all."""
+    ``labelled_slices`` only those z slices of the labels are labelled, and ``unlabelled`` (a
+    uint8 (Z, Y, X) mask, 1 = unlabelled) marks unlabelled voxels (see
+    :mod:`mitoseg.train.sparse`); None: all labelled."""
 
     raw: Path
     labels: Path | None = None
     labelled_slices: tuple[int, ...] | None = None
+    unlabelled: Path | None = None
 
 
 class FileVolumes:
@@ -49,6 +54,10 @@ class FileVolumes:
     ``labelled_slices``: the z indices (of the volume as read, after ``labels_z_range``) of the
     only labelled slices, e.g. ``[0, 7, 14]``; the other slices are unlabelled (neither
     foreground nor background: training and validation skip them). None: every slice labelled.
+    ``ignore_label``: the label value that marks unlabelled voxels in the label file (e.g. 255 in
+    an 8-bit label image with 0 background and 1 mitochondria); its mask is converted once into
+    ``cache_dir``. Without ``label_values`` / ``label_threshold`` the other non-zero values are
+    the foreground mask (``label_components`` numbers its objects).
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class FileVolumes:
         label_threshold: float | None = None,
         label_components: bool = False,
         labelled_slices: Sequence[int] | None = None,
+        ignore_label: int | None = None,
     ) -> None:
         self.raw, self.labels = raw, labels
         where = f"labelled_slices of {labels}"
@@ -78,6 +88,7 @@ class FileVolumes:
         self._checked: set[Path] = set()  # prepare runs in prepare_data and again in setup
         # Class codes / anti-aliased masks -> a mask; checked here, applied by io.convert.
         self.label_selection = LabelSelection.from_options(label_values, label_threshold)
+        self.ignore_label = _ignore_label(ignore_label, self.label_selection, labels)
 
     def prepare(self, cache_dir: Path, root: Path | None = None) -> VolumePaths:
         raw = self._zarr(
@@ -98,23 +109,41 @@ class FileVolumes:
             )
         except ValueError as err:
             raise io.VolumeError(str(err)) from err
-        return VolumePaths(raw, labels, labelled)
+        unlabelled = None
+        if self.ignore_label is not None:
+            unlabelled = self._labels_zarr(cache_dir, root, _values(self.ignore_label))
+            if not has_foreground(unlabelled, Box.whole(label_shape)):
+                log.warning("labels %s hold no voxel of ignore_label=%d: all are labelled",
+                            self.labels, self.ignore_label)  # fmt: skip
+        return VolumePaths(raw, labels, labelled, unlabelled)
 
     def prepare_labels(self, cache_dir: Path, root: Path | None = None) -> Path:
         """The labels alone as a checked zarr: converted into ``cache_dir`` (``label_values`` /
         ``label_threshold`` applied) unless already a zarr with nothing to select."""
         if self.labels is None:
             raise io.VolumeError(f"no labels given for {self.raw}")
-        labels = self._zarr(
-            self.labels,
+        selection = self.label_selection
+        if selection is None and self.ignore_label is not None:  # every other non-zero value
+            ignore = self.ignore_label
+            selection = _values(
+                f"1-{MAX_LABEL}" if ignore == 1 else f"1-{ignore - 1},{ignore + 1}-{MAX_LABEL}"
+            )
+        labels = self._labels_zarr(cache_dir, root, selection)
+        self._check(labels, check_labels)
+        return _components(labels, cache_dir) if self.label_components else labels
+
+    def _labels_zarr(
+        self, cache_dir: Path, root: Path | None, selection: LabelSelection | None
+    ) -> Path:
+        return self._zarr(
+            self.labels,  # type: ignore[arg-type]
             self.labels_dataset,
             cache_dir,
             root,
             labels=True,
             z_range=self.labels_z_range,
+            selection=selection,
         )
-        self._check(labels, check_labels)
-        return _components(labels, cache_dir) if self.label_components else labels
 
     def raw_path(self, root: Path | None = None) -> Path:
         """The raw source, resolved against ``root``."""
@@ -147,12 +176,15 @@ class FileVolumes:
         root: Path | None,
         labels: bool,
         z_range: tuple[int, int] | None,
+        selection: LabelSelection | None = None,
     ) -> Path:
+        """``src`` as a zarr: itself, or converted once into ``cache_dir`` (labels with
+        ``selection``: the values kept as the mask)."""
         path = Path(src).expanduser()
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
-        selection = self.label_selection.attrs() if labels and self.label_selection else {}
-        if is_zarr(path) and z_range is None and not selection:
+        chosen = selection.attrs() if labels and selection else {}
+        if is_zarr(path) and z_range is None and not chosen:
             if self.voxel_size_nm is not None and not labels:
                 warn_if_not_stated(self.voxel_size_nm, read_voxel_size(path, dataset), path, log)
             return path
@@ -163,7 +195,7 @@ class FileVolumes:
             f"{path.resolve()}|{dataset}|{stat.st_size}|{stat.st_mtime_ns}|{labels}|{z_range}"
             f"|{self.voxel_size_nm}"
         )
-        key += f"|{selection}" if selection else ""
+        key += f"|{chosen}" if chosen else ""
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         dst = Path(cache_dir) / f"{path.stem}-{digest}.zarr"
         if not is_zarr(dst):
@@ -175,9 +207,38 @@ class FileVolumes:
                 dataset=dataset,
                 voxel_size_nm=self.voxel_size_nm,
                 z_range=z_range,
-                **selection,
+                **chosen,
             )
         return dst
+
+
+def _values(spec: int | str) -> LabelSelection:
+    selection = LabelSelection.from_options(spec, None)
+    assert selection is not None
+    return selection
+
+
+def _ignore_label(
+    value: int | None, selection: LabelSelection | None, labels: str | None
+) -> int | None:
+    """The ``ignore_label`` checked: a positive integer that the label selection does not pick.
+
+    Raises:
+        ValueError: another value; the message names it and the labels.
+    """
+    if value is None:
+        return None
+    where = f"ignore_label of {labels}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"{where} must be a positive label value, e.g. 255, got {value!r} (0 is background; "
+            "label images hold no negative values)"
+        )
+    if selection is not None and selection.apply(np.array([value]))[0]:
+        raise ValueError(
+            f"{where}: {value} is also selected as foreground ({selection.describe()})"
+        )
+    return int(value)
 
 
 def _components(labels: Path, cache_dir: Path) -> Path:

@@ -28,7 +28,7 @@ from mitoseg.io.checks import check_patch_fits, has_foreground, read_box
 from mitoseg.io.intensity import Normalization, RawIntensity, measure, mismatch
 from mitoseg.train.augment import Augmenter
 from mitoseg.train.sampling import EpochSampler, ResumableLoader
-from mitoseg.train.sparse import SparseTarget, keep_labelled, mark_unlabelled
+from mitoseg.train.sparse import IGNORE_LABEL, SparseTarget, keep_labelled, mark_unlabelled
 
 __all__ = [  # the samplers stay importable here
     "EpochSampler",
@@ -56,6 +56,7 @@ class _ZarrDataset(Dataset):
     paths: VolumePaths
     normalization: Normalization | None = None
     _arrays: tuple[Any, Any] | None = None
+    _unlabelled: Any = None
 
     def _with_labels(self) -> bool:
         return self.paths.labels is not None
@@ -70,7 +71,24 @@ class _ZarrDataset(Dataset):
         return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_arrays": None, "_unlabelled": None}
+
+    @property
+    def _sparse(self) -> bool:
+        return self.paths.labelled_slices is not None or self.paths.unlabelled is not None
+
+    def _mark(self, labels: np.ndarray, box: Box) -> np.ndarray:
+        """The labels of ``box`` (volume coordinates), int64 with -1 on unlabelled voxels
+        (``labelled_slices``, ``unlabelled``); unchanged without sparse labels."""
+        paths = self.paths
+        if paths.labelled_slices is not None:
+            labels = mark_unlabelled(labels, box.offset[0], paths.labelled_slices)
+        if paths.unlabelled is not None:
+            if self._unlabelled is None:
+                self._unlabelled = io.open_volume(paths.unlabelled)
+            labels = labels.astype(np.int64, copy=False)
+            labels[read_box(self._unlabelled, box, paths.unlabelled) > 0] = IGNORE_LABEL
+        return labels
 
     def _normalize(self, raw: np.ndarray, raw_array: Any) -> np.ndarray:
         if self.normalization is None:
@@ -109,7 +127,7 @@ class PatchDataset(_ZarrDataset):
         self.patch_shape = tuple(int(p) for p in patch_shape)
         check_patch_fits(self.patch_shape, region, paths.raw)
         self.labelled = paths.labelled_slices
-        if self.labelled is not None and not isinstance(target, SparseTarget):
+        if self._sparse and not isinstance(target, SparseTarget):
             target = SparseTarget(target)
         self.target, self.augment = target, augment
         self.seed, self.length, self.foreground_prob = seed, length, foreground_prob
@@ -179,8 +197,7 @@ class PatchDataset(_ZarrDataset):
         box = self._draw_box(rng, label_array)
         raw = self._normalize(read_box(raw_array, box, self.paths.raw), raw_array)
         labels = read_box(label_array, box, self._labels_path)
-        if self.labelled is not None:  # -1 on unlabelled voxels, moved along by augmentation
-            labels = mark_unlabelled(labels, box.offset[0], self.labelled)
+        labels = self._mark(labels, box)  # -1 on unlabelled voxels, moved by augmentation
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, rng)
         return {
@@ -210,8 +227,8 @@ class TileDataset(_ZarrDataset):
         self.paths, self.normalization = paths, normalization
         self.tile_shape = tuple(int(t) for t in tile_shape)
         self.region = region
-        if target is not None and paths.labelled_slices is not None:
-            target = target if isinstance(target, SparseTarget) else SparseTarget(target)
+        if target is not None and self._sparse and not isinstance(target, SparseTarget):
+            target = SparseTarget(target)
         self.target = target
         shape = self.region.shape if region is not None else io.open_volume(paths.raw).shape
         self.shape = tuple(int(s) for s in shape)
@@ -229,8 +246,8 @@ class TileDataset(_ZarrDataset):
         if self.region is not None:
             box = box.shift(self.region.offset)
         data = read_box(array, box, path)
-        if path == self.paths.labels and self.paths.labelled_slices is not None:
-            data = mark_unlabelled(data, box.offset[0], self.paths.labelled_slices)
+        if path == self.paths.labels:
+            data = self._mark(data, box)
         pad = [(0, t - s) for t, s in zip(self.tile_shape, data.shape, strict=True)]
         if any(p[1] for p in pad):
             data = np.pad(data, pad, mode="reflect" if min(data.shape) > 1 else "edge")
@@ -349,9 +366,11 @@ class VolumeDataModule(pl.LightningDataModule):
         parts = [("training", self.train_paths, self.train_region)]
         parts.append(("validation", self.val_paths, self.val_region))
         for name, paths, region in parts:
+            if paths.labelled_slices is None and paths.unlabelled is None:
+                continue
+            SparseTarget(self.target)  # refuses a target that cannot skip unlabelled voxels
             if paths.labelled_slices is None:
                 continue
-            SparseTarget(self.target)
             z0, z1 = region.offset[0], region.stop[0]
             inside = [z for z in paths.labelled_slices if z0 <= z < z1]
             if not inside:

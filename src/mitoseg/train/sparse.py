@@ -2,7 +2,9 @@
 
 A user says which sections of the training (or validation) volume are labelled with
 ``labelled_slices`` (z indices of the volume as read, after ``labels_z_range``); every voxel of
-the other sections is *unlabelled*: neither foreground nor background. Inside a patch the
+the other sections is *unlabelled*: neither foreground nor background. A label value can mark
+unlabelled voxels too (``ignore_label``, e.g. 255 in an 8-bit label image; its mask is
+converted once, :class:`mitoseg.datasets.volumes.FileVolumes`). Inside a patch the
 unlabelled voxels carry :data:`IGNORE_LABEL` (-1, torch-em's ``ignore_label``) in the labels, so
 that augmentation moves them with the labels; the target then holds NaN there, and the losses
 and the validation scores skip NaN voxels (:mod:`mitoseg.train.losses`,
