@@ -173,7 +173,7 @@ def made(tiny: Path) -> Path:
 
     registry = tiny.parents[2] / "registry"
     volume = _test_raw(tiny).parent
-    args = ["make", str(tiny), "--name", "tiny", "--dest", str(registry)]
+    args = ["make", str(tiny.parents[1]), "--name", "tiny", "--dest", str(registry)]  # run folder
     args += ["--check", str(volume / "raw.zarr"), str(volume / "labels.zarr")]
     assert main([*args, "--check-box", "0:16,0:40,8:48"]) == 0
     return registry

@@ -303,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     made = commands.add_parser(
         "make", help="a registry entry (weights, manifest, model card) from a checkpoint"
     )
-    made.add_argument("ckpt", type=Path, help="checkpoint of mitoseg-train (the tested one)")
+    made.add_argument(
+        "ckpt", type=Path,
+        help="checkpoint of mitoseg-train, or its run folder (then the checkpoint that the run's "
+        "metrics.json scored)",
+    )  # fmt: skip
     made.add_argument("--name", required=True, help="the entry's name, e.g. lucchipp")
     made.add_argument(
         "--metrics", "--card-scores", type=Path, default=None,

@@ -233,6 +233,20 @@ def write_card(folder: Path, manifest: dict[str, Any]) -> Path:
     return write_text_atomic(folder / CARD, text)
 
 
+def tested_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint that a run's test-time evaluation scored (``metrics.json``'s)."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise PretrainedError(
+            f"{run_dir} holds no metrics.json (the run has not finished its test): pass the "
+            "checkpoint itself"
+        )
+    name = json.loads(metrics.read_text()).get("checkpoint")
+    if not name:
+        raise PretrainedError(f"{metrics} names no checkpoint: pass the checkpoint itself")
+    return run_dir / "checkpoints" / name
+
+
 def make_entry(
     checkpoint_path: str | Path,
     name: str,
@@ -240,11 +254,14 @@ def make_entry(
     metrics_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the entry ``dest/name`` from a checkpoint: weights (state dict, fp32), manifest and
-    card. ``metrics_path``: the run's ``metrics.json`` (None: the one beside the checkpoints
-    folder if there is one). Returns the manifest."""
+    card. ``checkpoint_path`` may be a run folder: the checkpoint its ``metrics.json`` scored.
+    ``metrics_path``: the run's ``metrics.json`` (None: the one beside the checkpoints folder if
+    there is one). Returns the manifest."""
     path = Path(checkpoint_path).expanduser()
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
         raise PretrainedError(f"name {name!r}: use letters, digits, '_', '-' and '.'")
+    if path.is_dir():
+        path = tested_checkpoint(path)
     checkpoint = load_weights_only(path)
     if metrics_path is None and (path.parent.parent / "metrics.json").is_file():
         metrics_path = path.parent.parent / "metrics.json"
