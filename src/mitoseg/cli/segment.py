@@ -44,7 +44,8 @@ def postprocess_config(cfg: DictConfig) -> DictConfig:
     stored = OmegaConf.create(entry.config["postprocess"])  # current module names: no upgrade
     changes = OmegaConf.from_dotlist([o for o in given if o.startswith("postprocess.")])
     merged = OmegaConf.merge(stored, changes.get("postprocess", {}))
-    log.info("decoder of pretrained model '%s': %s", cfg.pretrained, OmegaConf.to_yaml(merged))
+    chosen = ", ".join(f"{k}={v}" for k, v in merged.items() if k != "_target_")
+    log.info("decoder of pretrained model '%s': %s", cfg.pretrained, chosen)
     return merged
 
 
