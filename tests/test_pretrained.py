@@ -143,6 +143,11 @@ def test_init_with_an_unknown_name_lists_the_available_ones(tmp_path: Path, monk
         pretrained.PretrainedError, match=r"unknown pretrained model 'lucchi'; available: .*mine"
     ):
         train(cfg)
+    (tmp_path / "registry" / "half").mkdir()  # a folder without its manifest and weights
+    with pytest.raises(
+        pretrained.PretrainedError, match=r"half has no manifest\.json .*not installed"
+    ):
+        pretrained.find("half")
     cfg = compose_train([*TINY, "init=runs/nothing.ckpt"], tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint not found: runs/nothing\.ckpt"):
         train(cfg)

@@ -115,8 +115,8 @@ def find(name: str) -> Pretrained:
         if incomplete:
             raise PretrainedError(
                 f"pretrained model '{name}': {incomplete[0]} has no {MANIFEST} (its weights are "
-                f"not installed yet; python -m mitoseg.pretrained.make writes them); available: "
-                f"{_names(found)}"
+                "not installed yet; python -m mitoseg.cli.pretrained make writes them); "
+                f"available: {_names(found)}"
             )
         folders = ", ".join(str(p) for p in search_path())
         raise PretrainedError(
@@ -156,7 +156,7 @@ def load_weights(entry: Pretrained) -> dict[str, torch.Tensor]:
         raise PretrainedError(
             f"pretrained model '{entry.name}': {path} has sha256 {found}, but its manifest "
             f"records {entry.sha256}: the file is damaged or was replaced; reinstall mitoseg or "
-            "rewrite the entry with python -m mitoseg.pretrained.make"
+            "rewrite the entry with python -m mitoseg.cli.pretrained make"
         )
     try:
         weights = load_weights_only(path)
