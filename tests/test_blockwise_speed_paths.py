@@ -1,7 +1,7 @@
 """The fast blockwise paths of issue 22.1 give the in-memory decoder's output exactly: per-block
 label scratch in small dtypes, the flood's score kept by the label pass (float as uint16
 levels), floods of only the multi-seed components on their region, per-component neck
-statistics, the relabel pass only where ids change, and Dask workers without Dask's malloc
+statistics, one write pass that also drops small floods, and Dask workers without Dask's malloc
 setting."""
 
 from __future__ import annotations
@@ -73,13 +73,14 @@ def test_blockwise_equals_in_memory(target: str, dtype: str, labels, tmp_path: P
     assert whole.max() > cc3d.connected_components(whole > 0, connectivity=26).max()
 
 
-def test_relabel_touches_only_blocks_with_changed_ids(labels, tmp_path: Path, monkeypatch) -> None:
-    """A flooded instance under min_size is dropped; blocks holding only smaller ids are not
-    rewritten, and the output still equals in memory."""
+def test_dropped_instances_and_blocks_without_floods(labels, tmp_path: Path, monkeypatch) -> None:
+    """Flooded instances under min_size are dropped and ids renumbered in the one write pass;
+    blocks without multi-seed components are not flooded; the output equals in memory."""
     from mitoseg.decode.blockwise import watershed as bw
 
     transform, decoder = target_decoders(VOXEL_SIZE_NM)["bc"]
     probs = _noisy(transform, labels, "uint8")
+    probs[:, :, :, 140:] = 0  # the blocks of the last x column: nothing to flood
     calls: dict[str, int] = {}
     run_blocks = bw.run_blocks
 
@@ -89,9 +90,10 @@ def test_relabel_touches_only_blocks_with_changed_ids(labels, tmp_path: Path, mo
 
     monkeypatch.setattr(bw, "run_blocks", counting)
     decoder = decoder.__class__(min_size=900, merge_necks=False)
-    out, whole, _ = _both(decoder, probs, tmp_path)
+    out, whole, summary = _both(decoder, probs, tmp_path)
     np.testing.assert_array_equal(out, whole)
-    assert 0 < calls["drop small"] < calls["flood"] == 8
+    assert calls == {"flood": 4, "write": 8}
+    assert summary["instances"] == out.max() == len(np.unique(out)) - 1  # renumbered 1..n
 
 
 def test_labels_take_the_smallest_dtype_and_stay_exact(tmp_path: Path) -> None:

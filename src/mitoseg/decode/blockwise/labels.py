@@ -88,7 +88,8 @@ class LabelScratch:
     chunks: tuple[int, ...]
 
     def block_path(self, block_id: int, part: str = "labels") -> str:
-        """The scratch array of a block: its ``labels`` or its ``values``."""
+        """The scratch array of a block: its ``labels``, its ``values`` or what a later pass
+        keeps there (e.g. ``flood``)."""
         return str(Path(self.labels).parent / part / str(block_id))
 
     def read(self, block: Block, box: Box, kinds: slice | None = None) -> np.ndarray:

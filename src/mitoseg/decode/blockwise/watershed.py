@@ -13,8 +13,8 @@ Everything but the flood is exact, by the blockwise labelling of :mod:`.labels` 
    read_roi (write_roi + halo), from the global seeds present there, with the whole-volume
    decoder's exact height and tie-break; it keeps the write_roi. Labels and the flood's score
    come from pass 1's scratch (per block, in small dtypes), not from the probabilities again;
-4. instances under ``min_size`` are dropped and the rest renumbered (a relabel pass, only when
-   some instance is dropped, and only over the blocks holding an id that changes).
+4. instances under ``min_size`` are dropped and the rest renumbered; each block writes its
+   output once, from its labels and the ids its flood kept in the scratch.
 
 Where it can differ from the whole-volume decoder: inside multi-seed components that do not fit
 in a block's read_roi, a voxel whose whole-volume flood path leaves the read_roi (a seed beyond
@@ -46,7 +46,6 @@ from mitoseg.decode.blockwise.labels import (
     LabelScratch,
     label_blocks,
     label_grid,
-    remap_task,
     stack_labels,
 )
 from mitoseg.geometry import Block, BlockGrid, Box, grow, intersect, local_slices
@@ -359,21 +358,17 @@ def _nearest_seed(
 
 
 def flood_task(
-    block: Block,
-    grid: BlockGrid,
-    scratch: LabelScratch,
-    output: str,
-    decoder: Any,
-    tables: BlockTables,
+    block: Block, grid: BlockGrid, scratch: LabelScratch, decoder: Any, tables: BlockTables
 ) -> tuple[np.ndarray, ...]:
-    """Pass 3: write the block's instance ids; return the ids of flooded instances in the block
-    and their voxel counts (int64), then for a neck-merging decoder :func:`_neck_stats`.
+    """Pass 3 of a block with multi-seed components: flood them and keep the flooded ids of its
+    write_roi in the scratch (``flood``); return the ids of flooded instances in the block and
+    their voxel counts (int64), then for a neck-merging decoder :func:`_neck_stats`.
 
-    Single-seed components are a lookup; only the multi-seed components met in the write_roi
-    are read (on ``tables.region``) and flooded, each on its own box."""
+    Only the multi-seed components met in the write_roi are read (on ``tables.region``) and
+    flooded, each on its own box."""
     ids, counts = np.zeros(0, np.uint32), np.zeros(0, np.int64)
     stats = [_NO_STATS]
-    out = tables.single[scratch.read(block, block.write_roi, slice(0, 1))[0]]
+    out = np.zeros(block.write_roi.shape, np.uint32)
     region = tables.region
     if region is not None:
         part = intersect(block.write_roi, region)
@@ -398,9 +393,30 @@ def flood_task(
         ids = np.flatnonzero(counts)
         counts = counts[ids]
         stats += found
-    store.write(output, block.write_roi, out)
+    store.create_scratch(
+        scratch.block_path(block.id, "flood"), out.shape, np.uint32, scratch.chunks
+    )[...] = out
     merged = [np.concatenate(parts) for parts in zip(*stats, strict=True)]
     return (ids.astype(np.int64), counts.astype(np.int64), *merged)
+
+
+def write_task(
+    block: Block,
+    scratch: LabelScratch,
+    output: str,
+    single: np.ndarray,
+    flood_lut: np.ndarray | None,
+) -> None:
+    """Pass 4: the block's instance ids, written once: single-seed components through the
+    ``single`` lookup table, and where the block was flooded its kept ids through
+    ``flood_lut`` (None: as they are)."""
+    out = single[scratch.read(block, block.write_roi, slice(0, 1))[0]]
+    flood_path = scratch.block_path(block.id, "flood")
+    if Path(flood_path).exists():
+        flooded = store.read(flood_path, Box((0, 0, 0), block.write_roi.shape))
+        where = flooded > 0
+        out[where] = flooded[where] if flood_lut is None else flood_lut[flooded[where]]
+    store.write(output, block.write_roi, out)
 
 
 # --------------------------------------------------------------------------- driver
@@ -437,9 +453,11 @@ def decode_instances(
         kinds=2, run_log=run_log, progress=progress,
     )  # fmt: skip
     plan = plan_instances(labelling, decoder)
+    comps, offsets = labelling.kinds[0], labelling.offsets[0]
+    multi = [b for b in grid if comps.block_lut(offsets, b.id, plan.multi).any()]
     found = run_blocks(
-        client, "flood", flood_task, list(grid), grid, labelling.scratch,
-        str(output), decoder, per_block=lambda b: (block_tables(labelling, plan, grid, b),),
+        client, "flood", flood_task, multi, grid, labelling.scratch, decoder,
+        per_block=lambda b: (block_tables(labelling, plan, grid, b),),
         run_log=run_log, progress=progress,
     )  # fmt: skip
     group = np.arange(plan.n_ids + 1, dtype=np.int64)
@@ -452,20 +470,15 @@ def decode_instances(
     flooded[plan.seed_ids[plan.seed_ids > 0]] = True
     keep = (~flooded | (sizes >= decoder.sizes[1])) & (group == np.arange(plan.n_ids + 1))
     keep[0] = True
-    if keep.all():
-        return plan.n_ids
     # merged ids take their group's new id (ids keep raster order: a group's is its smallest)
-    lut = np.where(keep, np.cumsum(keep) - 1, 0).astype(np.uint32)[group]
-    # Ids below the first changed one stay: a block holding none above it is left as it is.
-    changed = int(np.flatnonzero(lut != np.arange(lut.size))[0])
-    comps, offsets = labelling.kinds[0], labelling.offsets[0]
-    touched = [
-        block
-        for block, (ids, *_) in zip(grid, found, strict=True)
-        if max(comps.block_lut(offsets, block.id, plan.single).max(), ids.max(initial=0)) >= changed
-    ]
+    lut = None if keep.all() else np.where(keep, np.cumsum(keep) - 1, 0).astype(np.uint32)[group]
+    single = plan.single if lut is None else lut[plan.single]
+    flooded_blocks = {b.id for b in multi}
     run_blocks(
-        client, "drop small", remap_task, touched, str(output), None, str(output), lut,
+        client, "write", write_task, list(grid), labelling.scratch, str(output),
+        per_block=lambda b: (
+            comps.block_lut(offsets, b.id, single), lut if b.id in flooded_blocks else None
+        ),
         run_log=run_log, progress=progress,
     )  # fmt: skip
     return int(keep.sum()) - 1
