@@ -65,9 +65,13 @@ def device_of(accelerator: str) -> str:
 def _bf16_reason(device: str, flags: frozenset[str]) -> str | None:
     """Why bf16 is fast on ``device`` here, or None when it is not."""
     if device == "cuda":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
-            return f"GPU {torch.cuda.get_device_name()} computes in bf16"
-        return None
+        if not torch.cuda.is_available():
+            return None
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 counts native support only
+            native = torch.cuda.is_bf16_supported()
+        return f"GPU {torch.cuda.get_device_name()} computes in bf16" if native else None
     if device == "cpu":
         found = [f for f in BF16_FLAGS if f in flags]
         return f"this CPU has {' and '.join(found)} (/proc/cpuinfo)" if found else None
