@@ -128,3 +128,12 @@ def test_workers_start_without_dasks_malloc_trim_setting() -> None:
     with dask.config.set(cluster.WORKER_CONFIG):
         environ = _get_env_variables("distributed.nanny.pre-spawn-environ")
     assert "MALLOC_TRIM_THRESHOLD_" not in environ
+
+
+def test_face_pairs_deduplicate_like_unique_rows() -> None:
+    from mitoseg.decode.blockwise.faces import _distinct
+
+    pairs = np.random.default_rng(0).integers(0, 40, (500, 2))
+    np.testing.assert_array_equal(_distinct(pairs), np.unique(pairs, axis=0))
+    pairs[0] = [2**33, 5]  # beyond one int64 key: the row-wise unique
+    np.testing.assert_array_equal(_distinct(pairs), np.unique(pairs, axis=0))

@@ -185,6 +185,13 @@ def face_pairs(
                 if connectivity == GRAPH:
                     touch &= (cross >> kind) & 1 > 0
                 found[kind].append(np.stack([own[kind][touch], other[kind][touch]], axis=1))
-    return [
-        np.unique(np.concatenate(f), axis=0) if f else np.zeros((0, 2), np.int64) for f in found
-    ]
+    return [_distinct(np.concatenate(f)) if f else np.zeros((0, 2), np.int64) for f in found]
+
+
+def _distinct(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of int64 (P, 2) pairs of non-negative ids, sorted. Below 2**31 ids a
+    pair is one int64 key: a 1-D unique, where ``np.unique(axis=0)`` took most of the join."""
+    if pairs.size and pairs.max() >= 2**31:
+        return np.unique(pairs, axis=0)
+    keys = np.unique((pairs[:, 0] << 32) | pairs[:, 1])
+    return np.stack([keys >> 32, keys & (2**32 - 1)], axis=1)
