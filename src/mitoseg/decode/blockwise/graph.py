@@ -33,6 +33,8 @@ from mitoseg.geometry import Block, BlockGrid, block_grid, grow, local_slices
 from mitoseg.train.targets import DEFAULT_OFFSETS, Offset, normalize_offsets
 
 _BITS = ((1, 2), (4, 8), (16, 32))  # cc3d's bits per axis: (edge to +1, edge to -1)
+_BYTES = np.arange(64, dtype=np.uint8)
+_SWAP_ZX = ((_BYTES & 3) << 4) | (_BYTES & 12) | ((_BYTES >> 4) & 3)  # edge bits of the transpose
 CONTEXT = (2, 2, 2)  # voxels a block reads around its write_roi to know its nodes and edges
 
 
@@ -77,10 +79,16 @@ def label_graph(graph: np.ndarray) -> tuple[np.ndarray, int]:
     for axis, (plus, minus) in enumerate(_BITS):
         inner[_axis_slices(axis, slice(-1, None))] &= np.uint8(255 - plus)
         inner[_axis_slices(axis, slice(0, 1))] &= np.uint8(255 - minus)
-    parts = cc3d.color_connectivity_graph(np.ascontiguousarray(inner), connectivity=6)
+    # cc3d scans Fortran order: handed the transposed (X, Y, Z) view, with the z and x bits
+    # swapped, it scans our C raster order, and its outputs transpose back to C order without
+    # a copy (a C array came back Fortran-ordered: a copy per call, and labels numbered in
+    # another order, whose first voxels took a sort).
+    parts = cc3d.color_connectivity_graph(_SWAP_ZX[inner].T, connectivity=6).T
     parts[~nodes] = 0
-    labels, n = cc3d.connected_components(parts, connectivity=6, return_N=True, out_dtype=np.uint32)
-    return np.ascontiguousarray(labels), int(n)
+    labels, n = cc3d.connected_components(
+        parts.T, connectivity=6, return_N=True, out_dtype=np.uint32
+    )
+    return labels.T, int(n)
 
 
 def crossing_bits(graphs: list[np.ndarray]) -> list[np.ndarray]:
