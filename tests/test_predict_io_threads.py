@@ -242,3 +242,22 @@ def test_writer_close_finishes_the_queued_jobs() -> None:
     writer.submit(lambda: done.append("queued"))
     writer.close(timeout=5)
     assert done == ["slow", "queued"] and our_threads() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_gathered_tiles_are_the_stacked_and_converted_ones(dtype: torch.dtype) -> None:
+    from mitoseg.geometry import Box
+    from mitoseg.predict.tiles import gather_tiles, raw_to_float
+
+    raw = torch.randint(0, 256, (10, 20, 30)).to(dtype)
+    boxes = [Box((0, 0, 0), (4, 8, 8)), Box((6, 12, 22), (4, 8, 8)), Box((3, 5, 7), (4, 8, 8))]
+    stacked = torch.stack([raw[b.slices] for b in boxes])
+    assert torch.equal(gather_tiles(raw, boxes, (4, 8, 8)), raw_to_float(stacked)[:, None])
+
+
+def test_storage_conversion_in_place_gives_the_same_values() -> None:
+    from mitoseg.predict.tiles import to_storage
+
+    probs = torch.rand(2, 5, 6, 7) * 1.2 - 0.1
+    expected = to_storage(probs, "uint8")
+    assert torch.equal(to_storage(probs.clone(), "uint8", inplace=True), expected)

@@ -29,10 +29,25 @@ def raw_to_float(raw: torch.Tensor) -> torch.Tensor:
     return raw.float()
 
 
-def to_storage(probs: torch.Tensor, dtype: str) -> torch.Tensor:
+def gather_tiles(raw: torch.Tensor, boxes: Sequence[Box], shape: Sequence[int]) -> torch.Tensor:
+    """The network's input: float32 (N, 1, *shape) of the tiles starting at ``boxes``' offsets
+    in ``raw`` (Zr, Yr, Xr), normalised as :func:`raw_to_float` (the same values): each tile is
+    copied and converted in one pass, not stacked, converted and divided (half the time)."""
+    tz, ty, tx = (int(s) for s in shape)
+    x = torch.empty((len(boxes), 1, tz, ty, tx), dtype=torch.float32, device=raw.device)
+    for i, box in enumerate(boxes):
+        z, y, x0 = box.offset
+        x[i, 0].copy_(raw[z : z + tz, y : y + ty, x0 : x0 + tx])
+    return x.div_(255.0) if raw.dtype == torch.uint8 else x
+
+
+def to_storage(probs: torch.Tensor, dtype: str, inplace: bool = False) -> torch.Tensor:
     """Float probabilities in [0, 1] -> the output dtype (uint8 means round(255 p)), on their
-    device."""
+    device. ``inplace``: compute in ``probs``'s memory (its values change), a third of the time
+    of a block's conversion and no float temporaries."""
     if dtype == "uint8":
+        if inplace:
+            return probs.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return torch.round(probs.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
     return probs.to(getattr(torch, dtype))
 
@@ -173,15 +188,12 @@ class BlockBlender:
         back: Sequence[int],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weighted sums over ``write`` (and over the outgoing box) of ``tiles``' predictions."""
-        tz, ty, tx = self.weight.shape
         total: torch.Tensor | None = None
         passed: torch.Tensor | None = None
         out_box = outgoing[0].shift(back) if outgoing is not None else None
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            x = torch.stack([raw[b.offset[0] : b.offset[0] + tz, b.offset[1] : b.offset[1] + ty,
-                                 b.offset[2] : b.offset[2] + tx] for b in batch])  # fmt: skip
-            probs = predict(raw_to_float(x)[:, None])
+            probs = predict(gather_tiles(raw, batch, self.weight.shape))
             if total is None:
                 total = self._start(probs.shape[1], write, carry, raw.device)
                 if out_box is not None:

@@ -251,7 +251,8 @@ class BlockWriter(pl.Callback):
             return
         block = self._blocks[dataloader_idx][index]
         out = self._outs[dataloader_idx]
-        stored = to_storage(outputs["probs"], str(out.dtype)).cpu().numpy()
+        # the blended block is this callback's to consume: converted in its own memory
+        stored = to_storage(outputs["probs"], str(out.dtype), inplace=True).cpu().numpy()
         journal = self.jobs[dataloader_idx].journal
 
         def write() -> None:  # the data, then its record: a rerun redoes an unrecorded block
