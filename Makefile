@@ -47,7 +47,7 @@ bench: install  ## benchmarks (see BENCHMARKS.md)
 	$(BIN)/python benchmarks/convert_memory.py --data $(LUCCHI)
 	$(BIN)/python benchmarks/decode_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
 	$(BIN)/python benchmarks/metrics_speed.py --sizes $(BENCH_GVOX) --baseline-max-gvox $(BENCH_GVOX)
-	$(BIN)/python benchmarks/predict_scale.py --sizes $(BENCH_GVOX) --monai-max-gvox $(BENCH_GVOX)
+	$(BIN)/python benchmarks/predict_scale.py --sizes $(BENCH_GVOX) --monai-max-gvox $(BENCH_GVOX) --nets conv lucchipp_cpu --repeats 1
 	$(BIN)/python benchmarks/testtime_memory.py --sizes 0.01 $(BENCH_GVOX)
 	$(BIN)/python benchmarks/blockwise_scale.py --sizes $(BENCH_GVOX) --stages decode evaluate
 	$(BIN)/python benchmarks/step_time.py --compile

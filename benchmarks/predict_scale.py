@@ -16,6 +16,10 @@ process, repeated ``--repeats`` times; the table gives medians.
     python benchmarks/predict_scale.py --sizes 0.1 0.5 1.0 --nets lucchipp_cpu mitoem
     python benchmarks/predict_scale.py --sizes 0.02 --plane 512 --impls ours ours_sync --nets conv
 
+Volumes are ``--plane`` x ``--plane`` slices, as many as the size asks for (at least one tile
+deep). The MitoEM network is slow on a CPU: about 0.04 Mvox/s per core (2 EPYC cores: 8.4 Mvox
+in 112 s), so its sizes belong on a large machine or a GPU.
+
 ``ours_sync`` is ``mitoseg-predict io_threads=false`` (blocks read and written in the main
 thread): the ``read wait`` and ``write wait`` columns are the seconds the network waited for them.
 """
@@ -211,7 +215,7 @@ def run_size(net: str, ckpt: Path, config: dict, size: float, scratch: Path, arg
         make_volume(raw, (depth, args.plane, args.plane))
     rows: dict[str, dict] = {}
     for impl in args.impls:
-        if impl == "monai" and depth * plane / 1e9 > args.monai_max_gvox:
+        if impl == "monai" and size > args.monai_max_gvox:  # the size asked for
             continue
         out = scratch / f"{impl}.zarr"
         runs = [measure(impl, ckpt, config, raw, out, args) for _ in range(args.repeats)]
@@ -280,7 +284,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 0.5, 1.0], help="Gvox")
     parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=["ours", "monai"])
-    parser.add_argument("--monai-max-gvox", type=float, default=1.1)
+    parser.add_argument(
+        "--monai-max-gvox", type=float, default=1.1, help="largest --sizes value MONAI runs at"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plane", type=int, default=1024, help="y = x size of the volumes")
     parser.add_argument("--block", type=int, nargs=3, default=[64, 1024, 1024])
