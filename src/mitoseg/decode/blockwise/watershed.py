@@ -75,15 +75,17 @@ def bc_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> 
         seed_map &= ws._below(data[1], decoder.contour_cut)
     comps, n_comps = label_grid(mask, decoder.connectivity)
     seeds, n_seeds = label_grid(seed_map, decoder.connectivity)
-    score = _kept_score(data[decoder.seed_channel])
+    score = _kept_score(data[decoder.seed_channel], mask)
     labels = stack_labels([comps, seeds], (n_comps, n_seeds))
     return BlockLabels(labels, (n_comps, n_seeds), values=score)
 
 
-def _kept_score(score: np.ndarray) -> np.ndarray:
+def _kept_score(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The flood's score as the scratch keeps it: uint8 as it is, float as its uint16 levels
-    (:func:`mitoseg.decode.watershed.float_levels`; the flood's heights are the same)."""
-    return score if score.dtype == np.uint8 else ws.float_levels(score)
+    (:func:`mitoseg.decode.watershed.float_levels`; the flood's heights are the same), and 0
+    off the mask, where no flood goes (so that it compresses like the labels)."""
+    kept = score if score.dtype == np.uint8 else ws.float_levels(score)
+    return np.where(mask, kept, kept.dtype.type(0))
 
 
 def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: Any) -> BlockLabels:
@@ -102,7 +104,7 @@ def affinity_block_labels(block: Block, grid: BlockGrid, probs: str, decoder: An
     found = labels_of_graphs(block, context, [comp_graph, seed_graph])
     # The mean affinity needs one voxel around each voxel: the context holds two.
     score = affinity.affinity_inside(affs, offsets)[local_slices(block.write_roi, context)]
-    return dataclasses.replace(found, values=_kept_score(score))
+    return dataclasses.replace(found, values=_kept_score(score, found.labels[0] > 0))
 
 
 # --------------------------------------------------------------------------- the plan
