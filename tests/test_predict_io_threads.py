@@ -199,6 +199,22 @@ def test_prefetcher_keeps_order_and_raises_the_producers_error() -> None:
     assert list(Prefetcher(iter(range(4)), depth=0)) == [0, 1, 2, 3]
 
 
+def test_prefetcher_reads_one_block_ahead_not_more() -> None:
+    produced = []
+
+    def items() -> Iterator[int]:
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    reader = Prefetcher(items(), depth=1)
+    for taken in range(1, 4):
+        next(reader)
+        time.sleep(0.2)  # computing: the reader has time to run ahead
+        assert len(produced) == taken + 1
+    reader.close()
+
+
 def test_prefetcher_stops_when_closed() -> None:
     reader = Prefetcher(iter(range(10**9)), depth=1)
     assert next(reader) == 0

@@ -49,14 +49,20 @@ class Prefetcher:
     """
 
     def __init__(self, items: Iterator[Any], depth: int = 1, name: str = "mitoseg-reader") -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(depth)))
+        self._queue: queue.Queue[Any] = queue.Queue()
+        # items produced and not yet taken, the one being produced included: memory for
+        # ``depth`` blocks besides the one computing
+        self._slots = threading.Semaphore(max(1, int(depth)))
         self._stop = threading.Event()
         self._done = False
         self._items = items if depth <= 0 else None  # depth 0: produced when asked for
         self.wait_seconds = 0.0
         if self._items is None:
             threading.Thread(
-                target=_produce, args=(items, self._queue, self._stop), name=name, daemon=True
+                target=_produce,
+                args=(items, self._queue, self._slots, self._stop),
+                name=name,
+                daemon=True,
             ).start()
 
     def __iter__(self) -> Prefetcher:
@@ -73,6 +79,7 @@ class Prefetcher:
                 self.wait_seconds += time.perf_counter() - start
         item = self._queue.get()
         self.wait_seconds += time.perf_counter() - start
+        self._slots.release()
         if item is _END or isinstance(item, _Failed):
             self._done = True
             self._stop.set()
@@ -90,26 +97,25 @@ class Prefetcher:
         self._stop.set()
 
 
-def _produce(items: Iterator[Any], out: queue.Queue[Any], stop: threading.Event) -> None:
+def _produce(
+    items: Iterator[Any],
+    out: queue.Queue[Any],
+    slots: threading.Semaphore,
+    stop: threading.Event,
+) -> None:
     try:
-        for item in items:
-            if not _put(out, item, stop):
+        while True:
+            while not slots.acquire(timeout=_POLL_S):
+                if stop.is_set():  # the consumer has gone
+                    return
+            if stop.is_set():
+                return
+            item = next(items, _END)
+            out.put(item)  # never waits: the slots bound the queue
+            if item is _END:
                 return
     except BaseException as error:  # raised in the consumer, whatever it is
-        _put(out, _Failed(error), stop)
-        return
-    _put(out, _END, stop)
-
-
-def _put(out: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    """Put ``item`` unless the consumer stopped first; whether it was put."""
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
+        out.put(_Failed(error))
 
 
 class BackgroundWriter:
