@@ -69,7 +69,9 @@ def volumes(tmp_path_factory) -> tuple[Path, Path, Path]:
     return tmp, tmp / "probs.zarr", tmp / "labels.zarr"
 
 
-@pytest.mark.parametrize("decoder", [BinarizeMedian(median_size=3), BCWatershed(min_seed_size=32, min_size=16)])
+@pytest.mark.parametrize(
+    "decoder", [BinarizeMedian(median_size=3), BCWatershed(min_seed_size=32, min_size=16)]
+)
 def test_run_decoder_in_memory_equals_blockwise(volumes, decoder) -> None:
     tmp, probs, labels = volumes
     name = type(decoder).__name__

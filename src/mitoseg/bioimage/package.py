@@ -3,8 +3,8 @@ the network weights, as :func:`mitoseg.cli.common.load_checkpoint` returns them 
 
 A package is a zip file (or its unpacked folder, or that folder's ``rdf.yaml`` /
 ``bioimageio.yaml``) holding the resource description and the files it names. mitoseg reads
-``config.mitoseg.config`` (the resolved model, target, decoder and prediction settings that
-training stored in the checkpoint) and the ``pytorch_state_dict`` weights, loaded with
+``config`` -> ``mitoseg`` -> ``config`` (the resolved model, target, decoder and prediction
+settings that training stored in the checkpoint) and the ``pytorch_state_dict`` weights, loaded with
 ``weights_only=True`` after their sha256 is checked. Reading needs neither bioimageio.spec nor
 bioimageio.core; a package of another tool is refused with what it lacks.
 """
