@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from blockwise_scale import peak_kib, reset_peak
+from blockwise_scale import (
+    cpu_seconds,
+    markdown,
+    on_cluster,
+    parse_with_child,
+    peak_kib,
+    reset_peak,
+)
 from results import record
 
 VOXEL_SIZE_NM = (30.0, 8.0, 8.0)
@@ -132,17 +138,11 @@ def pattern(plane: int) -> np.ndarray:
 # --------------------------------------------------------------------------- child process
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def child(args: argparse.Namespace) -> None:
     """Decode once (in memory with --workers-n -1, else blockwise); print a JSON line."""
     from mitoseg import io
     from mitoseg.decode.base import with_voxel_size
-    from mitoseg.decode.blockwise import dask_client, decode_blockwise
+    from mitoseg.decode.blockwise import decode_blockwise
     from mitoseg.decode.run import run_decoder
     from mitoseg.evaluate.roundtrip import target_decoders
 
@@ -156,17 +156,15 @@ def child(args: argparse.Namespace) -> None:
         peaks = {"peak_mib": (peak_kib() - base) / 1024, "cpu_s": cpu_seconds() - cpu}
     else:
         decoder = with_voxel_size(decoder, io.open_volume(probs).attrs["voxel_size_nm"], probs)
-        with dask_client(None, args.workers_n) as client:
-            worker_base, worker_cpu = client.run(reset_peak), client.run(cpu_seconds)
-            client_base, cpu = reset_peak(), cpu_seconds()
-            start = time.perf_counter()
-            run = decode_blockwise(decoder, probs, output, client=client, progress=False)
-            seconds = time.perf_counter() - start
-            worker_peak, worker_done = client.run(peak_kib), client.run(cpu_seconds)
+        run, took = on_cluster(
+            args.workers_n,
+            lambda client: decode_blockwise(decoder, probs, output, client=client, progress=False),
+        )
+        seconds = took["seconds"]
         peaks = {
-            "peak_mib": max((worker_peak[w] - worker_base[w]) / 1024 for w in worker_base),
-            "client_mib": (peak_kib() - client_base) / 1024,
-            "cpu_s": cpu_seconds() - cpu + sum(worker_done[w] - worker_cpu[w] for w in worker_cpu),
+            "peak_mib": max(took["worker_mib"]),
+            "client_mib": took["client_mib"],
+            "cpu_s": took["cpu_s"],
             "stages": run.summary["stages"],
         }
     print(json.dumps({"seconds": seconds, **peaks}))
@@ -215,11 +213,9 @@ def measure(args: argparse.Namespace, target: str, gvox: float) -> list[dict]:
 
 
 def table(rows: list[dict], header: bool = True) -> str:
-    lines = [
-        "| target | Gvox | decoder | s | Mvox/s | vs in memory | vs 1 worker | CPU s "
-        "| CPU vs in memory | peak MiB | client MiB | identical | stages (s) |",
-        "|---" * 13 + "|",
-    ]
+    columns = ("target | Gvox | decoder | s | Mvox/s | vs in memory | vs 1 worker | CPU s "
+               "| CPU vs in memory | peak MiB | client MiB | identical | stages (s)")  # fmt: skip
+    lines: list[list[str]] = []
     for r in rows:
         mode = "in memory" if r["workers"] < 0 else f"blockwise, {r['workers']} worker(s)"
         ratio = {k: f"{r[k]:.2f}x" if k in r else "-" for k in ("vs_memory", "vs_one")}
@@ -229,8 +225,8 @@ def table(rows: list[dict], header: bool = True) -> str:
                  f"{r['cpu_s']:.1f}", f"{r['cpu_vs_memory']:.2f}x" if "cpu_vs_memory" in r else "-",
                  f"{r['peak_mib']:.0f}", f"{r['client_mib']:.0f}" if "client_mib" in r else "-",
                  str(r.get("identical", "-")), stages]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines if header else lines[2:])
+        lines.append(cells)
+    return markdown(columns, lines, header)
 
 
 def parse_args() -> argparse.Namespace:
@@ -247,11 +243,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--no-record", action="store_true", help="leave results.json alone")
-    parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
-    parser.add_argument("--workers-n", type=int, help=argparse.SUPPRESS)
-    for name in ("--probs", "--output"):
-        parser.add_argument(name, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parse_with_child(parser, TARGETS, ("--probs", "--output"))
 
 
 def main() -> None:
@@ -260,8 +252,6 @@ def main() -> None:
         args.target = args.child
         child(args)
         return
-    args.dir = args.dir.absolute()
-    args.dir.mkdir(parents=True, exist_ok=True)
     rows = [row for gvox in args.sizes for t in args.targets for row in measure(args, t, gvox)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

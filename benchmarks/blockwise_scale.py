@@ -36,11 +36,14 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from results import record
@@ -51,6 +54,7 @@ VOXEL_SIZE_NM = (15.0, 4.0, 4.0)
 CHUNKS = (32, 256, 256)
 WINDOW = 64  # z-slices written at a time
 PAIRS, CHAINS = 60, 15  # per slab of 1024 x 1024 in-plane
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -186,25 +190,42 @@ def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
     return {"result": n}
 
 
-def child(args: argparse.Namespace) -> None:
-    """Run one stage on a fresh local cluster; print a JSON line with time and memory."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def on_cluster(workers: int, work: Callable[[Any], T]) -> tuple[T, dict]:
+    """``work(client)`` on a fresh local cluster of ``workers`` processes, timed alone (cluster
+    start-up and shut-down excluded): its result, and seconds, memory above imports and at its
+    peak (MiB) of the client and of each worker, CPU seconds of the client and workers together.
+    """
     from mitoseg.decode.blockwise import dask_client
 
-    with dask_client(None, args.workers) as client:
-        worker_base = client.run(reset_peak)
-        client_base = reset_peak()
+    with dask_client(None, workers) as client:
+        worker_base, worker_cpu = client.run(reset_peak), client.run(cpu_seconds)
+        client_base, client_cpu = reset_peak(), cpu_seconds()
         start = time.perf_counter()
-        result = run_stage(args.child, args, client)
+        result = work(client)
         seconds = time.perf_counter() - start
-        worker_peak = client.run(peak_kib)
-        client_peak = peak_kib()
-    peaks = {
+        worker_peak, worker_done = client.run(peak_kib), client.run(cpu_seconds)
+        client_peak, client_done = peak_kib(), cpu_seconds()
+    cpu = client_done - client_cpu + sum(worker_done[w] - worker_cpu[w] for w in worker_cpu)
+    return result, {
+        "seconds": seconds,
         "client_mib": (client_peak - client_base) / 1024,
         "client_peak_mib": client_peak / 1024,
         "worker_mib": [(worker_peak[w] - worker_base[w]) / 1024 for w in worker_base],
         "worker_peak_mib": [kib / 1024 for kib in worker_peak.values()],
+        "cpu_s": cpu,
     }
-    print(json.dumps({"seconds": seconds, **result, **peaks}))
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one stage on a fresh local cluster; print a JSON line with time and memory."""
+    result, peaks = on_cluster(args.workers, lambda client: run_stage(args.child, args, client))
+    print(json.dumps({"seconds": peaks.pop("seconds"), **result, **peaks}))
 
 
 def spawn(stage: str, workers: int, probs: Path, truth: Path, args: argparse.Namespace) -> dict:
@@ -271,12 +292,17 @@ def measure(gvox: float, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def markdown(columns: str, cells: list[list[str]], header: bool = True) -> str:
+    """A Markdown table: ``columns`` (names joined by " | ") over a line per row of ``cells``;
+    without ``header``, the rows alone."""
+    lines = [f"| {columns} |", "|---" * len(columns.split(" | ")) + "|"] if header else []
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def table(rows: list[dict], header: bool = True) -> str:
-    lines = [
-        "| Gvox | shape | stage | workers | s | Mvox/s | speed-up vs 1 | client MiB "
-        "| worker MiB (max) | worker peak MiB | serial s | result |",
-        "|---" * 12 + "|",
-    ]
+    columns = ("Gvox | shape | stage | workers | s | Mvox/s | speed-up vs 1 | client MiB "
+               "| worker MiB (max) | worker peak MiB | serial s | result")  # fmt: skip
+    lines: list[list[str]] = []
     for r in rows:
         result = f"{r['result']:.3f} AP-75" if r["stage"] == "evaluate" else f"{r['result']} ids"
         if r.get("same_result") is False:
@@ -287,8 +313,8 @@ def table(rows: list[dict], header: bool = True) -> str:
                  str(r["workers"]), f"{r['seconds']:.1f}", f"{r['mvox_per_s']:.1f}", speedup,
                  f"{r['client_mib']:.0f}", f"{max(r['worker_mib']):.0f}",
                  f"{max(r['worker_peak_mib']):.0f}", serial, result]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines if header else lines[2:])
+        lines.append(cells)
+    return markdown(columns, lines, header)
 
 
 def flatness(rows: list[dict]) -> str:
@@ -324,11 +350,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
+    return parse_with_child(parser, STAGES, ("--probs", "--truth", "--decoded"))
+
+
+def parse_with_child(
+    parser: argparse.ArgumentParser, children: Sequence[str], paths: Sequence[str]
+) -> argparse.Namespace:
+    """Add the hidden options of a child process (``--child`` one of ``children``,
+    ``--workers-n``, the ``paths``) and parse; in the parent, ``--dir`` is made absolute and
+    created."""
+    parser.add_argument("--child", choices=children, help=argparse.SUPPRESS)
     parser.add_argument("--workers-n", type=int, help=argparse.SUPPRESS)
-    for name in ("--probs", "--truth", "--decoded"):
+    for name in paths:
         parser.add_argument(name, help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not args.child:
+        args.dir = args.dir.absolute()
+        args.dir.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def main() -> None:
@@ -337,8 +376,6 @@ def main() -> None:
         args.workers = args.workers_n
         child(args)
         return
-    args.dir = args.dir.absolute()
-    args.dir.mkdir(parents=True, exist_ok=True)
     rows = [row for gvox in args.sizes for row in measure(gvox, args)]
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
