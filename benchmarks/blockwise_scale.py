@@ -168,6 +168,8 @@ def peak_kib() -> int:
 
 
 def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
+    from mitoseg import io
+    from mitoseg.decode.base import with_voxel_size
     from mitoseg.decode.blockwise import connected_components, decode_blockwise
     from mitoseg.decode.instances import BCWatershed
     from mitoseg.evaluate.blockwise import blockwise_overlaps
@@ -176,7 +178,10 @@ def run_stage(stage: str, args: argparse.Namespace, client: object) -> dict:
     block, halo = tuple(args.block_shape), tuple(args.halo)
     if stage == "decode":
         kwargs = {"block_shape": block, "halo": halo, "client": client, "progress": False}
-        run = decode_blockwise(BCWatershed(), args.probs, args.decoded, **kwargs)
+        # the size floors are in nm^3: the decoder takes the probabilities' voxel size
+        voxel_size = io.open_volume(args.probs).attrs["voxel_size_nm"]
+        decoder = with_voxel_size(BCWatershed(), voxel_size, args.probs)
+        run = decode_blockwise(decoder, args.probs, args.decoded, **kwargs)
         return {"result": run.summary["instances"], "stages": run.summary["stages"]}
     if stage == "evaluate":
         overlaps = blockwise_overlaps(args.truth, args.decoded, block, client, progress=False)
