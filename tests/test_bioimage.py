@@ -214,6 +214,14 @@ def test_export_refuses_an_existing_output_and_a_bad_citation(
     assert export_main([str(checkpoint), out, "--no-test", "--sample", str(eight_bit)]) == 2
     assert "is uint8, the model was trained on uint16 data" in capsys.readouterr().err
     assert not (tmp_path / "x.zip").exists()
+    users = tmp_path / "users.zip"  # a zip mitoseg did not write: --overwrite keeps it
+    with zipfile.ZipFile(users, "w") as archive:
+        archive.writestr("thesis.tex", b"\\documentclass{article}")
+    before = users.read_bytes()
+    assert export_main([str(checkpoint), str(users), "--no-test", "--overwrite"]) == 2
+    assert "is not a model package written by mitoseg-export-model" in capsys.readouterr().err
+    assert users.read_bytes() == before
+    assert export_main([str(checkpoint), str(package), "--no-test", "--overwrite"]) == 0  # ours
 
 
 @pytest.mark.slow

@@ -122,6 +122,16 @@ def _mitoseg_section(description: dict[str, Any], path: Path) -> dict[str, Any]:
     return section
 
 
+def written_by_mitoseg(path: str | Path) -> bool:
+    """Whether ``path`` is a model package that ``mitoseg-export-model`` wrote (its description
+    has a ``config.mitoseg`` section): the only kind ``--overwrite`` may replace."""
+    try:
+        _mitoseg_section(_description(_Files(Path(path))), Path(path))
+    except ModelPackageError:
+        return False
+    return True
+
+
 def _weights(description: dict[str, Any], files: _Files) -> dict[str, torch.Tensor]:
     entry = (description.get("weights") or {}).get("pytorch_state_dict")
     if not isinstance(entry, dict) or not entry.get("source"):

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a synthetic EM tile)")  # fmt: skip
     p.add_argument("--no-test", dest="test", action="store_false",
                    help="skip bioimageio.core's test run of the written package")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zip")
+    p.add_argument("--overwrite", action="store_true", help="replace an OUT.zip that mitoseg-export-model wrote")
     return p
 
 
@@ -141,10 +141,16 @@ def export(args: argparse.Namespace) -> Path:
     """Write the package of ``args`` (see :func:`build_parser`); returns its path."""
     from mitoseg.bioimage.card import model_card
     from mitoseg.bioimage.export import Architecture, PackageInfo, export_package
+    from mitoseg.bioimage.package import written_by_mitoseg
 
     check_output_apart(args.output, [args.ckpt, args.card, args.sample])
     if args.output.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    if args.output.exists() and not written_by_mitoseg(args.output):
+        raise OutputExistsError(
+            f"{args.output} exists and is not a model package written by mitoseg-export-model: "
+            "--overwrite replaces only those; choose another output path"
+        )
     if args.output.suffix.lower() != ".zip":
         raise ValueError(f"{args.output}: a model package is a .zip file")
     stored, weights = load_checkpoint(args.ckpt)
