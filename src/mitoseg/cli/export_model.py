@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a synthetic EM tile)")  # fmt: skip
     p.add_argument("--no-test", dest="test", action="store_false",
                    help="skip bioimageio.core's test run of the written package")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace an OUT.zip that mitoseg-export-model wrote")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an OUT.zip mitoseg-export-model wrote"
+    )
     return p
 
 
