@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from hydra import compose, initialize_config_dir
 
 import mitoseg.cli  # noqa: F401  (registers the config resolvers)
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import compose_config
 from mitoseg.cli.predict import predict
 from mitoseg.geometry import Box, split_axis
 
@@ -59,18 +58,8 @@ def fg_iou(probs: Any, truth: np.ndarray) -> float:
 
 def run_predict(ckpt: Path, raw: Path, output: Path, cache: Path, overrides: list[str]) -> float:
     """Seconds of one in-process ``mitoseg-predict`` (its setup included, as a user waits)."""
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={ckpt}",
-                f"input={raw}",
-                f"output={output}",
-                f"cache_dir={cache}",
-                "trainer.enable_progress_bar=false",
-                *overrides,
-            ],
-        )
+    files = [f"ckpt={ckpt}", f"input={raw}", f"output={output}", f"cache_dir={cache}"]
+    cfg = compose_config("predict", [*files, "trainer.enable_progress_bar=false", *overrides])
     start = time.perf_counter()
     predict(cfg)
     return time.perf_counter() - start

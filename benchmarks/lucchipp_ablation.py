@@ -100,18 +100,12 @@ def hms(seconds: float) -> str:
 
 
 def compose(overrides: list[str]):  # type: ignore[no-untyped-def]
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
-    from mitoseg.cli.common import CONFIG_PATH
+    from mitoseg.cli.common import compose_config
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_PATH), version_base="1.3"):
-        return hydra_compose(
-            "train", overrides=["experiment=lucchipp_cpu", "data.root=/x", *overrides]
-        )
+    return compose_config("train", ["experiment=lucchipp_cpu", "data.root=/x", *overrides])
 
 
 def probe_step_seconds(arms: list[str], stored: dict[str, float], root: Path) -> dict[str, float]:

@@ -58,13 +58,11 @@ def stored_config(net: str) -> dict:
     """What a checkpoint of ``net`` stores: the resolved model, target and predict sections."""
     if net == "conv":
         return CONV
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import mitoseg.cli  # noqa: F401  (the configs' resolvers)
+    from mitoseg.cli.common import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={net}", "data.root=/unused"])
+    cfg = compose_config("train", [f"experiment={net}", "data.root=/unused"])
     predict = OmegaConf.to_container(cfg.predict, resolve=True)
     assert isinstance(predict, dict)
     if predict.get("channels_last") == "auto":  # this machine's choice in fp32, on both sides

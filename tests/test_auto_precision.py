@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
 from mitoseg import hardware, io
-from mitoseg.cli.common import CONFIG_PATH
-from mitoseg.cli.predict import predict
+from mitoseg.cli.common import compose_config
 from mitoseg.cli.train import fill_compute
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.hardware import resolve_channels_last, resolve_compute, resolve_precision
+from tests.helpers import predict_in_process
 
 # ResidualUNet3D 4-8-16 trained 30 steps on synthetic data (validation IoU 0.89), weights only:
 # mitoseg-train data.train.shape=[32,64,64] data.patch_shape=[16,32,32] model.widths=[4,8,16]
@@ -67,11 +66,6 @@ def test_the_choice_and_its_reason_are_logged(caplog) -> None:
     }
 
 
-def _train_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        return compose("train", overrides=["trainer.accelerator=cpu", *overrides])
-
-
 @pytest.mark.parametrize(
     ("flags", "overrides", "expected"),
     [
@@ -83,7 +77,7 @@ def _train_cfg(overrides: list[str]):
 )
 def test_training_resolves_auto_into_the_run_config(monkeypatch, flags, overrides, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
-    cfg = _train_cfg(overrides)
+    cfg = compose_config("train", ["trainer.accelerator=cpu", *overrides])
     fill_compute(cfg)
     assert cfg.trainer.precision == expected
     assert isinstance(cfg.module.channels_last, bool)
@@ -101,22 +95,11 @@ def volume(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 
 def _predict(tmp_path: Path, raw: Path, name: str, *extra: str) -> Path:
+    """The fixture's float32 probabilities of ``raw``, written to ``<tmp_path>/<name>.zarr``."""
     output = tmp_path / f"{name}.zarr"
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={FIXTURE}",
-                f"input={raw}",
-                f"output={output}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "dtype=float32",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                *extra,
-            ],
-        )
-    return predict(cfg)
+    return predict_in_process(
+        tmp_path, f"ckpt={FIXTURE}", f"input={raw}", f"output={output}", "dtype=float32", *extra
+    )
 
 
 def _fg_iou(mask: np.ndarray, truth: np.ndarray) -> float:

@@ -13,16 +13,15 @@ import pytest
 import tifffile
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
+from mitoseg.cli.common import CheckpointError, load_checkpoint
 from mitoseg.cli.export_model import main as export_main
-from mitoseg.cli.predict import predict
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.io.intensity import Method, Normalization, measure
 from mitoseg.train.callbacks import CHECKPOINT_KEY
+from tests.helpers import predict_in_process
 
 pytest.importorskip("bioimageio.spec")
 
@@ -118,20 +117,8 @@ def test_bioimageio_core_runs_both_weight_formats_like_mitoseg(package: Path) ->
 
 
 def _predict(tmp_path: Path, model: Path, raw: Path, name: str) -> np.ndarray:
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={model}",
-                f"input={raw}",
-                f"output={tmp_path / name}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "trainer.accelerator=cpu",
-                "trainer.precision=32-true",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
-    return io.open_volume(predict(cfg))[:]
+    overrides = [f"ckpt={model}", f"input={raw}", f"output={tmp_path / name}"]
+    return io.open_volume(predict_in_process(tmp_path, *overrides, "trainer.precision=32-true"))[:]
 
 
 def test_predict_from_the_package_equals_the_checkpoint(
@@ -247,9 +234,8 @@ def test_trained_checkpoint_exports_and_passes_bioimageio_core_test(tmp_path: Pa
             "test=false",
         ],
         tmp_path / "run",
+        keep_hydra=False,
     )
-    with open_dict(cfg):
-        del cfg["hydra"]
     train(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert export_main([str(ckpt), str(tmp_path / "model.zip")]) == 0  # runs the core test

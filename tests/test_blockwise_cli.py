@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import compose_config
 from mitoseg.cli.segment import blockwise_line, segment
 from mitoseg.decode import instances
 from tests.test_cli import run
@@ -27,17 +26,8 @@ BC = [
 
 
 def _segment(tmp_path: Path, name: str, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "segment",
-            overrides=[
-                f"output_dir={tmp_path / name}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "progress=false",
-                *overrides,
-            ],
-        )
-    return segment(cfg)
+    fixed = [f"output_dir={tmp_path / name}", f"cache_dir={tmp_path / 'cache'}", "progress=false"]
+    return segment(compose_config("segment", [*fixed, *overrides]))
 
 
 @pytest.fixture()

@@ -5,14 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import mitoseg.cli  # noqa: F401  (registers the `len` resolver)
-from mitoseg.cli.common import CONFIG_PATH, build_datamodule
+from mitoseg.cli.common import CONFIG_PATH, build_datamodule, compose_config
 from mitoseg.cli.train import fill_compute
 from mitoseg.decode.base import with_voxel_size
 
@@ -28,12 +27,15 @@ NEEDS = {
 }
 
 
-def compose_train(overrides: list[str], tmp_path: Path):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
+def compose_train(overrides: list[str], output_dir: Path, *, keep_hydra: bool = True) -> DictConfig:
+    """The config mitoseg-train composes, run folder ``output_dir``, Hydra's node set as the
+    current HydraConfig; ``keep_hydra=False``: without that node in the config, as the entry
+    point gets it."""
+    cfg = compose_config("train", overrides, hydra_node=True)
     with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
+        cfg.output_dir = str(output_dir)
+        if not keep_hydra:
+            del cfg["hydra"]
     return cfg
 
 
@@ -60,9 +62,7 @@ def test_every_experiment_composes_and_instantiates(experiment: str, tmp_path: P
 
 def resolved(overrides: list[str], tmp_path: Path) -> dict:
     """The composed config, resolved, without the hydra node (runtime keys, choices)."""
-    cfg = compose_train(overrides, tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    cfg = compose_train(overrides, tmp_path, keep_hydra=False)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -123,9 +123,8 @@ def test_misspelt_keys_are_rejected(tmp_path: Path) -> None:
 
 
 def test_predict_and_segment_configs_compose() -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        predict = compose("predict", overrides=["ckpt=a", "input=b", "output=c"])
-        segment = compose("segment", overrides=["probs=p", "postprocess.threshold=0.7"])
+    predict = compose_config("predict", ["ckpt=a", "input=b", "output=c"])
+    segment = compose_config("segment", ["probs=p", "postprocess.threshold=0.7"])
     assert predict.overlap is None and segment.postprocess.threshold == 0.7
 
 

@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from mitoseg import io
@@ -20,7 +19,7 @@ from mitoseg.cli import download as download_cli
 from mitoseg.cli import export as export_cli
 from mitoseg.cli import measure as measure_cli
 from mitoseg.cli import view as view_cli
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import compose_config
 from mitoseg.cli.predict import predict
 from mitoseg.cli.segment import segment
 from mitoseg.cli.train import check_data_apart
@@ -33,6 +32,7 @@ from mitoseg.files import (
     write_atomic,
     written_by_mitoseg,
 )
+from tests.helpers import predict_config
 from tests.test_config import compose_train
 
 CKPT = Path(__file__).parent / "fixtures" / "layout_v0.ckpt"
@@ -159,29 +159,20 @@ def test_convert_overwrite_keeps_a_folder_mitoseg_did_not_write(tmp_path, capsys
     assert (user / "notes.txt").read_text() == "mine"
 
 
-def _predict_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        return compose(
-            "predict",
-            overrides=[*overrides, f"cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu",
-                       "trainer.enable_progress_bar=false"],
-        )  # fmt: skip
-
-
 def test_predict_into_its_input_is_refused_before_loading(tmp_path, monkeypatch) -> None:
     """Before: ``output=X.zarr overwrite=true`` replaced the raw volume with probabilities."""
     x = _raw(tmp_path / "X.zarr")
     monkeypatch.chdir(tmp_path)
     for output in ("X.zarr", str(x), "X.zarr/probs.zarr", "."):
         for overwrite in ("false", "true"):
-            cfg = _predict_cfg(
+            cfg = predict_config(
                 tmp_path, "ckpt=missing.ckpt", "input=X.zarr", f"output={output}",
                 f"overwrite={overwrite}",
             )  # fmt: skip
             with pytest.raises(UnsafeOutputError, match=r"X\.zarr") as err:
                 predict(cfg)  # not CheckpointError: refused before the checkpoint is read
             assert "pass overwrite" not in str(err.value)
-    cfg = _predict_cfg(tmp_path, "ckpt=m.ckpt", "input=X.zarr", "output=m.ckpt", "overwrite=true")
+    cfg = predict_config(tmp_path, "ckpt=m.ckpt", "input=X.zarr", "output=m.ckpt", "overwrite=true")
     with pytest.raises(UnsafeOutputError, match=r"output m\.ckpt .*is the input m\.ckpt"):
         predict(cfg)
     np.testing.assert_array_equal(io.open_volume(x).attrs["voxel_size_nm"], VOXEL)
@@ -193,13 +184,13 @@ def test_predict_overwrite_replaces_its_own_output_but_no_user_folder(tmp_path) 
     user = tmp_path / "user"
     user.mkdir()
     (user / "keep").write_text("mine")
-    cfg = _predict_cfg(tmp_path, f"ckpt={CKPT}", f"input={x}", f"output={user}", "overwrite=true")
+    cfg = predict_config(tmp_path, f"ckpt={CKPT}", f"input={x}", f"output={user}", "overwrite=true")
     with pytest.raises(UnsafeOutputError, match="user was not written by mitoseg"):
         predict(cfg)
     assert (user / "keep").read_text() == "mine"
     out = tmp_path / "probs.zarr"
     for overwrite in ("false", "true"):  # the second replaces the first: ours
-        cfg = _predict_cfg(
+        cfg = predict_config(
             tmp_path, f"ckpt={CKPT}", f"input={x}", f"output={out}", f"overwrite={overwrite}"
         )
         predict(cfg)
@@ -273,8 +264,7 @@ def test_view_png_into_an_input_is_refused(tmp_path, capsys) -> None:
 def test_segment_output_inside_the_probabilities_is_refused(tmp_path) -> None:
     probs = tmp_path / "probs.zarr"
     io.write_volume(probs, np.zeros((1, 4, 16, 16), np.uint8), attrs={"kind": "probabilities"})
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("segment", overrides=[f"probs={probs}", f"output_dir={probs}"])
+    cfg = compose_config("segment", [f"probs={probs}", f"output_dir={probs}"])
     with pytest.raises(UnsafeOutputError, match=r"mask\.zarr lies inside the input"):
         segment(cfg)
     assert sorted(p.name for p in probs.iterdir()) == ["0", "zarr.json"]

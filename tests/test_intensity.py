@@ -16,18 +16,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, load_checkpoint, trained_intensity
-from mitoseg.cli.predict import input_intensity, predict
+from mitoseg.cli.common import load_checkpoint, trained_intensity
+from mitoseg.cli.predict import input_intensity
 from mitoseg.datasets.synthetic import make_volume
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.io.intensity import Method, measure, raw_stats
 from mitoseg.train.callbacks import CHECKPOINT_KEY, ConfigInCheckpoint
 from mitoseg.train.data import VolumeDataModule
 from mitoseg.train.targets import Semantic
+from tests.helpers import predict_in_process
 
 FIXTURE = Path(__file__).parent / "fixtures" / "layout_v0.ckpt"  # no raw statistics
 VOXEL = {"voxel_size_nm": [5.0, 5.0, 5.0]}
@@ -94,24 +94,6 @@ def test_statistics_of_a_large_volume_come_from_a_fixed_subsample(tmp_path) -> N
     assert sampled.p99 == pytest.approx(exact.p99, rel=0.02)
 
 
-def _predict(tmp_path: Path, ckpt: Path, raw: Path, name: str, *extra: str) -> Path:
-    output = tmp_path / f"{name}.zarr"
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={ckpt}",
-                f"input={raw}",
-                f"output={output}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                *extra,
-            ],
-        )
-    return predict(cfg)
-
-
 def test_predict_gives_one_result_for_uint8_12_bit_and_float_inputs(tmp_path, volume) -> None:
     outputs = {}
     for name, data in versions(volume[0]).items():
@@ -119,7 +101,8 @@ def test_predict_gives_one_result_for_uint8_12_bit_and_float_inputs(tmp_path, vo
             continue  # the same rule as float 0..65535 and uint8 (above); saves their time
         raw = tmp_path / f"{name.replace(' ', '_')}.zarr"
         io.write_volume(raw, data, attrs=VOXEL)
-        output = _predict(tmp_path, FIXTURE, raw, name.replace(" ", "_") + "_probs")
+        probs = tmp_path / f"{name.replace(' ', '_')}_probs.zarr"
+        output = predict_in_process(tmp_path, f"ckpt={FIXTURE}", f"input={raw}", f"output={probs}")
         outputs[name] = io.open_volume(output)[:].astype(int)
         stored = io.open_volume(output).attrs["raw_intensity"]
         assert stored["stats"]["dtype"] == str(data.dtype) and stored["stats"]["max"] == data.max()

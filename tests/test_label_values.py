@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 from scipy import ndimage
@@ -18,7 +17,7 @@ from scipy import ndimage
 from mitoseg import io
 from mitoseg.cli import convert as convert_cli
 from mitoseg.cli import measure as measure_cli
-from mitoseg.cli.common import CONFIG_PATH
+from mitoseg.cli.common import compose_config
 from mitoseg.datasets.volumes import FileVolumes
 from mitoseg.io import VolumeError, convert
 from mitoseg.io.checks import check_labels
@@ -357,15 +356,14 @@ def test_train_data_config_takes_label_values(tmp_path):
     classes = _classes()
     _pngs(tmp_path / "classes", classes)
     tifffile.imwrite(tmp_path / "raw.tif", (classes // 2 + 1).astype(np.uint8))
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=files", f"data.root={tmp_path}", "data.train.raw=raw.tif",
-                "data.train.labels=classes", "data.train.label_values=[191,200-210]",
-                "data.train.voxel_size_nm=[5,5,5]", "data.test=null",
-            ],
-        )  # fmt: skip
+    cfg = compose_config(
+        "train",
+        [
+            "data=files", f"data.root={tmp_path}", "data.train.raw=raw.tif",
+            "data.train.labels=classes", "data.train.label_values=[191,200-210]",
+            "data.train.voxel_size_nm=[5,5,5]", "data.test=null",
+        ],
+    )  # fmt: skip
     volumes = instantiate(cfg.data.train)
     paths = volumes.prepare(tmp_path / "cache", root=tmp_path)
     labels = io.open_volume(paths.labels)
@@ -397,11 +395,8 @@ def test_segment_scores_against_selected_classes(tmp_path):
         f"probs={tmp_path / 'p.zarr'}", f"labels={tmp_path / 'classes'}",
         f"cache_dir={tmp_path / 'cache'}", "progress=false", "postprocess.median_size=0",
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        refused = compose("segment", overrides=[*base, f"output_dir={tmp_path / 'a'}"])
-        chosen = compose(
-            "segment", overrides=[*base, f"output_dir={tmp_path / 'b'}", "label_values=191"]
-        )
+    refused = compose_config("segment", [*base, f"output_dir={tmp_path / 'a'}"])
+    chosen = compose_config("segment", [*base, f"output_dir={tmp_path / 'b'}", "label_values=191"])
     with pytest.raises(VolumeError, match="label_values"):
         segment(refused)
     result = segment(chosen)

@@ -227,23 +227,16 @@ def test_segment_steps_predict_blockwise_decode_and_measure(tmp_path: Path) -> N
 @pytest.mark.slow  # ~12 s CPU: Lightning's predict loop and a real network
 def test_the_widget_predicts_what_mitoseg_predict_writes(tmp_path: Path) -> None:
     """A trained network (the layout_v0 fixture): the same probabilities as mitoseg-predict."""
-    from hydra import compose, initialize_config_dir
-
-    import mitoseg.cli  # noqa: F401  (registers the resolvers)
-    from mitoseg.cli.common import CONFIG_PATH
-    from mitoseg.cli.predict import predict
     from mitoseg.napari_plugin import segment
+    from tests.helpers import predict_in_process
 
     ckpt = Path(__file__).parent / "fixtures" / "layout_v0.ckpt"
     raw = segment.write_raw(tmp_path / "raw.zarr", _raw((20, 40, 48)), [5.0, 5.0, 5.0])
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("predict", overrides=[
-            f"ckpt={ckpt}", f"input={raw}", f"output={tmp_path / 'probs.zarr'}",
-            f"cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu",
-            "trainer.precision=32-true", "channels_last=false",
-            "trainer.enable_progress_bar=false",
-        ])  # fmt: skip
-    expected = np.asarray(io.open_volume(predict(cfg)))
+    written = predict_in_process(
+        tmp_path, f"ckpt={ckpt}", f"input={raw}", f"output={tmp_path / 'probs.zarr'}",
+        "trainer.precision=32-true", "channels_last=false",
+    )  # fmt: skip
+    expected = np.asarray(io.open_volume(written))
     model = segment.load_model(ckpt, device="cpu")
     plan, _ = segment.make_plan(model, raw, block_shape=(8, 32, 32))  # other blocks: no seams
     steps = segment.predict_steps(model, plan)

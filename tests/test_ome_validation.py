@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from hydra import compose, initialize_config_dir
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 
@@ -93,26 +92,11 @@ def test_converted_raw_labels_masks_and_selections_validate(tmp_path, small_volu
     assert axes == [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
 
 
-def _predict(tmp_path: Path, raw: Path, output: Path, *extra: str) -> Path:
-    from mitoseg.cli.common import CONFIG_PATH
-    from mitoseg.cli.predict import predict
-
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={FIXTURE}", f"input={raw}", f"output={output}",
-                f"cache_dir={tmp_path / 'cache'}", "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false", *extra,
-            ],
-        )  # fmt: skip
-    return predict(cfg)
-
-
 def test_predicted_and_cached_probabilities_and_decoded_outputs_validate(
     tmp_path, small_volume, monkeypatch
 ) -> None:
     from mitoseg.cli.predict_grid import PredictGrid
+    from tests.helpers import predict_in_process
 
     raw, _ = small_volume
     io.write_volume(tmp_path / "raw.zarr", raw[:8], attrs={"kind": "raw", "voxel_size_nm": VOXEL})
@@ -126,7 +110,10 @@ def test_predicted_and_cached_probabilities_and_decoded_outputs_validate(
         return write_back(self, probs, *args)
 
     monkeypatch.setattr(PredictGrid, "write_back", checked_write_back)
-    probs = _predict(tmp_path, tmp_path / "raw.zarr", tmp_path / "probs.zarr", "resample=true")
+    probs = predict_in_process(
+        tmp_path, f"ckpt={FIXTURE}", f"input={tmp_path / 'raw.zarr'}",
+        f"output={tmp_path / 'probs.zarr'}", "resample=true",
+    )  # fmt: skip
     assert len(work) == 1
     (cached,) = _volumes(tmp_path / "cache").values()  # the input on the model's grid
     for path in (probs, cached):

@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from mitoseg import io, pretrained
-from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
+from mitoseg.cli.common import CheckpointError, compose_config, load_checkpoint
 from mitoseg.cli.predict import predict
 from mitoseg.cli.train import train
+from tests.test_config import compose_train
 
 TINY = [
     "data.train.shape=[24,48,48]",
@@ -33,22 +31,11 @@ TINY = [
 ]
 
 
-def compose_train(overrides: list[str], output_dir: Path):
-    """The config mitoseg-train composes, run folder ``output_dir``, without Hydra's own node."""
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
-
-
 def _train(folder: Path, *overrides: str, cache: Path | None = None) -> Path:
     """A tiny in-process run in ``folder`` (data cached in ``cache``, by default beside it);
     returns its last checkpoint."""
     cache = cache or folder.parent / "cache"
-    cfg = compose_train([*TINY, f"data.cache_dir={cache}", *overrides], folder)
+    cfg = compose_train([*TINY, f"data.cache_dir={cache}", *overrides], folder, keep_hydra=False)
     train(cfg)
     return folder / "checkpoints" / "last.ckpt"
 
@@ -105,7 +92,7 @@ def test_init_from_a_checkpoint_copies_weights_and_lists_the_reinitialised_outpu
 
 
 def test_init_with_another_network_is_refused_naming_the_settings(tiny: Path, tmp_path) -> None:
-    cfg = compose_train([*TINY, f"init={tiny}", "model.widths=[4,16]"], tmp_path)
+    cfg = compose_train([*TINY, f"init={tiny}", "model.widths=[4,16]"], tmp_path, keep_hydra=False)
     with pytest.raises(
         CheckpointError,
         match=r"init=.*\.ckpt: another network .*model\.widths=\[4, 8\] there, \[4, 16\] here",
@@ -122,14 +109,14 @@ def test_init_without_a_model_choice_takes_the_sources_network(
 
     from mitoseg.cli.pretrained import adopt_init_model
 
-    cfg = compose_train([f"init={tiny}", "target=bc"], tmp_path)
+    cfg = compose_train([f"init={tiny}", "target=bc"], tmp_path, keep_hydra=False)
     assert list(cfg.model.widths) != [4, 8]
     with caplog.at_level(logging.WARNING, logger="mitoseg"):
         changed = adopt_init_model(cfg, HydraConfig.get().overrides.task)
     assert changed and "model.widths=[4, 8] there" in "; ".join(changed)
     assert list(cfg.model.widths) == [4, 8] and cfg.model.out_channels == 2
     assert "this run's network is the source's, mitoseg.train.nets.ResidualUNet3D(" in caplog.text
-    chosen = compose_train([f"init={tiny}", "model.widths=[4,16]"], tmp_path)
+    chosen = compose_train([f"init={tiny}", "model.widths=[4,16]"], tmp_path, keep_hydra=False)
     assert adopt_init_model(chosen, HydraConfig.get().overrides.task) == []
     assert list(chosen.model.widths) == [4, 16]  # the user's choice stays (and init= refuses it)
 
@@ -138,7 +125,7 @@ def test_init_with_an_unknown_name_lists_the_available_ones(tmp_path: Path, monk
     monkeypatch.setenv(pretrained.ENV, str(tmp_path / "registry"))
     (tmp_path / "registry" / "mine").mkdir(parents=True)
     (tmp_path / "registry" / "mine" / pretrained.MANIFEST).write_text("{}")
-    cfg = compose_train([*TINY, "init=lucchi"], tmp_path)
+    cfg = compose_train([*TINY, "init=lucchi"], tmp_path, keep_hydra=False)
     with pytest.raises(
         pretrained.PretrainedError, match=r"unknown pretrained model 'lucchi'; available: .*mine"
     ):
@@ -148,7 +135,7 @@ def test_init_with_an_unknown_name_lists_the_available_ones(tmp_path: Path, monk
         pretrained.PretrainedError, match=r"half has no manifest\.json .*not installed"
     ):
         pretrained.find("half")
-    cfg = compose_train([*TINY, "init=runs/nothing.ckpt"], tmp_path)
+    cfg = compose_train([*TINY, "init=runs/nothing.ckpt"], tmp_path, keep_hydra=False)
     with pytest.raises(CheckpointError, match=r"checkpoint not found: runs/nothing\.ckpt"):
         train(cfg)
 
@@ -158,7 +145,7 @@ def test_init_from_a_pretrained_name_copies_every_tensor(entry: Path, tmp_path: 
 
     from mitoseg.cli.pretrained import init_net
 
-    cfg = compose_train([*TINY, "init=tiny"], tmp_path)
+    cfg = compose_train([*TINY, "init=tiny"], tmp_path, keep_hydra=False)
     net = instantiate(cfg.model)
     report = init_net("tiny", net, cfg)
     assert report["source"] == "pretrained:tiny" and report["reinitialised"] == []
@@ -247,14 +234,13 @@ def test_changed_weights_are_refused_naming_the_file_and_both_hashes(
 
 
 def _predict(raw: Path, tmp_path: Path, output: str, *overrides: str) -> np.ndarray:
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"input={raw}", f"output={tmp_path / output}", f"cache_dir={tmp_path / 'cache'}",
-                "trainer.enable_progress_bar=false", *overrides,
-            ],
-        )  # fmt: skip
+    cfg = compose_config(
+        "predict",
+        [
+            f"input={raw}", f"output={tmp_path / output}", f"cache_dir={tmp_path / 'cache'}",
+            "trainer.enable_progress_bar=false", *overrides,
+        ],
+    )  # fmt: skip
     return io.open_volume(predict(cfg))[:]
 
 
@@ -295,8 +281,7 @@ def test_segment_with_the_name_decodes_with_the_threshold_chosen_on_validation(
 ) -> None:
     from mitoseg.cli.segment import postprocess_config
 
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("segment", overrides=["probs=p.zarr", "pretrained=tiny"])
+    cfg = compose_config("segment", ["probs=p.zarr", "pretrained=tiny"])
     chosen = json.loads((entry / "tiny" / pretrained.MANIFEST).read_text())["scores"]["selected"]
     decoder = postprocess_config(cfg)
     assert decoder.threshold == chosen["threshold"] != cfg.postprocess.threshold

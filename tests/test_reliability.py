@@ -19,7 +19,6 @@ import pytorch_lightning as pl
 import tifffile
 import torch
 import zarr
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -27,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, CheckpointError, load_checkpoint
+from mitoseg.cli.common import CheckpointError, compose_config, load_checkpoint
 from mitoseg.cli.predict import predict
 from mitoseg.cli.train import fill_compute, resume_checkpoint, train
 from mitoseg.datasets.synthetic import make_volume
@@ -229,9 +228,8 @@ def test_unknown_or_misspelt_config_key_is_rejected(tmp_path: Path) -> None:
             compose_train([override], tmp_path)
     with pytest.raises(ConfigCompositionException, match="resunett"):
         compose_train(["model=resunett"], tmp_path)
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        with pytest.raises(ConfigCompositionException, match="overwrit"):
-            compose("predict", overrides=["ckpt=a", "input=b", "output=c", "overwrit=true"])
+    with pytest.raises(ConfigCompositionException, match="overwrit"):
+        compose_config("predict", ["ckpt=a", "input=b", "output=c", "overwrit=true"])
 
 
 def test_patch_larger_than_the_volume_is_refused_at_setup(small_zarr) -> None:
@@ -261,8 +259,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
     io.convert(tmp_path / "b.tif", tmp_path / "o.zarr", overwrite=True)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "o.zarr")[:], _rand() // 2)
     # mitoseg-predict refuses before it loads anything.
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("predict", overrides=["ckpt=x", "input=y", f"output={tmp_path / 'o.zarr'}"])
+    cfg = compose_config("predict", ["ckpt=x", "input=y", f"output={tmp_path / 'o.zarr'}"])
     with pytest.raises(io.VolumeError, match=r"output .*o\.zarr already exists; pass overwrite"):
         predict(cfg)
 

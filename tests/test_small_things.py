@@ -134,16 +134,13 @@ def test_cache_folder_is_the_users_unless_overridden(tmp_path, monkeypatch) -> N
     both = {"XDG_CACHE_HOME": "/x/cache", "MITOSEG_CACHE": "/y/mine"}
     assert cache_dir(both) == Path("/y/mine")
     # every command's config takes it (and cache_dir= / data.cache_dir= still override it)
-    from hydra import compose, initialize_config_dir
-
-    from mitoseg.cli.common import CONFIG_PATH
+    from mitoseg.cli.common import compose_config
 
     monkeypatch.delenv("MITOSEG_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        found = [compose(name).cache_dir for name in ("predict", "segment")]
-        found.append(compose("train").data.cache_dir)
-        overridden = compose("predict", overrides=["cache_dir=/z"]).cache_dir
+    found = [compose_config(name).cache_dir for name in ("predict", "segment")]
+    found.append(compose_config("train").data.cache_dir)
+    overridden = compose_config("predict", ["cache_dir=/z"]).cache_dir
     assert found == [str(tmp_path / "mitoseg")] * 3 and overridden == "/z"
     monkeypatch.setenv("MITOSEG_CACHE", str(tmp_path / "env"))
     from mitoseg.datasets.volumes import SyntheticVolumes

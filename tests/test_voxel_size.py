@@ -10,18 +10,16 @@ import pytest
 import tifffile
 import torch
 import zarr
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from torch import nn
 
 import mitoseg.cli  # noqa: F401  (registers the resolvers)
 from mitoseg import io
-from mitoseg.cli.common import CONFIG_PATH, resolved
+from mitoseg.cli.common import resolved
 from mitoseg.cli.convert import main as convert_main
-from mitoseg.cli.predict import predict
 from mitoseg.cli.train import fill_voxel_size
 from mitoseg.io.voxels import is_isotropic
+from tests.helpers import predict_in_process
+from tests.test_config import compose_train
 
 LAB = (50.0, 4.6, 4.6)  # the serial sections: 50 nm z, 4.6 nm in-plane
 UM = [v / 1000 for v in LAB]
@@ -147,16 +145,6 @@ def test_mitoseg_convert_keeps_the_files_voxel_size_and_labels_take_the_raws(tmp
 # ----------------------------------------------------------------------------- training
 
 
-def _train_cfg(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-        del cfg["hydra"]
-    return cfg
-
-
 def _files(raw: Path) -> list[str]:
     return ["data=files", f"data.train.raw={raw}", f"data.train.labels={raw}", "data.test=null"]
 
@@ -164,19 +152,21 @@ def _files(raw: Path) -> list[str]:
 def test_training_takes_the_voxel_size_and_anisotropy_from_the_data(tmp_path) -> None:
     # 8f5406b: a 50 x 4.6 x 4.6 nm zarr was recorded as [1, 1, 1] with isotropic: true
     raw = _plain_zarr(tmp_path / "raw.zarr", _raw(), {"voxel_size_nm": list(LAB)})
-    cfg = _train_cfg(tmp_path, _files(raw))
+    cfg = compose_train(_files(raw), tmp_path, keep_hydra=False)
     fill_voxel_size(cfg)
     run = resolved(cfg)  # what the checkpoint records
     assert run["data"]["train"]["voxel_size_nm"] == pytest.approx(LAB)
     assert run["data"]["isotropic"] is False and run["data"]["augment"]["isotropic"] is False
-    bc = _train_cfg(tmp_path, [*_files(raw), "target=bc"])
+    bc = compose_train([*_files(raw), "target=bc"], tmp_path, keep_hydra=False)
     fill_voxel_size(bc)
     assert resolved(bc)["target"]["transform"]["in_plane"] is True
     # an explicit choice wins; an isotropic voxel size gives isotropic choices
-    forced = _train_cfg(tmp_path, [*_files(raw), "data.isotropic=true"])
+    forced = compose_train([*_files(raw), "data.isotropic=true"], tmp_path, keep_hydra=False)
     fill_voxel_size(forced)
     assert resolved(forced)["data"]["augment"]["isotropic"] is True
-    given = _train_cfg(tmp_path, [*_files(raw), "data.train.voxel_size_nm=[5,5,5]"])
+    given = compose_train(
+        [*_files(raw), "data.train.voxel_size_nm=[5,5,5]"], tmp_path, keep_hydra=False
+    )
     fill_voxel_size(given)
     assert resolved(given)["data"]["isotropic"] is True
     assert is_isotropic((5, 5, 5)) and not is_isotropic((30, 8, 8)) and is_isotropic((6, 5, 5))
@@ -184,7 +174,7 @@ def test_training_takes_the_voxel_size_and_anisotropy_from_the_data(tmp_path) ->
 
 def test_training_refuses_data_without_a_voxel_size_naming_file_and_key(tmp_path) -> None:
     tifffile.imwrite(tmp_path / "plain.tif", _raw())
-    cfg = _train_cfg(tmp_path, _files(tmp_path / "plain.tif"))
+    cfg = compose_train(_files(tmp_path / "plain.tif"), tmp_path, keep_hydra=False)
     with pytest.raises(io.VolumeError) as caught:
         fill_voxel_size(cfg)
     message = str(caught.value)
@@ -199,7 +189,7 @@ def test_packaged_data_configs_know_their_voxel_sizes(tmp_path) -> None:
         ("lucchipp", [5.0, 5.0, 5.0], True),
         ("mitoem_r", [30.0, 8.0, 8.0], False),
     ):
-        cfg = _train_cfg(tmp_path, [f"data={data}", "data.root=/data"])
+        cfg = compose_train([f"data={data}", "data.root=/data"], tmp_path, keep_hydra=False)
         fill_voxel_size(cfg)  # reads no file: the configs give the size
         run = resolved(cfg)
         assert (run["data"]["train"]["voxel_size_nm"], run["data"]["isotropic"]) == (
@@ -252,22 +242,15 @@ def _checkpoint(path: Path, net: str = "Logit1") -> Path:
 def _predict(
     tmp_path: Path, src: Path, output: str, *extra: str, net: str = "Logit1"
 ) -> zarr.Array:
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={_checkpoint(tmp_path / f'{net}.ckpt', net)}",
-                f"input={src}",
-                f"output={tmp_path / output}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "block_shape=[8,32,32]",
-                "chunk_shape=[8,16,16]",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                *extra,
-            ],
-        )
-    predict(cfg)
+    predict_in_process(
+        tmp_path,
+        f"ckpt={_checkpoint(tmp_path / f'{net}.ckpt', net)}",
+        f"input={src}",
+        f"output={tmp_path / output}",
+        "block_shape=[8,32,32]",
+        "chunk_shape=[8,16,16]",
+        *extra,
+    )
     return io.open_volume(tmp_path / output)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io as text_io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,6 +26,24 @@ from mitoseg.train.checkpoints import UnsafeCheckpointError, load_weights_only, 
 log = logging.getLogger(__name__)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(
+    name: str, overrides: Sequence[str] = (), *, hydra_node: bool = False
+) -> DictConfig:
+    """The config that the entry point ``name`` (``"train"``, ``"predict"``, ``"segment"``, ...)
+    composes with ``overrides``, for use in this process (benchmarks, tests, the pretrained
+    check): defaults, struct mode, an unknown key refused with ``ConfigCompositionException``.
+
+    With ``hydra_node``, the config also holds Hydra's own ``hydra`` node (run folder, group
+    choices, the overrides given), which becomes the current ``HydraConfig`` as in the entry
+    point; delete the node before passing the config on, as the entry point never sees it.
+    """
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=hydra_node)
+    if hydra_node:
+        HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 class CheckpointError(ValueError):

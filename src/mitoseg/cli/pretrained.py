@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mitoseg import io, pretrained
-from mitoseg.cli.common import CONFIG_PATH, CheckpointError, _flat, load_checkpoint
+from mitoseg.cli.common import CheckpointError, _flat, compose_config, load_checkpoint
 from mitoseg.files import write_json_atomic
 from mitoseg.train.checkpoints import upgrade_targets
 from mitoseg.train.transfer import TransferError, transfer_weights
@@ -207,7 +207,6 @@ def score_crop(
         ``{"raw", "labels" (file names), "box", "decoder", "fg_iou", ...}``: the semantic
         scores, what the model card's check line reports and the shipped tests reproduce.
     """
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from mitoseg.cli.predict import predict
@@ -230,8 +229,7 @@ def score_crop(
         f"block_shape=[{z1 - z0},{y1 - y0},{x1 - x0}]",  # one block: no seams between blocks
         "trainer.enable_progress_bar=false", "overwrite=true",
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        predict(compose("predict", overrides=overrides))
+    predict(compose_config("predict", overrides))
     decoder = instantiate(entry.config["postprocess"])
     result = run_decoder(decoder, work / "probs.zarr", None, work / "labels.zarr")
     assert result.scores is not None
