@@ -138,6 +138,13 @@ def pattern(plane: int) -> np.ndarray:
 # --------------------------------------------------------------------------- child process
 
 
+def block_settings(args: argparse.Namespace) -> dict:
+    """``decode_blockwise``'s block and halo of ``--block-shape`` / ``--halo`` (None: its
+    defaults)."""
+    given = {"block_shape": args.block_shape, "halo": args.halo}
+    return {key: tuple(value) for key, value in given.items() if value}
+
+
 def child(args: argparse.Namespace) -> None:
     """Decode once (in memory with --workers-n -1, else blockwise); print a JSON line."""
     from mitoseg import io
@@ -158,7 +165,9 @@ def child(args: argparse.Namespace) -> None:
         decoder = with_voxel_size(decoder, io.open_volume(probs).attrs["voxel_size_nm"], probs)
         run, took = on_cluster(
             args.workers_n,
-            lambda client: decode_blockwise(decoder, probs, output, client=client, progress=False),
+            lambda client: decode_blockwise(
+                decoder, probs, output, client=client, progress=False, **block_settings(args)
+            ),
         )
         seconds = took["seconds"]
         peaks = {
@@ -174,6 +183,9 @@ def spawn(args: argparse.Namespace, target: str, probs: Path, workers: int) -> d
     output = probs.with_name(probs.stem + f"_out{workers}.zarr")
     command = [sys.executable, __file__, "--child", target, "--workers-n", str(workers),
                "--probs", str(probs), "--output", str(output)]  # fmt: skip
+    for name in ("block_shape", "halo"):
+        if getattr(args, name):
+            command += [f"--{name.replace('_', '-')}", *map(str, getattr(args, name))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{target} ({workers} workers) failed:\n{done.stderr[-3000:]}")
@@ -236,11 +248,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--plane", type=int, default=1024, help="Y = X of every volume")
     parser.add_argument("--dtype", choices=["uint8", "float32"], default="uint8")
-    parser.add_argument("--memory-max-gvox", type=float, default=4.0,
-                        help="decode in memory only up to this size")  # fmt: skip
+    parser.add_argument("--memory-max-gvox", type=float, default=1.0,
+                        help="decode in memory only up to this size (the in-memory A and AC "
+                        "decoders need about 20 bytes per voxel)")  # fmt: skip
     parser.add_argument(
         "--dir", type=Path, default=Path(tempfile.gettempdir()) / "mitoseg-blockwise-decode"
     )
+    parser.add_argument("--block-shape", type=int, nargs=3, help="default: decode_blockwise's")
+    parser.add_argument("--halo", type=int, nargs=3, help="default: decode_blockwise's")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--no-record", action="store_true", help="leave results.json alone")
     return parse_with_child(parser, TARGETS, ("--probs", "--output"))
@@ -261,7 +276,10 @@ def main() -> None:
     )
     print(table(rows))
     for target in args.targets:
-        mine = [r for r in rows if r["target"] == target and r["gvox"] == rows[-1]["gvox"]]
+        compared = [r["gvox"] for r in rows if r["target"] == target and "vs_memory" in r]
+        if not compared:
+            continue
+        mine = [r for r in rows if r["target"] == target and r["gvox"] == max(compared)]
         one = next((r for r in mine if r["workers"] == 1 and "vs_memory" in r), None)
         two = next((r for r in mine if r["workers"] == 2 and "vs_one" in r), None)
         if one is None or two is None or args.no_record:
