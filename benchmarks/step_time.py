@@ -109,6 +109,13 @@ def before_after(steps: int) -> None:
               f"{train:.2f} | {rows[name][1]:.2f} |", flush=True)  # fmt: skip
     (t0, p0), (t1, p1) = rows["before: the previous defaults"], rows["after: auto"]
     print(f"after / before: training step {t0 / t1:.2f}x faster, prediction {p1 / p0:.2f}x")
+    before = "the previous defaults: fp32, channels-last 3D"
+    notes = f"{auto.describe()}; batch {list(SHAPE)}, batch norm, {steps} steps"
+    record("step_time_auto_s", t1, "s/step", baseline=t0, baseline_name=before, notes=notes)
+    record(
+        "predict_batch_auto_mvox_per_s", p1, "Mvox/s", baseline=p0, baseline_name=before,
+        notes=notes + "; forward pass of one batch, no gradients",
+    )  # fmt: skip
 
 
 def main() -> None:
