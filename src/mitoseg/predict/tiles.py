@@ -91,8 +91,10 @@ class WeightSums:
 
 @dataclass(frozen=True)
 class Carry:
-    """What the tiles of one block add to the next block along z: weighted sums over ``box``
-    (global coordinates, the next block's first slices) and the tiles (global) already added.
+    """What the tiles run so far add to the blocks that follow along z: weighted sums over
+    ``box`` (global coordinates: from the next block's first slice to the deepest reach of those
+    tiles, which passes beyond the next block when blocks are shallower than a tile) and the
+    tiles (global) already added.
     """
 
     box: Box
@@ -103,10 +105,11 @@ class Carry:
 class BlockBlender:
     """Blend the tile predictions covering a block (see the module docstring).
 
-    Tiles that straddle a block's lower z border were already run for the block before it; when
-    that block was this blender's previous one, their weighted sums are carried over instead of
-    running them again. Every voxel still gets its terms in grid order, so results do not depend
-    on which blocks a process ran before.
+    Tiles that straddle a block's lower z border were already run for the blocks before it; when
+    the block before was this blender's previous one, their weighted sums are carried over
+    instead of running them again, over as many blocks as a tile spans (blocks shallower than a
+    tile run each tile of a column once too). Every voxel still gets its terms in grid order, so
+    results do not depend on which blocks a process ran before.
 
     Args:
         weight: float32 (tz, ty, tx) blend weight, on the model's device.
@@ -154,26 +157,24 @@ class BlockBlender:
             carry = None
         done = carry.tiles if carry is not None else frozenset()
         todo = [t for t in tiles if t.shift(origin) not in done]
-        outgoing = self._outgoing(tiles, origin, next_write, done)
+        outgoing = self._outgoing(tiles, origin, next_write)
         total, passed = self._blend(predict, raw, todo, write, carry, outgoing, back)
         if outgoing is not None and passed is not None:
             self.carry = Carry(outgoing[0], passed, outgoing[1])
         return total.div_(sums)
 
+    @staticmethod
     def _outgoing(
-        self,
-        tiles: Sequence[Box],
-        origin: Sequence[int],
-        next_write: Box | None,
-        done: frozenset[Box],
+        tiles: Sequence[Box], origin: Sequence[int], next_write: Box | None
     ) -> tuple[Box, frozenset[Box]] | None:
-        """The next block's region reached by this block's tiles, and those tiles (global)."""
+        """The region below this block that its tiles reach (from the next block's first slice
+        to their deepest slice) and those tiles (global), carried ones included."""
         if next_write is None:
             return None
         reaching = [t.shift(origin) for t in tiles if t.stop[0] + origin[0] > next_write.offset[0]]
-        if not reaching or (done & set(reaching)):
-            return None  # nothing reaches it, or tiles span three blocks (blocks under a tile)
-        depth = min(max(t.stop[0] for t in reaching), next_write.stop[0]) - next_write.offset[0]
+        if not reaching:
+            return None
+        depth = max(t.stop[0] for t in reaching) - next_write.offset[0]
         box = Box(next_write.offset, (depth, *next_write.shape[1:]))
         return box, frozenset(reaching)
 
@@ -196,8 +197,7 @@ class BlockBlender:
             probs = predict(gather_tiles(raw, batch, self.weight.shape))
             if total is None:
                 total = self._start(probs.shape[1], write, carry, raw.device)
-                if out_box is not None:
-                    passed = torch.zeros((probs.shape[1], *out_box.shape), device=raw.device)
+                passed = self._passing(probs.shape[1], write, carry, out_box, raw.device)
             for value, box in zip(probs, batch, strict=True):
                 _add(total, value, box, write, self.weight)
                 if passed is not None and out_box is not None and box.stop[0] > out_box.offset[0]:
@@ -207,7 +207,26 @@ class BlockBlender:
         if total is None:  # every tile was carried over
             assert carry is not None
             total = self._start(carry.sums.shape[0], write, carry, raw.device)
+            passed = self._passing(carry.sums.shape[0], write, carry, out_box, raw.device)
         return total, passed
+
+    @staticmethod
+    def _passing(
+        channels: int,
+        write: Box,
+        carry: Carry | None,
+        out_box: Box | None,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """The sums passed on below the block: those carried past it (tiles deeper than the
+        block), to which this block's tiles add theirs."""
+        if out_box is None:
+            return None
+        passed = torch.zeros((channels, *out_box.shape), dtype=torch.float32, device=device)
+        if carry is not None and carry.box.shape[0] > write.shape[0]:
+            beyond = carry.sums[:, write.shape[0] :]
+            passed[:, : beyond.shape[1]] = beyond
+        return passed
 
     @staticmethod
     def _start(
