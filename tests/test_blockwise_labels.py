@@ -14,7 +14,7 @@ from mitoseg import io
 from mitoseg.decode import affinity
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import affinity_components, connected_components
-from mitoseg.decode.blockwise.labels import first_voxels, label_grid
+from mitoseg.decode.blockwise.labels import label_grid, piece_stats
 from mitoseg.geometry import Box, block_grid, intersect
 
 OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
@@ -117,10 +117,20 @@ def test_affinity_components_equal_whole_volume_graph(dtype: str, tmp_path: Path
     assert pairs.shape[1] > len(np.unique(pairs[0]))
 
 
-def test_first_voxels_for_any_numbering_and_lines_at_26() -> None:
-    labels = np.array([[[0, 2, 2], [1, 0, 3]]], np.uint32)  # not raster order: the fallback
-    np.testing.assert_array_equal(first_voxels(labels, 3), [3, 1, 5])
-    raster = np.array([[[0, 1, 1], [2, 0, 3]]], np.uint32)  # raster order: the fast path
-    np.testing.assert_array_equal(first_voxels(raster, 3), [1, 3, 5])
+def test_piece_stats_equal_cc3d_statistics_for_any_numbering_and_lines_at_26() -> None:
+    rng = np.random.default_rng(3)
+    raster, n = label_grid(ndimage.gaussian_filter(rng.random((9, 20, 17)), 1.5) > 0.52, 26)
+    assert n >= 3
+    shuffled = np.concatenate([[0], rng.permutation(n) + 1]).astype(np.uint32)[raster]
+    for labels in (raster, shuffled):  # raster order: the fast path; any other: the fallback
+        where = np.flatnonzero(labels)
+        sizes, first, sums, boxes = piece_stats(labels.reshape(-1)[where], where, n, labels.shape)
+        stats = cc3d.statistics(labels)
+        np.testing.assert_array_equal(sizes, stats["voxel_counts"][1:])
+        np.testing.assert_allclose(sums / sizes[:, None], stats["centroids"][1:], atol=1e-9)
+        expected = [[s.start for s in b] + [s.stop for s in b] for b in stats["bounding_boxes"][1:]]
+        np.testing.assert_array_equal(boxes, expected)
+        flat = labels.reshape(-1)
+        assert [int(np.flatnonzero(flat == k)[0]) for k in range(1, n + 1)] == first.tolist()
     line = np.array([1, 0, 1], bool).reshape(1, 1, 3)  # cc3d 3.x raises here at 26
     np.testing.assert_array_equal(label_grid(line, 26)[0], [[[1, 0, 2]]])

@@ -135,9 +135,9 @@ def test_views_thin_volumes_and_core_function_match_oracle() -> None:
 def test_first_voxels_for_any_numbering() -> None:
     where = np.array([0, 1, 5, 9, 12])
     raster = np.array([1, 1, 2, 3, 2], np.uint32)  # cc3d's order: the fast path
-    np.testing.assert_array_equal(ws._first_voxels(raster, where, 3), [0, 5, 9])
+    np.testing.assert_array_equal(ws.first_voxels(raster, where, 3), [0, 5, 9])
     other = np.array([2, 2, 1, 3, 1], np.uint32)  # any other numbering: the sorting fallback
-    np.testing.assert_array_equal(ws._first_voxels(other, where, 3), [5, 0, 9])
+    np.testing.assert_array_equal(ws.first_voxels(other, where, 3), [5, 0, 9])
 
 
 def test_ties_between_seeds_are_resolved_like_the_oracle() -> None:

@@ -169,7 +169,7 @@ def flood_height(score: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return height
 
 
-def _first_voxels(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
+def first_voxels(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
     """Flat index of the first voxel of each label 1..n; ``labels`` = flat[where] (non-zero)."""
     # cc3d numbers components in raster order, so first voxels are where a new maximum appears.
     running = np.maximum.accumulate(labels)
@@ -235,7 +235,7 @@ def _crop_seeds(
     flat = seeds.reshape(-1)
     where = np.flatnonzero(flat)
     labels = flat[where]
-    first = _first_voxels(labels, where, n)
+    first = first_voxels(labels, where, n)
     kept = np.flatnonzero(np.bincount(labels, minlength=n + 1)[1:] >= s.min_seed_size)
     if kept.size < n:
         renumber = np.zeros(n + 1, dtype=np.uint32)

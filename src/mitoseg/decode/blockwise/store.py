@@ -30,9 +30,9 @@ def _version(path: Path) -> int:
 def _open(path: Path, writable: bool, version: int) -> zarr.Array:
     if not writable:
         return io.open_volume(path)
-    if ome.is_volume_group(path):
-        return zarr.open_array(str(path / ome.LEVEL0), mode="r+")
-    return zarr.open_array(str(path), mode="r+")
+    array = path / ome.LEVEL0 if ome.is_volume_group(path) else path
+    # Blocks write whole chunks: skip zarr's test for empty ones (see create_scratch)
+    return zarr.open_array(str(array), mode="r+", config={"write_empty_chunks": True})
 
 
 def open_array(path: str | Path, writable: bool = False) -> zarr.Array:
@@ -72,7 +72,8 @@ def create_scratch(
 ) -> zarr.Array:
     """A plain zarr array for intermediate results: Blosc lz4 with byte shuffle, the fastest
     codec on label ids (zstd level 1 on unshuffled uint32 labels took 10x as long to write and
-    40x to read)."""
+    40x to read). Every chunk is written, empty or not: zarr's test for empty chunks took twice
+    as long as writing them (a block of labels: 96 against 36 ms)."""
     dtype = np.dtype(dtype)
     shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"
     codec = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle=shuffle, typesize=dtype.itemsize)
@@ -84,6 +85,7 @@ def create_scratch(
         fill_value=0,
         compressors=[codec],
         overwrite=True,
+        config={"write_empty_chunks": True},
     )
 
 
