@@ -3,7 +3,8 @@
 For each target (BC, BCD, A, AC) and size, one run decodes the same probabilities in memory
 (``run_decoder``, one process), then block by block on a local Dask cluster of 1 and of 2 worker
 processes (``decode_blockwise``, cluster start-up excluded), each in a fresh process; it reports
-seconds, Mvox/s, blockwise against in memory, 2 workers against 1, the CPU seconds of every
+seconds, Mvox/s, blockwise against in memory, 2 workers against 1 (and, for what two cores give
+on this machine, two in-memory decoders run at once against one alone), the CPU seconds of every
 process (client and workers: on a shared machine a steadier measure of the work than the wall
 clock), the peak memory (in memory: the process; blockwise: the largest worker, and the client)
 and whether the blockwise output is identical to the in-memory one.
@@ -179,17 +180,39 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, **peaks}))
 
 
-def spawn(args: argparse.Namespace, target: str, probs: Path, workers: int) -> dict:
-    output = probs.with_name(probs.stem + f"_out{workers}.zarr")
-    command = [sys.executable, __file__, "--child", target, "--workers-n", str(workers),
-               "--probs", str(probs), "--output", str(output)]  # fmt: skip
+def command(args: argparse.Namespace, target: str, probs: Path, workers: int, output: Path) -> list:
+    line = [sys.executable, __file__, "--child", target, "--workers-n", str(workers),
+            "--probs", str(probs), "--output", str(output)]  # fmt: skip
     for name in ("block_shape", "halo"):
         if getattr(args, name):
-            command += [f"--{name.replace('_', '-')}", *map(str, getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{target} ({workers} workers) failed:\n{done.stderr[-3000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "output": output}
+            line += [f"--{name.replace('_', '-')}", *map(str, getattr(args, name))]
+    return line
+
+
+def spawn(
+    args: argparse.Namespace, target: str, probs: Path, workers: int, copies: int = 1
+) -> dict:
+    """Decode in ``copies`` fresh processes at once (in memory: ``workers`` -1); the figures of
+    the slowest, with ``seconds_each``."""
+    outputs = [probs.with_name(probs.stem + f"_out{workers}_{i}.zarr") for i in range(copies)]
+    running = [
+        subprocess.Popen(
+            command(args, target, probs, workers, out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for out in outputs
+    ]
+    found = []
+    for process in running:
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"{target} ({workers} workers) failed:\n{stderr[-3000:]}")
+        found.append(json.loads(stdout.strip().splitlines()[-1]))
+    slowest = max(range(copies), key=lambda i: found[i]["seconds"])
+    each = [f["seconds"] for f in found]
+    return {**found[slowest], "output": outputs[slowest], "seconds_each": each}
 
 
 # --------------------------------------------------------------------------- report
@@ -200,14 +223,20 @@ def measure(args: argparse.Namespace, target: str, gvox: float) -> list[dict]:
 
     probs = inputs(args, target, gvox)
     voxels = math.prod(io.open_volume(probs).shape[1:])
-    modes = ([-1] if gvox <= args.memory_max_gvox else []) + list(args.workers)
+    in_memory = gvox <= args.memory_max_gvox
+    modes = ([(-1, 1)] if in_memory else []) + [(w, 1) for w in args.workers]
+    if in_memory and 2 in args.workers:
+        modes.insert(1, (-1, 2))  # what 2 cores give: two in-memory decoders at once
     rows: list[dict] = []
-    for workers in modes:
-        result = spawn(args, target, probs, workers)
-        row = {"target": target, "gvox": voxels / 1e9, "workers": workers, **result}
+    for workers, copies in modes:
+        result = spawn(args, target, probs, workers, copies)
+        row = {"target": target, "gvox": voxels / 1e9, "workers": workers, "copies": copies}
+        row |= result
         row["mvox_per_s"] = voxels / 1e6 / result["seconds"]
-        memory = next((r for r in rows if r["workers"] == -1), None)
+        memory = next((r for r in rows if r["workers"] == -1 and r["copies"] == 1), None)
         one = next((r for r in rows if r["workers"] == 1), None)
+        if copies == 2 and memory is not None:
+            row["vs_one"] = 2 * memory["seconds"] / result["seconds"]  # the machine's scaling
         if memory is not None and workers >= 0:
             row["vs_memory"] = row["mvox_per_s"] / memory["mvox_per_s"]
             row["cpu_vs_memory"] = row["cpu_s"] / memory["cpu_s"]
@@ -225,11 +254,14 @@ def measure(args: argparse.Namespace, target: str, gvox: float) -> list[dict]:
 
 
 def table(rows: list[dict], header: bool = True) -> str:
-    columns = ("target | Gvox | decoder | s | Mvox/s | vs in memory | vs 1 worker | CPU s "
+    columns = ("target | Gvox | decoder | s | Mvox/s | vs in memory | vs 1 worker (process) "
+               "| CPU s "
                "| CPU vs in memory | peak MiB | client MiB | identical | stages (s)")  # fmt: skip
     lines: list[list[str]] = []
     for r in rows:
         mode = "in memory" if r["workers"] < 0 else f"blockwise, {r['workers']} worker(s)"
+        if r.get("copies", 1) > 1:
+            mode = f"in memory, {r['copies']} processes at once (each on the whole volume)"
         ratio = {k: f"{r[k]:.2f}x" if k in r else "-" for k in ("vs_memory", "vs_one")}
         stages = " ".join(f"{k} {v:.1f}" for k, v in r.get("stages", {}).items()) or "-"
         cells = [r["target"], f"{r['gvox']:.3f}", mode, f"{r['seconds']:.2f}",
@@ -282,6 +314,7 @@ def main() -> None:
         mine = [r for r in rows if r["target"] == target and r["gvox"] == max(compared)]
         one = next((r for r in mine if r["workers"] == 1 and "vs_memory" in r), None)
         two = next((r for r in mine if r["workers"] == 2 and "vs_one" in r), None)
+        pair = next((r for r in mine if r.get("copies", 1) == 2), None)
         if one is None or two is None or args.no_record:
             continue
         notes = (f"{one['gvox']:.2f} Gvox {args.dtype}; 1 worker {one['vs_memory']:.2f}x in "
@@ -296,6 +329,15 @@ def main() -> None:
             baseline_name="the in-memory decoder on the same probabilities",
             notes=notes,
         )
+        if pair is not None:
+            record(
+                f"blockwise_decode_{target}_2_workers_speedup",
+                two["vs_one"],
+                "x 1 worker",
+                baseline=pair["vs_one"],
+                baseline_name="two in-memory decoders at once against one alone (the machine)",
+                notes=notes,
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
