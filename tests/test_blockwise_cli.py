@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from mitoseg import io
 from mitoseg.cli.common import compose_config
@@ -129,3 +130,35 @@ def test_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch) ->
         assert client is not None
         assert dict(os.environ) == before
     assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("kind", ["instances", "raw"])
+def test_pyramid_levels_filled_on_the_workers_equal_this_process(tmp_path: Path, kind) -> None:
+    """Blockwise outputs get their pyramid from the workers, region by region (the client read
+    the whole volume for it: 4 of 41 s of a 0.5 Gvox BC decode); levels equal the in-process
+    ones."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from mitoseg.decode.blockwise.cluster import pyramid_fill
+    from mitoseg.io import ome
+
+    rng = np.random.default_rng(0)
+    shape, dtype = (6, 40, 36), np.uint32 if kind == "instances" else np.uint8
+    vol = rng.integers(0, 200, shape).astype(dtype)
+    attrs = {"axes": list("zyx"), "kind": kind, "voxel_size_nm": [10.0, 5.0, 5.0]}
+    paths = [tmp_path / f"{name}.zarr" for name in ("here", "workers")]
+    for path in paths:
+        io.create_volume(path, shape, dtype, chunks=(2, 8, 8), attrs=attrs)[...] = vol
+    assert ome.write_pyramid(paths[0], min_size=4) == 4
+    with (
+        LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+    ):
+        assert ome.write_pyramid(paths[1], 4, pyramid_fill(client, (2, 16, 16))) == 4
+    assert {task["key"].rsplit("-", 5)[0] for task in stream.data} == {"downsample_task"}
+    assert len(stream.data) > 3  # several regions a level
+    for level in ("1", "2", "3", "4"):
+        here, there = (zarr.open_array(str(p / level), mode="r") for p in paths)
+        np.testing.assert_array_equal(there[:], here[:])
+    assert pyramid_fill(None, (2, 16, 16)) is None  # in-process runs keep the chunk loop

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,25 +263,42 @@ def downsample_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return means.astype(block.dtype)
 
 
+def downsample_region(
+    source: zarr.Array,
+    out: zarr.Array,
+    write: tuple[slice, ...],
+    factors: Sequence[int],
+    mean: bool,
+) -> None:
+    """Fill the region ``write`` of ``out`` (whole chunks of it) from ``source``."""
+    reduce = downsample_mean if mean else downsample_nearest
+    read = tuple(
+        slice(w.start * f, min(w.stop * f, n))
+        for w, f, n in zip(write, factors, source.shape, strict=True)
+    )
+    out[write] = reduce(np.asarray(source[read]), factors)
+
+
 def _downsample_into(
     source: zarr.Array, out: zarr.Array, factors: Sequence[int], mean: bool
 ) -> None:
     """Fill ``out`` one of its chunks at a time from the matching region of ``source``."""
-    reduce = downsample_mean if mean else downsample_nearest
     grid = [math.ceil(n / c) for n, c in zip(out.shape, out.chunks, strict=True)]
     for index in np.ndindex(*grid):
         write = tuple(
             slice(i * c, min((i + 1) * c, n))
             for i, c, n in zip(index, out.chunks, out.shape, strict=True)
         )
-        read = tuple(
-            slice(w.start * f, min(w.stop * f, n))
-            for w, f, n in zip(write, factors, source.shape, strict=True)
-        )
-        out[write] = reduce(np.asarray(source[read]), factors)
+        downsample_region(source, out, write, factors, mean)
 
 
-def write_pyramid(path: str | Path, min_size: int | None = None) -> int:
+# fill(source, out, factors, mean): fills one pyramid level from the level before
+LevelFill = Callable[[zarr.Array, zarr.Array, Sequence[int], bool], None]
+
+
+def write_pyramid(
+    path: str | Path, min_size: int | None = None, fill: LevelFill | None = None
+) -> int:
     """(Re)build the downsampled levels of the volume group at ``path`` from its level 0.
 
     Streams chunk by chunk (memory: a few chunks), replaces levels from an earlier call, and
@@ -292,6 +309,8 @@ def write_pyramid(path: str | Path, min_size: int | None = None) -> int:
         path: a volume group made by :func:`mitoseg.io.create_volume`.
         min_size: stop once the smaller in-plane side is at most this; None:
             :data:`PYRAMID_MIN_SIZE`.
+        fill: fills one level from the one before (e.g. block by block on a Dask cluster,
+            :func:`mitoseg.decode.blockwise.cluster.pyramid_fill`); None: chunk by chunk here.
 
     Returns:
         The number of levels added (0 for a small volume).
@@ -323,7 +342,7 @@ def write_pyramid(path: str | Path, min_size: int | None = None) -> int:
             dimension_names=axes,
             overwrite=True,
         )
-        _downsample_into(source, out, factors, mean)
+        (fill or _downsample_into)(source, out, factors, mean)
         scales.append([s * f for s, f in zip(scales[-1], factors, strict=True)])
         source = out
     method = ("mean" if mean else "nearest") if len(scales) > 1 else None

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mitoseg import files
 from mitoseg.io.errors import VolumeError
 from mitoseg.io.ome import (
     LEVEL0,
+    LevelFill,
     is_volume_group,
     level_paths,
     volume_axes,
@@ -122,15 +124,18 @@ def create_volume(
     )
 
 
-def finalize_volume(path: str | Path, min_size: int | None = None) -> int:
-    """Build the multiscale pyramid of a complete volume (see :func:`.ome.write_pyramid`).
+def finalize_volume(
+    path: str | Path, min_size: int | None = None, fill: LevelFill | None = None
+) -> int:
+    """Build the multiscale pyramid of a complete volume (see :func:`.ome.write_pyramid`;
+    ``fill``: how each level is filled, None: in this process).
 
     Returns:
         The number of downsampled levels; 0 for a plain array, which is left as it is.
     """
     if not is_volume_group(path):
         return 0
-    return write_pyramid(path, min_size)
+    return write_pyramid(path, min_size, fill)
 
 
 def open_volume(path: str | Path) -> zarr.Array:
@@ -187,10 +192,10 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_dir(dst: Path, overwrite: bool, fill: LevelFill | None = None) -> Iterator[Path]:
     """:func:`mitoseg.files.atomic_dir` for volumes: when the folder holds a volume (see
-    :func:`create_volume`), its pyramid is built before the rename, so readers never see it
-    without its levels.
+    :func:`create_volume`), its pyramid is built before the rename (each level by ``fill``,
+    see :func:`finalize_volume`), so readers never see it without its levels.
 
     Raises:
         VolumeError: ``dst`` exists and ``overwrite`` is False.
@@ -199,7 +204,7 @@ def atomic_dir(dst: Path, overwrite: bool) -> Iterator[Path]:
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise VolumeError(f"{dst} already exists; pass overwrite=True / --overwrite")
-    with files.atomic_dir(dst, overwrite, finish=finalize_volume) as tmp:
+    with files.atomic_dir(dst, overwrite, finish=partial(finalize_volume, fill=fill)) as tmp:
         yield tmp
     logger.debug("wrote %s", dst)
 

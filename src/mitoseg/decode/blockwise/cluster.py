@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import zarr
 from tqdm import tqdm
 
 from mitoseg.geometry import Block
@@ -26,7 +28,13 @@ log = logging.getLogger(__name__)
 # at 128 KiB: every block-sized numpy temporary is then a fresh mmap whose pages fault in anew
 # (in one process with that setting the flood pass took 1.8x and the relabel 3x as long). Without
 # it the workers keep freed memory for the next block; their peak follows the block either way.
-WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+# A worker is one thread on one core, as Dask's own OMP_NUM_THREADS=1 says, but zarr compresses
+# and decompresses chunks in a pool of its own threads (cores + 4): one worker then took about
+# 1.1 cores and two workers on two cores were 1.6x one. One zarr thread per worker process.
+WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.nanny.pre-spawn-environ.ZARR_THREADING__MAX_WORKERS": "1",
+}
 
 
 @contextmanager
@@ -202,3 +210,39 @@ def _completed(
             submit_next()
     finally:
         client.cancel(list(futures))
+
+
+def _array_path(array: Any) -> str:
+    return str(Path(array.store.root) / array.path)
+
+
+def downsample_task(block: Block, source: str, out: str, factors: Any, mean: bool) -> None:
+    """One region of a pyramid level (``block.write_roi``, whole chunks) from the level
+    before."""
+    from mitoseg.io.ome import downsample_region
+
+    level = zarr.open_array(out, mode="r+", config={"write_empty_chunks": True})
+    region = block.write_roi.slices
+    downsample_region(zarr.open_array(source, mode="r"), level, region, factors, mean)
+
+
+def pyramid_fill(client: Any, block_shape: Sequence[int]) -> Callable[..., None] | None:
+    """How a finished (Z, Y, X) output's pyramid levels are filled (see
+    :func:`mitoseg.io.atomic_dir`): on ``client``'s workers, in regions of whole chunks that
+    read about ``block_shape`` voxels of the level before each; None (in this process, chunk
+    by chunk) without a client.
+    """
+    if client is None:
+        return None
+
+    def fill(source: Any, out: Any, factors: Sequence[int], mean: bool) -> None:
+        from mitoseg.geometry import block_grid
+
+        wanted = [max(1, b // f) for b, f in zip(block_shape, factors, strict=True)]
+        grid = block_grid(out.shape, wanted, chunks=out.chunks)
+        run_blocks(
+            client, "pyramid", downsample_task, list(grid), _array_path(source),
+            _array_path(out), tuple(factors), mean, progress=False,
+        )  # fmt: skip
+
+    return fill

@@ -19,7 +19,7 @@ import numpy as np
 from mitoseg import io
 from mitoseg.decode.base import OutputKind, check_channels
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
+from mitoseg.decode.blockwise.cluster import RunLog, pyramid_fill, run_blocks
 from mitoseg.decode.blockwise.watershed import decode_instances
 from mitoseg.decode.run import DecodeResult, output_attrs
 from mitoseg.evaluate.blockwise import blockwise_overlaps
@@ -111,7 +111,7 @@ def decode_blockwise(
     near = Path(work_dir or (target or Path(probs)).parent).absolute() / decoder.kind.value
     with store.scratch_dir(near) as scratch:
         where = target or scratch / f"{decoder.kind.value}.zarr"
-        with io.atomic_dir(where, overwrite=True) as tmp:
+        with io.atomic_dir(where, True, pyramid_fill(client, grid.block_shape)) as tmp:
             attrs = output_attrs(decoder, volume)
             dtype = np.uint8 if decoder.kind is OutputKind.MASK else np.uint32
             io.create_volume(tmp, grid.total_roi.shape, dtype, chunks=chunks, attrs=attrs)

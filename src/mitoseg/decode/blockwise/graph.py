@@ -21,7 +21,7 @@ import numpy as np
 from mitoseg import io
 from mitoseg.decode import affinity
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.cluster import RunLog
+from mitoseg.decode.blockwise.cluster import RunLog, pyramid_fill
 from mitoseg.decode.blockwise.faces import GRAPH
 from mitoseg.decode.blockwise.labels import (
     BlockLabels,
@@ -152,7 +152,8 @@ def affinity_components(
     shape, chunks = io.open_volume(affs).shape[1:], store.chunks_of(affs)
     grid = block_grid(shape, block_shape, chunks=chunks)
     run_log = RunLog()
-    with store.scratch_dir(output) as root, io.atomic_dir(output, overwrite) as tmp:
+    fill = pyramid_fill(client, grid.block_shape)
+    with store.scratch_dir(output) as root, io.atomic_dir(output, overwrite, fill) as tmp:
         labelling = label_blocks(
             client, grid, root, chunks, GRAPH, affinity_graph_labels, affs, threshold, offsets,
             run_log=run_log, progress=progress,

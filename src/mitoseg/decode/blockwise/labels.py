@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import connected_components as _graph_cc
 from mitoseg import io
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import store
-from mitoseg.decode.blockwise.cluster import RunLog, run_blocks
+from mitoseg.decode.blockwise.cluster import RunLog, pyramid_fill, run_blocks
 from mitoseg.decode.blockwise.faces import (
     FaceStore,
     create_faces,
@@ -369,7 +369,8 @@ def connected_components(
     shape, chunks = io.open_volume(source).shape, store.chunks_of(source)
     grid = block_grid(shape, block_shape, chunks=chunks)
     run_log = RunLog()
-    with store.scratch_dir(output) as root, io.atomic_dir(output, overwrite) as tmp:
+    fill = pyramid_fill(client, grid.block_shape)
+    with store.scratch_dir(output) as root, io.atomic_dir(output, overwrite, fill) as tmp:
         labelling = label_blocks(
             client, grid, root, chunks, connectivity, grid_labels, source, connectivity,
             run_log=run_log, progress=progress,
