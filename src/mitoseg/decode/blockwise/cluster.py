@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zarr
 from tqdm import tqdm
 
 from mitoseg.geometry import Block
@@ -219,11 +218,11 @@ def _array_path(array: Any) -> str:
 def downsample_task(block: Block, source: str, out: str, factors: Any, mean: bool) -> None:
     """One region of a pyramid level (``block.write_roi``, whole chunks) from the level
     before."""
+    from mitoseg.decode.blockwise import store
     from mitoseg.io.ome import downsample_region
 
-    level = zarr.open_array(out, mode="r+", config={"write_empty_chunks": True})
-    region = block.write_roi.slices
-    downsample_region(zarr.open_array(source, mode="r"), level, region, factors, mean)
+    level, region = store.open_writable(out), block.write_roi.slices
+    downsample_region(store.open_array(source), level, region, factors, mean)
 
 
 def pyramid_fill(client: Any, block_shape: Sequence[int]) -> Callable[..., None] | None:
