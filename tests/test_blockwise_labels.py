@@ -14,7 +14,7 @@ from mitoseg import io
 from mitoseg.decode import affinity
 from mitoseg.decode import watershed as ws
 from mitoseg.decode.blockwise import affinity_components, connected_components
-from mitoseg.decode.blockwise.labels import label_grid, piece_stats
+from mitoseg.decode.blockwise.labels import apply_lut, label_grid, piece_stats
 from mitoseg.geometry import Box, block_grid, intersect
 
 OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
@@ -132,5 +132,28 @@ def test_piece_stats_equal_cc3d_statistics_for_any_numbering_and_lines_at_26() -
         np.testing.assert_array_equal(boxes, expected)
         flat = labels.reshape(-1)
         assert [int(np.flatnonzero(flat == k)[0]) for k in range(1, n + 1)] == first.tolist()
+        lean = piece_stats(flat[where], where, n, labels.shape, sums=False, boxes=False)
+        np.testing.assert_array_equal(lean[0], sizes)
+        np.testing.assert_array_equal(lean[1], first)
+        assert lean[2] is None and lean[3] is None
     line = np.array([1, 0, 1], bool).reshape(1, 1, 3)  # cc3d 3.x raises here at 26
     np.testing.assert_array_equal(label_grid(line, 26)[0], [[[1, 0, 2]]])
+
+
+def test_apply_lut_equals_numpy_gather_for_every_dtype_pair() -> None:
+    rng = np.random.default_rng(5)
+    for ids_dtype, lut_dtype, size in [
+        (np.uint8, np.uint32, 200),
+        (np.uint16, np.uint8, 300),  # ids wider than the table's dtype: no truncation
+        (np.uint32, np.uint16, 70000),
+        (np.uint8, np.uint8, 256),
+    ]:
+        lut = rng.integers(0, np.iinfo(lut_dtype).max, size).astype(lut_dtype)
+        ids = rng.integers(0, size, (4, 5, 6)).astype(ids_dtype)
+        before = ids.copy()
+        got = apply_lut(lut, ids)
+        assert got.dtype == lut.dtype
+        np.testing.assert_array_equal(got, lut[ids])
+        np.testing.assert_array_equal(ids, before)  # remapped on a copy
+    with pytest.raises(IndexError, match="label 9 beyond a lookup table of 9"):
+        apply_lut(np.zeros(9, np.uint32), np.array([[0, 9]], np.uint8))

@@ -233,7 +233,7 @@ def _crop_seeds(
     if n == 0:
         return seeds, np.zeros(0, dtype=np.int64)
     flat = seeds.reshape(-1)
-    where = np.flatnonzero(flat)
+    where = np.flatnonzero(flat != 0)  # of a bool array: several times faster than of uint32
     labels = flat[where]
     first = first_voxels(labels, where, n)
     kept = np.flatnonzero(np.bincount(labels, minlength=n + 1)[1:] >= s.min_seed_size)

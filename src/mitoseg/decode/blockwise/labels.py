@@ -1,12 +1,13 @@
-"""Exact connected components block by block (numpy, cc3d, scipy, zarr; no torch).
+"""Exact connected components block by block (numpy, cc3d, fastremap, scipy, zarr; no torch).
 
 Three steps, each a pass of block tasks with small results:
 
 1. **label**: each block labels its write_roi alone (K label kinds at once, e.g. the decoders'
    mask components and seeds), writes the local ids (1..n per block and kind) to its own scratch
    array, in the smallest dtype that holds them (mostly uint8), and its first / last layers to
-   face arrays (:mod:`.faces`), and returns per piece (a component within one block) its size,
-   first voxel (global raster index), centroid sum and bounding box;
+   face arrays (:mod:`.faces`), and returns per piece (a component within one block) its size
+   and first voxel (global raster index); kind 0's pieces also their bounding box (where the
+   decoders' floods read), the other kinds' their centroid sum (the decoders' nearest-seed rule);
 2. **join**: pairs of pieces touching across block faces, then union-find on the client
    (``scipy.sparse.csgraph.connected_components`` of the pair graph): an object is a set of
    pieces. Its first voxel is the smallest first voxel of its pieces, since a block's raster
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import cc3d
+import fastremap
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _graph_cc
@@ -68,14 +70,15 @@ class BlockLabels:
 @dataclass(frozen=True)
 class Pieces:
     """The pieces of one kind in one block: int64 sizes (n,), int64 first voxels (n,) as global
-    raster indices, float64 coordinate sums (n, 3), uint32 local kind-0 parent (n,), int64
-    bounding boxes (n, 6) as global (z0, y0, x0, z1, y1, x1)."""
+    raster indices, uint32 local kind-0 parent (n,), and (None where the kind does not keep them,
+    see the module docstring) float64 coordinate sums (n, 3), int64 bounding boxes (n, 6) as
+    global (z0, y0, x0, z1, y1, x1)."""
 
     sizes: np.ndarray
     first: np.ndarray
-    coord_sums: np.ndarray
+    coord_sums: np.ndarray | None
     parent: np.ndarray
-    boxes: np.ndarray
+    boxes: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -116,16 +119,16 @@ class LabelScratch:
 @dataclass(frozen=True)
 class Objects:
     """The objects of one kind after joining: ``root`` maps each global piece id (block offset +
-    local id - 1) to an object 0..n-1; per object int64 ``sizes``, ``first`` voxel, float64
-    ``centroids`` (n, 3), int64 bounding ``boxes`` (n, 6) as (z0, y0, x0, z1, y1, x1) and
-    (kinds >= 1) the kind-0 ``parent`` object."""
+    local id - 1) to an object 0..n-1; per object int64 ``sizes``, ``first`` voxel and, where the
+    pieces kept them (else None), float64 ``centroids`` (n, 3) and int64 bounding ``boxes``
+    (n, 6) as (z0, y0, x0, z1, y1, x1); (kinds >= 1) the kind-0 ``parent`` object."""
 
     root: np.ndarray
     n: int
     sizes: np.ndarray
     first: np.ndarray
-    centroids: np.ndarray
-    boxes: np.ndarray
+    centroids: np.ndarray | None
+    boxes: np.ndarray | None
     parent: np.ndarray | None
 
     def block_lut(self, offsets: np.ndarray, block_id: int, values: np.ndarray) -> np.ndarray:
@@ -172,42 +175,65 @@ def grid_labels(block: Block, grid: BlockGrid, source: str, connectivity: int) -
     return BlockLabels(stack_labels([labels], [n]), (n,))
 
 
-def piece_stats(ids: np.ndarray, where: np.ndarray, n: int, shape: Sequence[int]) -> tuple:
+def piece_stats(
+    ids: np.ndarray,
+    where: np.ndarray,
+    n: int,
+    shape: Sequence[int],
+    *,
+    sums: bool = True,
+    boxes: bool = True,
+) -> tuple:
     """Statistics of labels 1..n from their non-zero voxels alone: ``ids`` the labels at the
     flat indices ``where`` (increasing) of an array of ``shape``.
 
     Returns:
         int64 sizes (n,), int64 first voxels (n,) as flat indices, float64 coordinate sums
-        (n, 3), int64 bounding boxes (n, 6) as (z0, y0, x0, z1, y1, x1). (cc3d.statistics
-        passes over every voxel, background included: 3x the time on mitochondria.)
+        (n, 3) (None without ``sums``), int64 bounding boxes (n, 6) as (z0, y0, x0, z1, y1, x1)
+        (None without ``boxes``). (cc3d.statistics passes over every voxel, background
+        included: 3x the time on mitochondria.)
     """
     sizes = np.bincount(ids, minlength=n + 1)[1:].astype(np.int64)
-    first = ws.first_voxels(ids, where, n) if n else np.zeros(0, np.int64)
-    sums = np.zeros((n, 3))
-    boxes = np.zeros((n, 6), np.int64)
-    for axis, coord in enumerate(np.unravel_index(where, tuple(shape))):
-        sums[:, axis] = np.bincount(ids, weights=coord, minlength=n + 1)[1:]
-        low = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
+    first = ws.first_voxels(ids, where, n).astype(np.int64) if n else np.zeros(0, np.int64)
+    if not (sums or boxes):
+        return sizes, first, None, None
+    coords = np.unravel_index(where, tuple(shape))
+    coord_sums = np.zeros((n, 3)) if sums else None
+    bounds = np.zeros((n, 6), np.int64) if boxes else None
+    for axis, coord in enumerate(coords):
+        if coord_sums is not None:
+            coord_sums[:, axis] = np.bincount(ids, weights=coord, minlength=n + 1)[1:]
+        if bounds is None:
+            continue
         high = np.zeros(n + 1, np.int64)
-        np.minimum.at(low, ids, coord)
         np.maximum.at(high, ids, coord)
-        boxes[:, axis], boxes[:, axis + 3] = low[1:], high[1:] + 1
-    return sizes, first.astype(np.int64), sums, boxes
+        bounds[:, axis + 3] = high[1:] + 1
+        if axis == 0:  # ``where`` increases: a label's lowest plane is its first voxel's
+            bounds[:, 0] = first // int(np.prod(shape[1:]))
+            continue
+        low = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(low, ids, coord)
+        bounds[:, axis] = low[1:]
+    return sizes, first, coord_sums, bounds
 
 
 def _pieces(
     ids: np.ndarray, where: np.ndarray, n: int, block: Block, grid: BlockGrid, parents: Any
 ) -> Pieces:
     """The pieces of one kind of a block from its non-zero voxels (:func:`piece_stats`);
-    ``parents``: the flat kind-0 labels, or None for kind 0."""
+    ``parents``: the flat kind-0 labels, or None for kind 0 (which keeps bounding boxes; the
+    other kinds keep coordinate sums)."""
     shape = block.write_roi.shape
-    sizes, local, sums, boxes = piece_stats(ids, where, n, shape)
+    kind0 = parents is None
+    sizes, local, sums, boxes = piece_stats(ids, where, n, shape, sums=not kind0, boxes=kind0)
     origin = np.asarray(block.write_roi.offset, np.int64)
     coords = np.unravel_index(local, shape)
     shifted = tuple(c + o for c, o in zip(coords, origin, strict=True))
     first = np.ravel_multi_index(shifted, grid.total_roi.shape).astype(np.int64)
-    sums += origin * sizes[:, None]
-    boxes += np.tile(origin, 2)
+    if sums is not None:
+        sums += origin * sizes[:, None]
+    if boxes is not None:
+        boxes += np.tile(origin, 2)
     parent = np.zeros(n, np.uint32) if parents is None else parents[local]
     return Pieces(sizes, first, sums, parent.astype(np.uint32), boxes)
 
@@ -232,7 +258,9 @@ def label_task(
         store.create_scratch(path, values.shape, values.dtype, scratch.chunks)[...] = values
     write_faces(scratch.faces, grid, block, result.labels, result.crossing)
     flat = result.labels.reshape(len(result.counts), -1)
-    at = np.flatnonzero(flat[0])  # every kind lies inside kind 0: one scan of the block
+    # every kind lies inside kind 0: one scan of the block (of a bool array: numpy finds the
+    # non-zero voxels of a uint8 one 8x slower)
+    at = np.flatnonzero(flat[0] != 0)
     pieces = [_pieces(flat[0, at], at, result.counts[0], block, grid, None)]
     for k in range(1, len(result.counts)):
         ids = flat[k, at]
@@ -260,17 +288,22 @@ def _objects(pieces: list[Pieces], pairs: np.ndarray, parent_root: Any) -> Objec
     none = np.zeros(0, np.int64)
     sizes = np.concatenate([none, *(p.sizes for p in pieces)])
     first = np.concatenate([none, *(p.first for p in pieces)])
-    sums = np.concatenate([np.zeros((0, 3)), *(p.coord_sums for p in pieces)])
     total = np.bincount(root, weights=sizes, minlength=n).astype(np.int64)
     object_first = np.full(n, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(object_first, root, first)
-    centroids = np.stack([np.bincount(root, sums[:, i], n) for i in range(3)], axis=1)
-    centroids = centroids / np.maximum(total, 1)[:, None]
-    boxes = np.concatenate([np.zeros((0, 6), np.int64), *(p.boxes for p in pieces)])
-    object_boxes = np.zeros((n, 6), np.int64)
-    object_boxes[:, :3] = np.iinfo(np.int64).max
-    np.minimum.at(object_boxes[:, :3], root, boxes[:, :3])
-    np.maximum.at(object_boxes[:, 3:], root, boxes[:, 3:])
+    centroids = object_boxes = None
+    all_sums = [p.coord_sums for p in pieces if p.coord_sums is not None]
+    if len(all_sums) == len(pieces):
+        sums = np.concatenate([np.zeros((0, 3)), *all_sums])
+        centroids = np.stack([np.bincount(root, sums[:, i], n) for i in range(3)], axis=1)
+        centroids = centroids / np.maximum(total, 1)[:, None]
+    all_boxes = [p.boxes for p in pieces if p.boxes is not None]
+    if len(all_boxes) == len(pieces):
+        boxes = np.concatenate([np.zeros((0, 6), np.int64), *all_boxes])
+        object_boxes = np.zeros((n, 6), np.int64)
+        object_boxes[:, :3] = np.iinfo(np.int64).max
+        np.minimum.at(object_boxes[:, :3], root, boxes[:, :3])
+        np.maximum.at(object_boxes[:, 3:], root, boxes[:, 3:])
     parent = None
     if parent_root is not None:
         parent = np.zeros(n, np.int64)
@@ -321,18 +354,21 @@ def label_blocks(
     return Labelling(scratch, offsets, objects)
 
 
+def apply_lut(lut: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``lut[ids]`` (unsigned ``ids``, all below ``lut.size``) in ``lut``'s dtype: fastremap on a
+    copy of ``ids``, about half the time of numpy's gather on a block of labels."""
+    if ids.size and int(ids.max()) >= lut.size:
+        raise IndexError(f"label {int(ids.max())} beyond a lookup table of {lut.size}")
+    work = np.promote_types(lut.dtype, ids.dtype)
+    out = np.array(ids, dtype=work, order="C")
+    fastremap.remap_from_array(out.reshape(-1), lut.astype(work, copy=False))
+    return out if work == lut.dtype else out.astype(lut.dtype)
+
+
 def relabel_task(block: Block, scratch: LabelScratch, output: str, lut: np.ndarray) -> None:
     """Write ``lut[kind-0 local labels of the block]`` to ``output``."""
-    store.write(output, block.write_roi, lut[scratch.read(block, block.write_roi, slice(0, 1))[0]])
-
-
-def remap_task(block: Block, source: str, channel: int | None, output: str, lut: np.ndarray) -> int:
-    """Write ``lut[source[block]]`` ((C, Z, Y, X) sources: of ``channel``) to ``output``;
-    returns the block's non-zero voxels."""
-    channels = None if channel is None else slice(channel, channel + 1)
-    out = lut[store.read(source, block.write_roi, channels).reshape(block.write_roi.shape)]
-    store.write(output, block.write_roi, out)
-    return int(np.count_nonzero(out))
+    local = scratch.read(block, block.write_roi, slice(0, 1))[0]
+    store.write(output, block.write_roi, apply_lut(lut, local))
 
 
 def raster_ids(objects: Objects) -> np.ndarray:

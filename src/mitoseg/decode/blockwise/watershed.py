@@ -44,6 +44,7 @@ from mitoseg.decode.blockwise.labels import (
     BlockLabels,
     Labelling,
     LabelScratch,
+    apply_lut,
     label_blocks,
     label_grid,
     stack_labels,
@@ -202,6 +203,7 @@ def block_tables(labelling: Labelling, plan: Plan, grid: BlockGrid, block: Block
     if not present.size:
         none = np.zeros(0, np.int64)
         return BlockTables(single, {}, none, none.astype(np.uint32), np.zeros((0, 3)))
+    assert comps.boxes is not None and seeds.centroids is not None
     boxes = comps.boxes[present]
     lo, hi = boxes[:, :3].min(axis=0), boxes[:, 3:].max(axis=0)
     region = intersect(Box(tuple(lo), tuple(hi - lo)), block.read_roi)  # type: ignore[arg-type]
@@ -237,8 +239,8 @@ def _global(
         key = local_slices(part, box)
         local = scratch.read(owner, part, slice(0, 2))
         comp_lut, seed_lut = luts[owner.id]
-        comps[key] = comp_lut[local[0]]
-        seeds[key] = seed_lut[local[1]]
+        comps[key] = apply_lut(comp_lut, local[0])
+        seeds[key] = apply_lut(seed_lut, local[1])
     return comps, seeds
 
 
@@ -412,12 +414,13 @@ def write_task(
     """Pass 4: the block's instance ids, written once: single-seed components through the
     ``single`` lookup table, and where the block was flooded its kept ids through
     ``flood_lut`` (None: as they are)."""
-    out = single[scratch.read(block, block.write_roi, slice(0, 1))[0]]
+    out = apply_lut(single, scratch.read(block, block.write_roi, slice(0, 1))[0])
     flood_path = scratch.block_path(block.id, "flood")
     if Path(flood_path).exists():
         flooded = store.read(flood_path, Box((0, 0, 0), block.write_roi.shape))
-        where = flooded > 0
-        out[where] = flooded[where] if flood_lut is None else flood_lut[flooded[where]]
+        if flood_lut is not None:
+            flooded = apply_lut(flood_lut, flooded)
+        np.copyto(out, flooded, where=flooded > 0)
     store.write(output, block.write_roi, out)
 
 
