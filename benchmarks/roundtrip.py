@@ -6,7 +6,10 @@ above the size floor that were lost or split. Optionally the same on the real Lu
 The baseline in the same run is the published PyTorch Connectomics / MitoEM setting: sizes in
 voxels (min_size 1024, min_seed_size 32) and no neck merge.
 
-    python benchmarks/roundtrip.py [--lucchi ../shared/data/lucchi_pp] [--no-record]
+    python benchmarks/roundtrip.py [--lucchi ../shared/data/lucchi_pp] [--targets BCD] [--no-record]
+
+With ``--targets`` a subset of A, BC, AC, BCD runs; its records carry the targets in their names
+(e.g. ``roundtrip_lucchipp_bcd_min_ap75``) beside those of the full table.
 """
 
 from __future__ import annotations
@@ -67,8 +70,15 @@ def lucchi_labels(root: Path) -> dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lucchi", type=Path, default=None, help="folder of the Lucchi++ TIFFs")
+    parser.add_argument("--targets", nargs="+", type=str.upper, help="default: A BC AC BCD")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    known = list(targets(VOXEL_SIZES["5 nm"]))
+    chosen = args.targets or known
+    if unknown := sorted(set(chosen) - set(known)):
+        parser.error(f"unknown targets {unknown}; known: {known}")
+    suffix = "" if set(chosen) == set(known) else "_" + "_".join(t.lower() for t in chosen)
+    names = ", ".join(chosen)
     print("| target | shapes | voxels | objects | AP-75 | lost | split ", end="")
     print("| published AP-75 | lost | split | s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -77,6 +87,8 @@ def main() -> None:
         for family in SHAPE_FAMILIES:
             labels = shape_family(family, vs)
             for name, (target, decoder) in targets(vs).items():
+                if name not in chosen:
+                    continue
                 start = time.perf_counter()
                 new = round_trip(labels, target, decoder, vs)
                 seconds = time.perf_counter() - start
@@ -87,6 +99,8 @@ def main() -> None:
         vs = (5.0, 5.0, 5.0)
         for part, labels in lucchi_labels(args.lucchi).items():
             for name, (target, decoder) in targets(vs).items():
+                if name not in chosen:
+                    continue
                 start = time.perf_counter()
                 new = round_trip(labels, target, decoder, vs)
                 seconds = time.perf_counter() - start
@@ -98,23 +112,23 @@ def main() -> None:
     bad = sum(r["new"]["lost"] + r["new"]["split"] for r in synthetic)
     old_bad = sum(r["old"]["lost"] + r["old"]["split"] for r in synthetic)
     record(
-        "roundtrip_synthetic_min_ap75",
+        f"roundtrip_synthetic{suffix}_min_ap75",
         worst["new"]["ap75"],
         "AP-75",
         baseline=min(r["old"]["ap75"] for r in synthetic),
         baseline_name="published voxel sizes (1024 / 32), no neck merge",
-        notes=f"A, BC, AC, BCD x 5 shape families x 5 nm and 30x8x8 nm, uint8; objects lost or "
+        notes=f"{names} x 5 shape families x 5 nm and 30x8x8 nm, uint8; objects lost or "
         f"split: {bad} (published setting: {old_bad})",
     )
     real = rows[len(synthetic) :]
     if real:
         record(
-            "roundtrip_lucchipp_min_ap75",
+            f"roundtrip_lucchipp{suffix}_min_ap75",
             min(r["new"]["ap75"] for r in real),
             "AP-75",
             baseline=min(r["old"]["ap75"] for r in real),
             baseline_name="published voxel sizes (1024 / 32), no neck merge",
-            notes="A, BC, AC on the 3D components of the Lucchi++ train and test labels (5 nm); "
+            notes=f"{names} on the 3D components of the Lucchi++ train and test labels (5 nm); "
             f"lost or split: {sum(r['new']['lost'] + r['new']['split'] for r in real)}",
         )
 

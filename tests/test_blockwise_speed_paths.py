@@ -6,6 +6,7 @@ setting."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cc3d
@@ -65,6 +66,8 @@ def _both(
 @pytest.mark.parametrize("target", ["bc", "a", "ac", "bcd"])
 def test_blockwise_equals_in_memory(target: str, dtype: str, labels, tmp_path: Path) -> None:
     transform, decoder = target_decoders(VOXEL_SIZE_NM)[target]
+    if target == "bcd":  # its neck merge joins the blurred touching pairs here (BC's does not)
+        decoder = dataclasses.replace(decoder, merge_necks=False)
     probs = _noisy(transform, labels, dtype)
     out, whole, summary = _both(decoder, probs, tmp_path)
     np.testing.assert_array_equal(out, whole)

@@ -149,3 +149,30 @@ def test_blockwise_merges_necks_like_in_memory(target: str, tmp_path: Path) -> N
     run_decoder(decoder, probs, tmp_path / "blocks.zarr", blockwise=options)
     np.testing.assert_array_equal(io.open_volume(tmp_path / "blocks.zarr")[:], memory)
     assert memory.max() == labels.max()
+
+
+def dumbbell(radius: int = 21, gap: int = 40) -> np.ndarray:
+    """uint32 (Z, Y, X): one object, two balls joined by a rod one voxel thin (a neck under
+    0.05 of the balls' radius, as two Lucchi++ training mitochondria have)."""
+    side, c = 2 * radius + 4, radius + 2
+    z, y, x = np.ogrid[:side, :side, : 4 * radius + gap + 4]
+    ball = (z - c) ** 2 + (y - c) ** 2
+    labels = (ball + (x - c) ** 2 <= radius**2) | (
+        ball + (x - c - 2 * radius - gap) ** 2 <= radius**2
+    )
+    labels[c, c, c : c + 2 * radius + gap] = True
+    return labels.astype(np.uint32)
+
+
+def test_bcd_joins_regions_split_by_a_neck_thinner_than_its_seed_threshold(tmp_path: Path) -> None:
+    labels = dumbbell()
+    transform, decoder = targets(ISO)["bcd"]
+    unmerged = dataclasses.replace(decoder, merge_necks=False)
+    assert round_trip(labels, transform, unmerged, ISO)["split"] == 1  # the seeds split
+    assert round_trip(labels, transform, decoder, ISO)["exact"]
+    probs = _zarr(tmp_path, "probs.zarr", perfect_probs(transform, labels, "uint8"), ISO)
+    options = BlockwiseOptions(
+        block_shape=(16, 32, 32), halo=(48, 48, 96), dask=DaskOptions(workers=0)
+    )
+    run_decoder(decoder, probs, tmp_path / "blocks.zarr", blockwise=options)
+    np.testing.assert_array_equal(io.open_volume(tmp_path / "blocks.zarr")[:], labels)

@@ -12,9 +12,10 @@ are dropped, turned into voxels with ``voxel_size_nm`` (z, y, x), which the runn
 the published setting is 1024 and 32. ``min_size`` / ``min_seed_size`` in voxels, when set,
 win (old configs with ``min_size: 1024`` keep their meaning).
 
-The contour decoders (BC, AC) join regions that a thin neck split (``merge_necks``, see
-:func:`mitoseg.decode.watershed.merge_necks`): a contour band covers a neck's whole section, so
-one mitochondrion would otherwise give one seed per body.
+BC, AC and BCD join regions that a thin neck split (``merge_necks``, see
+:func:`mitoseg.decode.watershed.merge_necks`): a contour band covers a neck's whole section, and
+a neck thinner than ``seed_threshold`` times its object's largest radius leaves the distance
+seeds apart, so one mitochondrion would otherwise give one seed per body.
 """
 
 from __future__ import annotations
@@ -210,7 +211,9 @@ class BCDWatershed(_Decoder):
     ``boundary_distance``). The default 0.05 gives perfect targets of every shape family of
     :mod:`mitoseg.datasets.shape_families` back (necks down to 0.08 of the largest radius); on
     predictions a higher threshold is safer where contacts are blurred, and the validation sweep
-    of ``mitoseg-train`` chooses it.
+    of ``mitoseg-train`` chooses it. A thinner neck splits the seeds, and ``merge_necks`` joins
+    the regions again (as for BC): two Lucchi++ training mitochondria have necks of 2-6 voxels
+    in section, under 0.05 of their largest radius.
 
     Attributes:
         seed_threshold: normalised distance in [0, 1] a seed voxel must exceed.
@@ -219,6 +222,8 @@ class BCDWatershed(_Decoder):
         connectivity: 6, 18 or 26, for mask components, seeds and flooding.
         min_seed_size_nm3, min_size_nm3, min_seed_size, min_size, voxel_size_nm: the size
             floors in nm^3 or voxels, see :func:`mitoseg.decode.base.size_voxels`.
+        merge_necks: join flooded regions split only by a neck
+            (:func:`mitoseg.decode.watershed.merge_necks`).
     """
 
     seed_threshold: float = 0.05
@@ -230,6 +235,7 @@ class BCDWatershed(_Decoder):
     min_seed_size_nm3: float = MIN_SEED_SIZE_NM3
     min_size_nm3: float = MIN_SIZE_NM3
     voxel_size_nm: VoxelSize | None = None  # (z, y, x); set by the runner from the probabilities
+    merge_necks: bool = True
 
     @property
     def n_channels(self) -> int:

@@ -31,9 +31,9 @@ voxel with at least one such edge (not a threshold on the mean, which drops an o
 voxels), and two touching objects whose shared edges are weak are never flooded into each other.
 Perfect affinities thus decode exactly, at any mask_threshold below 1.
 
-With ``merge_necks`` (BC, AC), the flooded regions of a multi-seed component that only a neck
-thinner than the contour band separates are joined after the flood (:func:`merge_necks`), before
-the ``min_size`` filter.
+With ``merge_necks`` (BC, AC, BCD), the flooded regions of a multi-seed component that only a
+neck separates (thinner than the contour band, or than the distance seeds' threshold) are joined
+after the flood (:func:`merge_necks`), before the ``min_size`` filter.
 
 Peak memory beyond the input: about 5 bytes per voxel (bool mask + uint32 components), plus for
 A/AC the inside map (1 byte per voxel for uint8, 4 for float) and two edge bitfields (1 byte per
@@ -285,7 +285,8 @@ def merge_necks(flooded: np.ndarray, seeds: np.ndarray, depth: np.ndarray, n: in
     between two objects wider than the band has voxels deeper than that. Adjacent regions a, b
     merge when ``max(depth on their interface) <= min(min depth of seed a, of seed b)``. A
     contact between two objects hardly wider than the band merges them (the contour cannot tell
-    them apart).
+    them apart). Distance seeds (BCD) start where the distance exceeds the seed threshold: a neck
+    that split them is no deeper than that, a contact face between two objects is deeper.
 
     Args:
         flooded: int (Z, Y, X) regions 1..n (0 outside) of one component's crop.
