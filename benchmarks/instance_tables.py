@@ -126,11 +126,16 @@ def main() -> None:
     usual = {"synthetic": 20.0, "lucchipp": 60.0}[args.suite]
     size = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     suffix = "" if args.steps or args.minutes == usual else f"_{args.minutes:g}min"
+    # the Lucchi++ rows against the semantic network's mask as components, when in this table
+    reference = rows.get("semantic + components", {}).get("ap75")
     for name, row in rows.items():
         key = name.replace(" + ", "_").replace(" ", "_")
+        against = {}
+        if reference is not None and name != "semantic + components":
+            against = {"baseline": reference, "baseline_name": "lucchipp_cpu mask as components"}
         record(
             f"{args.suite}_{key}_test_ap75{suffix}", row["ap75"], "AP-75",
-            notes=f"{size}, seed {args.seed}",
+            notes=f"{size}, seed {args.seed}", **against,
         )  # fmt: skip
 
 
