@@ -287,7 +287,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plane", type=int, default=1024, help="y = x size of the volumes")
-    parser.add_argument("--block", type=int, nargs=3, default=[64, 1024, 1024])
+    parser.add_argument("--block", type=int, nargs=3, default=[64, 256, 256])
     parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian")
     parser.add_argument("--no-record", action="store_true", help="leave results.json alone")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")

@@ -11,7 +11,7 @@ from mitoseg import io
 from mitoseg.io.normalize import to_float
 from mitoseg.predict.blend import blend_weight
 from mitoseg.predict.blocks import BlockDataset, BlockPlan
-from mitoseg.predict.tiles import BlockBlender, boxes_from_batch, to_storage
+from mitoseg.predict.tiles import BlockBlender, to_storage
 
 
 def identity_blocks(raw: Path, shape, tile, overlap, block, blend, dtype) -> np.ndarray:
@@ -25,16 +25,7 @@ def identity_blocks(raw: Path, shape, tile, overlap, block, blend, dtype) -> np.
     dataset = BlockDataset(plan)
     out = np.zeros((2, *shape), dtype=dtype)
     for index, box in enumerate(plan.blocks()):
-        item = dataset[index]
-        nxt = item["next_write"]
-        probs = blender(
-            lambda x: x.repeat(1, 2, 1, 1, 1),
-            item["raw"],
-            boxes_from_batch(item["tiles"]),
-            boxes_from_batch(item["write"][None])[0],
-            item["origin"],
-            None if nxt is None else boxes_from_batch(nxt[None])[0],
-        )
+        probs = blender(lambda x: x.repeat(1, 2, 1, 1, 1), dataset[index])
         out[(slice(None), *box.slices)] = to_storage(probs, dtype).numpy()
     return out
 

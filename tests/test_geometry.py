@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from mitoseg.geometry import Box, BoxView, axis_starts, overlap_stride, split_axis, tile_grid
+from mitoseg.geometry import (
+    BlockSweep,
+    Box,
+    BoxView,
+    axis_starts,
+    intersect,
+    overlap_stride,
+    split_axis,
+    sweep_order,
+    tile_grid,
+)
 
 
 @pytest.mark.parametrize("size,tile,stride", [(37, 16, 8), (16, 16, 8), (10, 16, 8), (100, 32, 24)])
@@ -33,3 +43,23 @@ def test_box_view_reads_relative_to_box() -> None:
     view = BoxView(array, Box((1, 2, 3), (3, 2, 2)))
     assert view.shape == (3, 2, 2)
     np.testing.assert_array_equal(view[0:2], array[1:3, 2:4, 3:5])
+
+
+def test_block_sweep_numbers_blocks_longest_axis_outermost() -> None:
+    """Blocks tile the volume once; numbers and grid positions map both ways; the block holding
+    a tile's first voxel comes before every other block the tile covers (it runs the tile)."""
+    shape, block, tile = (10, 40, 20), (4, 16, 8), (6, 12, 10)
+    sweep = BlockSweep(shape, block, sweep_order(shape))
+    assert sweep.order == (1, 2, 0) and sweep_order((5, 7, 7)) == (1, 2, 0)
+    covered = np.zeros(shape, int)
+    for index, box in enumerate(sweep.boxes()):
+        assert sweep.index(sweep.position(index)) == index
+        assert sweep.owner(box.offset) == index
+        covered[box.slices] += 1
+    assert (covered == 1).all()
+    # y outermost: the first blocks are the y = 0 layer, x before z inside it
+    assert [sweep.position(i) for i in range(4)] == [(0, 0, 0), (1, 0, 0), (2, 0, 0), (0, 0, 1)]
+    for t in tile_grid(shape, tile, overlap_stride(tile, 0.5)):
+        touched = sweep.touching(t)
+        expected = [i for i, b in enumerate(sweep.boxes()) if intersect(b, t) is not None]
+        assert touched == expected and touched[0] == sweep.owner(t.offset)

@@ -29,7 +29,14 @@ def test_blender_reports_tiles_done_after_each_batch() -> None:
     seen: list[tuple[int, int]] = []
     blender = BlockBlender(torch.ones(tile), batch_size=3, progress=lambda *d: seen.append(d))
     raw = torch.rand(8, 16, 16)
-    probs = blender(lambda x: x, raw, tiles, Box((0, 0, 0), (8, 16, 16)))
+    item = {
+        "raw": raw, "origin": (0, 0, 0), "index": 0, "stride": tile, "job": "one",
+        "tiles": torch.tensor([[*t.offset, *t.shape] for t in tiles]),
+        "run": torch.ones(len(tiles), dtype=torch.bool),
+        "write": torch.tensor([0, 0, 0, 8, 16, 16]),
+        "sweep": ((8, 16, 16), (8, 16, 16), (0, 1, 2)),
+    }  # fmt: skip
+    probs = blender(lambda x: x, item)
     assert seen == [(3, 8), (6, 8), (8, 8)]
     torch.testing.assert_close(probs[0], raw)  # progress changes nothing
 

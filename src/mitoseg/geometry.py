@@ -139,9 +139,8 @@ def tiles_touching(
     """The tiles of ``tile_grid(volume, tile, stride)`` that cover a voxel of ``block``, in grid
     order.
 
-    A block blended from exactly these tiles, in this order, equals the same voxels of a
-    whole-volume run: every voxel's weighted sum has the same terms in the same order. Their
-    bounding box is the block's ``read_roi``.
+    A block blended from exactly these tiles equals the same voxels of a whole-volume run:
+    every voxel's weighted sum has the same terms.
     """
     per_axis = []
     for v, t, s, lo, hi in zip(volume, tile, stride, block.offset, block.stop, strict=True):
@@ -208,6 +207,11 @@ class Block:
     read_roi: Box
 
 
+def block_counts(shape: Sequence[int], block_shape: Sequence[int]) -> Shape3:
+    """Blocks of ``block_shape`` along each axis of ``shape`` (the last one clipped)."""
+    return tuple(math.ceil(n / b) for n, b in zip(shape, block_shape, strict=True))  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class BlockGrid:
     """Blocks of ``block_shape`` tiling ``total_roi`` from its origin; the last ones are clipped."""
@@ -219,9 +223,7 @@ class BlockGrid:
     @property
     def counts(self) -> Shape3:
         """Blocks along z, y and x."""
-        return tuple(
-            math.ceil(n / b) for n, b in zip(self.total_roi.shape, self.block_shape, strict=True)
-        )  # type: ignore[return-value]
+        return block_counts(self.total_roi.shape, self.block_shape)
 
     def __len__(self) -> int:
         return math.prod(self.counts)
@@ -255,6 +257,73 @@ class BlockGrid:
             for i in itertools.product(*ranges)
             if all(0 <= v < n for v, n in zip(i, counts, strict=True))
         ]
+
+
+def sweep_order(shape: Sequence[int]) -> Shape3:
+    """The axes from the longest to the shortest (ties keep z, y, x order): the order in which
+    :class:`BlockSweep` nests them, outermost first. Sweeping the longest axis outermost keeps
+    the sums waiting behind the sweep front (a tile deep, across the other two axes) smallest.
+    """
+    return tuple(sorted(range(3), key=lambda axis: -int(shape[axis])))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class BlockSweep:
+    """Blocks of ``block_shape`` tiling a volume of ``shape`` from its origin (the last ones
+    clipped), numbered 0..n-1 in sweep order: the axes nested as ``order`` says, outermost
+    first (``(0, 1, 2)`` is z-major raster order).
+
+    In any such order, the block holding a box's first voxel comes before every other block
+    the box overlaps: a tile is first needed by the block that holds its start (:meth:`owner`).
+    """
+
+    shape: Shape3
+    block_shape: Shape3
+    order: Shape3 = (0, 1, 2)
+
+    @property
+    def counts(self) -> Shape3:
+        """Blocks along z, y and x."""
+        return block_counts(self.shape, self.block_shape)
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def index(self, position: Sequence[int]) -> int:
+        """Sweep number of the block at grid ``position`` (iz, iy, ix)."""
+        counts, number = self.counts, 0
+        for axis in self.order:
+            number = number * counts[axis] + int(position[axis])
+        return number
+
+    def position(self, index: int) -> Shape3:
+        """Grid position (iz, iy, ix) of block number ``index``."""
+        counts, found, rest = self.counts, [0, 0, 0], int(index)
+        for axis in reversed(self.order):
+            found[axis], rest = rest % counts[axis], rest // counts[axis]
+        return tuple(found)  # type: ignore[return-value]
+
+    def box(self, index: int) -> Box:
+        """Block number ``index``, clipped to the volume."""
+        start = [p * b for p, b in zip(self.position(index), self.block_shape, strict=True)]
+        shape = [min(b, n - s) for s, b, n in zip(start, self.block_shape, self.shape, strict=True)]
+        return Box(tuple(start), tuple(shape))  # type: ignore[arg-type]
+
+    def boxes(self) -> list[Box]:
+        """Every block, in sweep order."""
+        return [self.box(i) for i in range(len(self))]
+
+    def owner(self, point: Sequence[int]) -> int:
+        """Sweep number of the block holding voxel ``point``."""
+        return self.index([int(p) // b for p, b in zip(point, self.block_shape, strict=True)])
+
+    def touching(self, box: Box) -> list[int]:
+        """Sweep numbers of the blocks that ``box`` overlaps, ascending."""
+        ranges = [
+            range(max(0, o // b), min(n, (o + s - 1) // b + 1))
+            for o, s, b, n in zip(box.offset, box.shape, self.block_shape, self.counts, strict=True)
+        ]
+        return sorted(self.index(p) for p in itertools.product(*ranges))
 
 
 def block_grid(

@@ -67,7 +67,7 @@ class TestEvaluation(BlockWriter):
         blend: str = "gaussian",
         dtype: str = "uint8",
         tta: str = "none",
-        block_shape: Sequence[int] = (64, 1024, 1024),
+        block_shape: Sequence[int] = (64, 256, 256),
         chunk_shape: Sequence[int] = (32, 256, 256),
         blockwise: Mapping[str, Any] | None = None,
         num_workers: int = 0,

@@ -2,22 +2,22 @@
 data-loader items (torch; the Lightning side is in :mod:`mitoseg.predict.writer`).
 
 A volume (or a region of one, e.g. the validation part of a training volume) is split into
-blocks made of whole output chunks (:class:`mitoseg.geometry.BlockGrid`). Each block is one item
-of :class:`BlockDataset`: the raw data of its ``read_roi`` and the tiles that cover it;
-``SegmentationModule.predict_step`` / ``test_step`` blend them
-(:class:`mitoseg.predict.tiles.BlockBlender`), and :class:`mitoseg.predict.writer.BlockWriter`
-writes the block, then records it in a :class:`BlockJournal`. A block is recorded only after its
-chunks are written, so a run killed at any point and started again redoes unfinished blocks
-only. :class:`BlockSampler` hands every DDP rank a contiguous range of blocks: disjoint sets of
-whole chunks, so no two ranks write the same chunk. This is the one predictor: ``mitoseg-predict``
-and the test-time evaluation of ``mitoseg-train`` both run it.
+blocks made of whole output chunks (:class:`mitoseg.geometry.BlockGrid`), numbered in sweep
+order (:attr:`BlockPlan.sweep`). Each block is one item of :class:`BlockDataset`: the tiles
+that cover it and the raw data of those it runs; ``SegmentationModule.predict_step`` /
+``test_step`` blend them (:class:`mitoseg.predict.tiles.BlockBlender`), and
+:class:`mitoseg.predict.writer.BlockWriter` writes the block, then records it in a
+:class:`BlockJournal`. A block is recorded only after its chunks are written, so a run killed
+at any point and started again redoes unfinished blocks only. :class:`BlockSampler` hands every
+DDP rank a contiguous range of blocks: disjoint sets of whole chunks, so no two ranks write the
+same chunk. This is the one predictor: ``mitoseg-predict`` and the test-time evaluation of
+``mitoseg-train`` both run it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,10 +31,12 @@ from mitoseg import io
 from mitoseg.files import check_replaceable, mark_folder, write_atomic, write_json_atomic
 from mitoseg.geometry import (
     BlockGrid,
+    BlockSweep,
     Box,
     bounding_box,
     check_block_shape,
     overlap_stride,
+    sweep_order,
     tiles_touching,
 )
 from mitoseg.io.checks import read_box
@@ -90,17 +92,20 @@ class BlockPlan:
             check_block_shape(block, self.chunks)
         return BlockGrid(Box.whole(self.shape), block)  # type: ignore[arg-type]
 
-    def blocks(self) -> list[Box]:
-        return [b.write_roi for b in self.grid]
+    @property
+    def sweep(self) -> BlockSweep:
+        """The blocks in the order they are predicted: the region's longest axis outermost
+        (:func:`mitoseg.geometry.sweep_order`), which keeps the sums carried between blocks
+        smallest."""
+        return BlockSweep(self.shape, self.grid.block_shape, sweep_order(self.shape))
 
-    def next_along_z(self, index: int) -> int | None:
-        """The index of the block after ``index`` along z (same y/x), or None at the end."""
-        counts = self.grid.counts
-        following = index + counts[1] * counts[2]
-        return following if following < math.prod(counts) else None
+    def blocks(self) -> list[Box]:
+        """The blocks (in the output's coordinates), numbered in sweep order."""
+        return self.sweep.boxes()
 
     def to_json(self) -> dict[str, Any]:
         found = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        found["order"] = list(self.sweep.order)  # the numbering of the journal's blocks
         if self.normalization is not None:
             found["normalization"] = self.normalization.to_dict()
         return found
@@ -141,6 +146,7 @@ class BlockJournal:
         stored = json.loads(self._manifest.read_text())
         stored.setdefault("offset", [0, 0, 0])  # journals written before regions existed
         stored.setdefault("normalization", None)  # and before raw ranges were chosen
+        stored.setdefault("order", [0, 1, 2])  # and before blocks ran in sweep order
         wanted = plan.to_json()
         differ = sorted(k for k in wanted if stored.get(k) != wanted[k])
         if differ:
@@ -176,18 +182,35 @@ def _pad_to(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 class BlockDataset(Dataset):
-    """Items are blocks, indexed by their number in the plan: ``raw`` (Zr, Yr, Xr) of the read
-    region (uint8 as stored when its normalisation is ``/ 255``, done on the device, else float32
-    normalised by the plan's :class:`~mitoseg.io.intensity.Normalization`, about [0, 1]),
-    ``tiles`` int64 (n, 6) and ``write`` int64
-    (6,) as offset + shape in read-region coordinates, ``origin`` (the read region's offset in
-    the output), ``next_write`` (the next block along z as an offset + shape, or None), and
-    ``index``. Index :data:`NOTHING` gives an empty item.
+    """Items are blocks, indexed by their number in the plan's sweep order
+    (:attr:`BlockPlan.sweep`):
+
+    - ``tiles``: int64 (n, 6) offset + shape of every tile that covers a voxel of the block
+      (in the output's coordinates, grid order), ``run``: bool (n,), those to run for it: the
+      block's own tiles (those starting in it) and the tiles of earlier blocks that the same
+      pass does not run (``pending``); the others are carried
+      (:class:`mitoseg.predict.tiles.BlockBlender`);
+    - ``raw``: (Zr, Yr, Xr) raw data of the tiles to run (their bounding box, padded to a tile
+      where the volume is smaller; empty when all are carried), starting at ``origin``: uint8
+      as stored when its normalisation is ``/ 255`` (done on the device), else float32
+      normalised by the plan's :class:`~mitoseg.io.intensity.Normalization`, about [0, 1];
+    - ``write``: int64 (6,) the block; ``index``; ``sweep``: the plan's
+      :class:`~mitoseg.geometry.BlockSweep` as a tuple; ``stride``: the tile stride; ``job``:
+      which volume and region (a blender's carried sums belong to one).
+
+    Index :data:`NOTHING` gives an empty item.
+
+    Args:
+        plan: the job.
+        pending: the blocks one pass runs, in order (a rank's unfinished blocks,
+            :class:`BlockSampler`); None: all of them.
     """
 
-    def __init__(self, plan: BlockPlan) -> None:
+    def __init__(self, plan: BlockPlan, pending: Sequence[int] | None = None) -> None:
         self.plan = plan
-        self.blocks = plan.blocks()
+        self.sweep = plan.sweep
+        self.blocks = self.sweep.boxes()
+        self.pending = None if pending is None else frozenset(int(i) for i in pending)
         self._raw: Any = None
         self._normalization = plan.normalization
 
@@ -196,6 +219,10 @@ class BlockDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_raw": None}  # each worker opens the zarr itself
+
+    def _carried(self, owner: int, index: int) -> bool:
+        """Whether a tile of block ``owner`` was run earlier in the pass that runs ``index``."""
+        return owner < index and (self.pending is None or owner in self.pending)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index == NOTHING:
@@ -207,24 +234,27 @@ class BlockDataset(Dataset):
         block = self.blocks[index]
         plan = self.plan
         tiles = tiles_touching(plan.shape, plan.tile_shape, plan.stride, block)
-        read = bounding_box(tiles)
-        raw = read_box(self._raw, read.shift(plan.offset), Path(plan.raw))
-        if not (raw.dtype == np.uint8 and self._normalization.is_uint8_scale):
-            raw = self._normalization(raw)
-        raw = _pad_to(raw, plan.tile_shape)
-        origin = np.array(read.offset)
-        following = self.plan.next_along_z(index)
-        next_write = None
-        if following is not None:
-            box = self.blocks[following]
-            next_write = torch.tensor([*box.offset, *box.shape])
+        run = [not self._carried(self.sweep.owner(t.offset), index) for t in tiles]
+        todo = [t for t, r in zip(tiles, run, strict=True) if r]
+        if todo:
+            read = bounding_box(todo)
+            raw = read_box(self._raw, read.shift(plan.offset), Path(plan.raw))
+            if not (raw.dtype == np.uint8 and self._normalization.is_uint8_scale):
+                raw = self._normalization(raw)
+            raw = _pad_to(raw, plan.tile_shape)
+        else:
+            read = Box(block.offset, (0, 0, 0))
+            raw = np.zeros((0, 0, 0), dtype=np.uint8)
         return {
             "raw": torch.from_numpy(np.ascontiguousarray(raw)),
-            "tiles": torch.tensor([[*(np.array(t.offset) - origin), *t.shape] for t in tiles]),
-            "write": torch.tensor([*(np.array(block.offset) - origin), *block.shape]),
-            "tile_shape": plan.tile_shape,
             "origin": read.offset,
-            "next_write": next_write,
+            "tiles": torch.tensor([[*t.offset, *t.shape] for t in tiles]),
+            "run": torch.tensor(run, dtype=torch.bool),
+            "write": torch.tensor([*block.offset, *block.shape]),
+            "tile_shape": plan.tile_shape,
+            "stride": plan.stride,
+            "sweep": (self.sweep.shape, self.sweep.block_shape, self.sweep.order),
+            "job": f"{plan.raw}@{list(plan.offset)}+{list(plan.shape)}",
             "index": index,
         }
 
@@ -233,7 +263,8 @@ class BlockSampler(DistributedSampler):
     """The blocks one rank runs: a contiguous range of the plan's blocks, less those done.
 
     Ownership goes by index, not by what is left, so ranks never need to agree on the journal;
-    consecutive blocks follow their z-neighbour, whose tiles they reuse. A rank with nothing
+    a rank runs each tile of its range once (the blender carries what a tile adds to later
+    blocks), and only the tiles it shares with another rank's blocks twice. A rank with nothing
     left still yields one empty item (:data:`NOTHING`): Lightning skips the hooks of an empty
     loader, and the other ranks would wait for it at the end. (A DistributedSampler, so that
     Lightning keeps it instead of wrapping it in its own.)
@@ -284,5 +315,9 @@ def block_loader(
 ) -> BlockLoader:
     """The blocks of ``sampler``, ``prefetch`` read ahead in a thread (0: none)."""
     return BlockLoader(
-        BlockDataset(plan), prefetch, batch_size=None, sampler=sampler, num_workers=num_workers
+        BlockDataset(plan, sampler.pending),
+        prefetch,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=num_workers,
     )

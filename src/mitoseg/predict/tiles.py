@@ -1,21 +1,31 @@
 """One block's probabilities from its tiles, blended on the model's device (torch).
 
-A block (``write``) is computed from every tile of the volume's tile grid that covers one of its
-voxels, in grid order (:func:`mitoseg.geometry.tiles_touching`); the raw data read for it is
-those tiles' bounding box (``read_roi``). Sums are kept for the block's own voxels only, so a
-blockwise run adds, for every voxel, the same weighted terms in the same order as a
-whole-volume run: there are no seams. Memory: the raw ``read_roi`` plus (C + 1) x 4 bytes per
-voxel of the block, plus C x 4 bytes per voxel of the slices carried to the next block.
+Blocks come in the plan's sweep order (:class:`mitoseg.geometry.BlockSweep`). Each tile of the
+volume's tile grid runs once in a pass: for the first block it covers (the one holding its first
+voxel), where :class:`BlockBlender` also adds its weighted prediction to the sums of the later
+blocks it covers, kept until their turn. Memory: one block's sums and its tiles' raw data, plus
+the sums waiting for later blocks, under a tile deep behind the sweep front (the longest axis
+outermost: :func:`mitoseg.geometry.sweep_order`). A volume of 96 x 1024^2 in blocks of
+64 x 256^2 and tiles of 96^3 keeps about 15 Mvox of them, a float32 whole-volume blend 100.
+
+Sums are fixed point: each weighted probability (a float32 product, as precise as a float32
+blend) is scaled by 2^k and added as an int64, so a voxel's sum is the same in whatever order
+its tiles come (k leaves room for the most tiles that can cover one voxel: 57 at overlap 0.5,
+so the cut below 2^-57 loses nothing of a term weighted 1e-3, the smallest blend weight). A
+block's output therefore does not depend on which earlier blocks the same process ran: a resumed
+run, or a block at the border of two DDP ranks' ranges, gives the very same values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from mitoseg.geometry import Box, intersect, local_slices
+from mitoseg.geometry import BlockSweep, Box, axis_starts, intersect, local_slices
 
 # Called after each batch of tiles with (tiles done, tiles to run) of the current block.
 TileProgress = Callable[[int, int], None]
@@ -66,10 +76,18 @@ def _overlap(tile: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ..
     return local_slices(part, tile), local_slices(part, region)
 
 
+def fixed_point_scale(tile_shape: Sequence[int], stride: Sequence[int]) -> float:
+    """2^k for the fixed-point sums: a voxel is covered by at most ceil(t / s) + 1 tiles per
+    axis (+1: the last tile is moved back to end at the volume's end), each adding at most 2^k,
+    and their sum must stay below 2^63."""
+    most = math.prod(math.ceil(t / s) + 1 for t, s in zip(tile_shape, stride, strict=True))
+    return float(2 ** (62 - math.ceil(math.log2(most))))
+
+
 class WeightSums:
-    """The last block's per-voxel sum of tile weights, reused by the next block whose tiles lie
-    the same way around it (all inner blocks of a regular grid): a third less blending work.
-    Computed by the same additions in the same order, so results do not change.
+    """The per-voxel sum of the tile weights over a block (float32, added in grid order, so a
+    voxel's sum is the same in any block); the last block's is reused by the next whose tiles
+    lie the same way around it.
     """
 
     def __init__(self) -> None:
@@ -79,6 +97,7 @@ class WeightSums:
     def __call__(self, tiles: Sequence[Box], write: Box, weight: torch.Tensor) -> torch.Tensor:
         key = (write.shape, tuple((b.shift([-o for o in write.offset]), b.shape) for b in tiles))
         if key != self._key or self._sums is None:
+            self._sums = None  # freed before the next one is made
             sums = torch.zeros(write.shape, dtype=torch.float32, device=weight.device)
             for box in tiles:
                 in_tile, in_write = _overlap(box, write)
@@ -89,27 +108,23 @@ class WeightSums:
         return self._sums
 
 
-@dataclass(frozen=True)
-class Carry:
-    """What the tiles run so far add to the blocks that follow along z: weighted sums over
-    ``box`` (global coordinates: from the next block's first slice to the deepest reach of those
-    tiles, which passes beyond the next block when blocks are shallower than a tile) and the
-    tiles (global) already added.
-    """
+@dataclass
+class Waiting:
+    """Sums that tiles run so far add to a later block: one slab per side they come from
+    (``parts``, keyed by the axes along which those tiles start before the block; each slab the
+    block's corner up to a tile deep along those axes), and the tiles in them."""
 
-    box: Box
-    sums: torch.Tensor
-    tiles: frozenset[Box]
+    parts: dict[tuple[bool, ...], tuple[Box, torch.Tensor]] = field(default_factory=dict)
+    tiles: set[Box] = field(default_factory=set)
 
 
 class BlockBlender:
     """Blend the tile predictions covering a block (see the module docstring).
 
-    Tiles that straddle a block's lower z border were already run for the blocks before it; when
-    the block before was this blender's previous one, their weighted sums are carried over
-    instead of running them again, over as many blocks as a tile spans (blocks shallower than a
-    tile run each tile of a column once too). Every voxel still gets its terms in grid order, so
-    results do not depend on which blocks a process ran before.
+    The blocks of one pass must come in sweep order; a block whose earlier blocks this blender
+    did not run (another rank's, or done before a resume) gets their tiles run for it (its data
+    loader item says which: :class:`mitoseg.predict.blocks.BlockDataset`). A new pass (a block
+    number not above the last, or another job) starts afresh.
 
     Args:
         weight: float32 (tz, ty, tx) blend weight, on the model's device.
@@ -124,126 +139,139 @@ class BlockBlender:
         self.weight, self.batch_size = weight, max(1, int(batch_size))
         self.progress = progress
         self.weight_sums = WeightSums()
-        self.carry: Carry | None = None
+        self._pass: tuple | None = None
+        self._last = -1
+        self._waiting: dict[int, Waiting] = {}
+        self._scaled_weight = weight  # times 2^k for the fixed point: set per pass (_begin)
+        self._starts: list[list[int]] = []
+
+    def reset(self) -> None:
+        """Forget the sums kept for later blocks (the next block starts a pass)."""
+        self._pass, self._last, self._waiting = None, -1, {}
+        self.weight_sums = WeightSums()
 
     def __call__(
-        self,
-        predict: Callable[[torch.Tensor], torch.Tensor],
-        raw: torch.Tensor,
-        tiles: Sequence[Box],
-        write: Box,
-        origin: Sequence[int] = (0, 0, 0),
-        next_write: Box | None = None,
+        self, predict: Callable[[torch.Tensor], torch.Tensor], item: dict[str, Any]
     ) -> torch.Tensor:
-        """Probabilities of the block.
+        """Probabilities of the block of ``item`` (:class:`mitoseg.predict.blocks.BlockDataset`).
 
         Args:
-            predict: float32 (N, 1, tz, ty, tx) -> probabilities float32 (N, C, tz, ty, tx).
-            raw: (Zr, Yr, Xr) raw of the read region (uint8, or normalised float), at least one
-                tile large along every axis (padded where the volume is smaller than a tile).
-            tiles: tile boxes in read-region coordinates, in grid order; a box smaller than
-                the tile (a volume smaller than the tile) uses the tile's leading part.
-            write: the block in read-region coordinates.
-            origin: global offset of the read region.
-            next_write: the global box of the next block along z (same y/x), if any.
+            predict: float32 (N, 1, tz, ty, tx) -> probabilities float32 (N, C, tz, ty, tx)
+                in [0, 1].
+            item: the block's data-loader item (its ``raw`` on the model's device).
 
         Returns:
-            float32 (C, *write.shape) probabilities in [0, 1].
-        """
-        sums = self.weight_sums(tiles, write, self.weight)
-        back = [-o for o in origin]
-        carry, self.carry = self.carry, None
-        if carry is not None and carry.box.shift(back).offset != write.offset:
-            carry = None
-        done = carry.tiles if carry is not None else frozenset()
-        todo = [t for t in tiles if t.shift(origin) not in done]
-        outgoing = self._outgoing(tiles, origin, next_write)
-        total, passed = self._blend(predict, raw, todo, write, carry, outgoing, back)
-        if outgoing is not None and passed is not None:
-            self.carry = Carry(outgoing[0], passed, outgoing[1])
-        return total.div_(sums)
+            float32 (C, *block shape) probabilities in [0, 1].
 
-    @staticmethod
-    def _outgoing(
-        tiles: Sequence[Box], origin: Sequence[int], next_write: Box | None
-    ) -> tuple[Box, frozenset[Box]] | None:
-        """The region below this block that its tiles reach (from the next block's first slice
-        to their deepest slice) and those tiles (global), carried ones included."""
-        if next_write is None:
-            return None
-        reaching = [t.shift(origin) for t in tiles if t.stop[0] + origin[0] > next_write.offset[0]]
-        if not reaching:
-            return None
-        depth = max(t.stop[0] for t in reaching) - next_write.offset[0]
-        box = Box(next_write.offset, (depth, *next_write.shape[1:]))
-        return box, frozenset(reaching)
+        Raises:
+            RuntimeError: a tile of the block was neither carried nor given to run (blocks out
+                of sweep order in one pass).
+        """
+        tiles = boxes_from_batch(item["tiles"].cpu())
+        run = {t for t, r in zip(tiles, item["run"].tolist(), strict=True) if r}
+        write = boxes_from_batch(item["write"][None].cpu())[0]
+        index = int(item["index"])
+        sweep = BlockSweep(*(tuple(int(v) for v in part) for part in item["sweep"]))  # type: ignore[arg-type]
+        self._begin(item["job"], index, sweep.shape, tuple(int(s) for s in item["stride"]))
+        waiting = self._waiting.pop(index, Waiting())
+        todo = [t for t in tiles if t not in waiting.tiles]
+        missing = [t for t in todo if t not in run]
+        if missing:
+            raise RuntimeError(
+                f"block {index} of {item['job']}: {len(missing)} of its tiles (the first at "
+                f"{missing[0].offset}) were neither run for an earlier block of this pass nor "
+                "read for this one; a pass must run its blocks in sweep order"
+            )
+        sums = self.weight_sums(tiles, write, self._scaled_weight)
+        origin = tuple(int(o) for o in item["origin"])
+        total = self._blend(predict, item["raw"], origin, todo, write, index, sweep, waiting)
+        probs = total.to(torch.float32)
+        del total
+        return probs.div_(sums)
+
+    def _begin(self, job: Any, index: int, shape: Sequence[int], stride: tuple[int, ...]) -> None:
+        """Start a pass when the job changes or the block numbers start again; drop the sums
+        of blocks this pass has passed (another rank's or done ones)."""
+        key = (job, tuple(shape), stride)
+        if key != self._pass or index <= self._last:
+            self.reset()
+            self._pass = key
+            tile = self.weight.shape
+            self._starts = [axis_starts(*a) for a in zip(shape, tile, stride, strict=True)]
+            scale = fixed_point_scale(self.weight.shape, stride)
+            self._scaled_weight = self.weight * scale  # exact: scale is a power of 2
+        self._last = index
+        for passed in [k for k in self._waiting if k < index]:
+            del self._waiting[passed]
 
     def _blend(
         self,
         predict: Callable[[torch.Tensor], torch.Tensor],
         raw: torch.Tensor,
+        origin: Sequence[int],
         tiles: Sequence[Box],
         write: Box,
-        carry: Carry | None,
-        outgoing: tuple[Box, frozenset[Box]] | None,
-        back: Sequence[int],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weighted sums over ``write`` (and over the outgoing box) of ``tiles``' predictions."""
+        index: int,
+        sweep: BlockSweep,
+        waiting: Waiting,
+    ) -> torch.Tensor:
+        """Fixed-point sums over ``write``: the carried ones plus ``tiles``' (run here), which
+        also go to the later blocks they cover."""
         total: torch.Tensor | None = None
-        passed: torch.Tensor | None = None
-        out_box = outgoing[0].shift(back) if outgoing is not None else None
+        for box, part in waiting.parts.values():
+            if total is None:
+                total = self._zeros(part.shape[0], write.shape, part.device)
+            total[(slice(None), *local_slices(box, write))].add_(part)
+        back = [-o for o in origin]
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            probs = predict(gather_tiles(raw, batch, self.weight.shape))
+            probs = predict(gather_tiles(raw, [t.shift(back) for t in batch], self.weight.shape))
             if total is None:
-                total = self._start(probs.shape[1], write, carry, raw.device)
-                passed = self._passing(probs.shape[1], write, carry, out_box, raw.device)
-            for value, box in zip(probs, batch, strict=True):
-                _add(total, value, box, write, self.weight)
-                if passed is not None and out_box is not None and box.stop[0] > out_box.offset[0]:
-                    _add(passed, value, box, out_box, self.weight)
+                total = self._zeros(probs.shape[1], write.shape, probs.device)
+            for value, tile in zip(probs, batch, strict=True):
+                fixed = self._to_fixed(value)
+                _add(total, fixed, tile, write)
+                for later in sweep.touching(tile):
+                    if later > index:
+                        self._carry(later, sweep.box(later), fixed, tile)
             if self.progress is not None:
                 self.progress(start + len(batch), len(tiles))
-        if total is None:  # every tile was carried over
-            assert carry is not None
-            total = self._start(carry.sums.shape[0], write, carry, raw.device)
-            passed = self._passing(carry.sums.shape[0], write, carry, out_box, raw.device)
-        return total, passed
-
-    @staticmethod
-    def _passing(
-        channels: int,
-        write: Box,
-        carry: Carry | None,
-        out_box: Box | None,
-        device: torch.device,
-    ) -> torch.Tensor | None:
-        """The sums passed on below the block: those carried past it (tiles deeper than the
-        block), to which this block's tiles add theirs."""
-        if out_box is None:
-            return None
-        passed = torch.zeros((channels, *out_box.shape), dtype=torch.float32, device=device)
-        if carry is not None and carry.box.shape[0] > write.shape[0]:
-            beyond = carry.sums[:, write.shape[0] :]
-            passed[:, : beyond.shape[1]] = beyond
-        return passed
-
-    @staticmethod
-    def _start(
-        channels: int, write: Box, carry: Carry | None, device: torch.device
-    ) -> torch.Tensor:
-        total = torch.zeros((channels, *write.shape), dtype=torch.float32, device=device)
-        if carry is not None:
-            depth = min(carry.box.shape[0], write.shape[0])
-            total[:, :depth] = carry.sums[:, :depth]
+        if total is None:
+            raise ValueError(f"block {write} is not covered by its tiles")
         return total
 
+    @staticmethod
+    def _zeros(channels: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        return torch.zeros((channels, *shape), dtype=torch.int64, device=device)
 
-def _add(
-    total: torch.Tensor, value: torch.Tensor, box: Box, region: Box, weight: torch.Tensor
-) -> None:
-    """total[region part of box] += value * weight, for the part of ``box`` inside ``region``."""
-    in_tile, in_region = _overlap(box, region)
-    total[(slice(None), *in_region)].addcmul_(
-        value[(slice(None), *in_tile)].float(), weight[in_tile]
-    )
+    def _to_fixed(self, value: torch.Tensor) -> torch.Tensor:
+        """(C, tz, ty, tx) probabilities -> int64 float32(p * weight) * 2^k (cut below 1)."""
+        return value.float().clamp(0.0, 1.0).mul_(self._scaled_weight).to(torch.int64)
+
+    def _reach(self, axis: int, block: Box) -> int:
+        """How far into ``block`` along ``axis`` the tiles starting before it reach."""
+        starts, start = self._starts[axis], block.offset[axis]
+        size = min(int(self.weight.shape[axis]), self._pass[1][axis])  # type: ignore[index]
+        deepest = max(a + size for a in starts if a < start)
+        return min(block.shape[axis], deepest - start)
+
+    def _carry(self, later: int, block: Box, fixed: torch.Tensor, tile: Box) -> None:
+        """Add a tile's fixed-point sums to the waiting slab of ``block`` (number ``later``)."""
+        waiting = self._waiting.setdefault(later, Waiting())
+        side = tuple(t < b for t, b in zip(tile.offset, block.offset, strict=True))
+        if side not in waiting.parts:
+            shape = tuple(
+                self._reach(axis, block) if before else block.shape[axis]
+                for axis, before in enumerate(side)
+            )
+            box = Box(block.offset, shape)  # type: ignore[arg-type]
+            waiting.parts[side] = (box, self._zeros(fixed.shape[0], shape, fixed.device))
+        box, part = waiting.parts[side]
+        _add(part, fixed, tile, box)
+        waiting.tiles.add(tile)
+
+
+def _add(total: torch.Tensor, fixed: torch.Tensor, tile: Box, region: Box) -> None:
+    """total[region part of tile] += fixed, for the part of ``tile`` inside ``region``."""
+    in_tile, in_region = _overlap(tile, region)
+    total[(slice(None), *in_region)].add_(fixed[(slice(None), *in_tile)])

@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mitoseg.hardware import device_of, resolve_channels_last, resolve_precision
 from mitoseg.predict.blend import blend_weight
-from mitoseg.predict.tiles import BlockBlender, TileProgress, boxes_from_batch
+from mitoseg.predict.tiles import BlockBlender, TileProgress
 
 Flips = tuple[int, ...]
 
@@ -229,6 +229,18 @@ class SegmentationModule(pl.LightningModule):
         assert total is not None
         return total.div_(len(variants)) if len(variants) > 1 else total
 
+    def on_test_epoch_start(self) -> None:
+        self._start_pass()
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_pass()
+
+    def _start_pass(self) -> None:
+        """A new pass over the blocks: the blender's sums for later blocks of the last one
+        (weights may have changed since) are dropped."""
+        if self._blender is not None:
+            self._blender.reset()
+
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> Any:
@@ -245,17 +257,12 @@ class SegmentationModule(pl.LightningModule):
 
     def _predict_block(self, batch: dict[str, Any]) -> torch.Tensor:
         """A whole block (see :class:`mitoseg.predict.blocks.BlockDataset`): its tiles, blended."""
-        tiles = boxes_from_batch(batch["tiles"].cpu())
-        write = boxes_from_batch(batch["write"][None].cpu())[0]
         tile_shape = tuple(int(s) for s in batch["tile_shape"])
         if self._blender is None or tuple(self._blender.weight.shape) != tile_shape:
             weight = torch.from_numpy(blend_weight(tile_shape, self.blend)).to(self.device)
             self._blender = BlockBlender(weight, self.tile_batch)
-        following = batch["next_write"]
-        next_write = boxes_from_batch(following[None].cpu())[0] if following is not None else None
-        origin = tuple(int(o) for o in batch["origin"])
         self._blender.progress = self.tile_progress
-        return self._blender(self.predict_probs, batch["raw"], tiles, write, origin, next_write)
+        return self._blender(self.predict_probs, batch)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
