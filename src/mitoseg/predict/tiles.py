@@ -110,11 +110,13 @@ class WeightSums:
 
 @dataclass
 class Waiting:
-    """Sums that tiles run so far add to a later block: one slab per side they come from
-    (``parts``, keyed by the axes along which those tiles start before the block; each slab the
-    block's corner up to a tile deep along those axes), and the tiles in them."""
+    """Sums that tiles run so far add to a later block, and the tiles in them: one slab per
+    axis (``parts``): the block from its first slice along that axis to as deep as the tiles
+    starting before it reach, whole along the other two. A tile starting before the block
+    along several axes goes to the slab of the outermost of them in the sweep, which the block
+    has anyway (a slab per combination of axes would double the memory)."""
 
-    parts: dict[tuple[bool, ...], tuple[Box, torch.Tensor]] = field(default_factory=dict)
+    parts: dict[int, tuple[Box, torch.Tensor]] = field(default_factory=dict)
     tiles: set[Box] = field(default_factory=set)
 
 
@@ -233,7 +235,7 @@ class BlockBlender:
                 _add(total, fixed, tile, write)
                 for later in sweep.touching(tile):
                     if later > index:
-                        self._carry(later, sweep.box(later), fixed, tile)
+                        self._carry(later, sweep.box(later), fixed, tile, sweep.order)
             if self.progress is not None:
                 self.progress(start + len(batch), len(tiles))
         if total is None:
@@ -255,18 +257,18 @@ class BlockBlender:
         deepest = max(a + size for a in starts if a < start)
         return min(block.shape[axis], deepest - start)
 
-    def _carry(self, later: int, block: Box, fixed: torch.Tensor, tile: Box) -> None:
-        """Add a tile's fixed-point sums to the waiting slab of ``block`` (number ``later``)."""
+    def _carry(
+        self, later: int, block: Box, fixed: torch.Tensor, tile: Box, order: Sequence[int]
+    ) -> None:
+        """Add a tile's fixed-point sums to a waiting slab of ``block`` (number ``later``)."""
         waiting = self._waiting.setdefault(later, Waiting())
-        side = tuple(t < b for t, b in zip(tile.offset, block.offset, strict=True))
-        if side not in waiting.parts:
-            shape = tuple(
-                self._reach(axis, block) if before else block.shape[axis]
-                for axis, before in enumerate(side)
-            )
-            box = Box(block.offset, shape)  # type: ignore[arg-type]
-            waiting.parts[side] = (box, self._zeros(fixed.shape[0], shape, fixed.device))
-        box, part = waiting.parts[side]
+        axis = next(a for a in order if tile.offset[a] < block.offset[a])
+        if axis not in waiting.parts:
+            shape = list(block.shape)
+            shape[axis] = self._reach(axis, block)
+            box = Box(block.offset, tuple(shape))  # type: ignore[arg-type]
+            waiting.parts[axis] = (box, self._zeros(fixed.shape[0], shape, fixed.device))
+        box, part = waiting.parts[axis]
         _add(part, fixed, tile, box)
         waiting.tiles.add(tile)
 
