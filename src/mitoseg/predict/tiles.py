@@ -12,8 +12,8 @@ Sums are fixed point: each weighted probability (a float32 product, as precise a
 blend) is scaled by 2^k and added as an int64, so a voxel's sum is the same in whatever order
 its tiles come (k leaves room for the most tiles that can cover one voxel: 57 at overlap 0.5,
 so the cut below 2^-57 loses nothing of a term weighted 1e-3, the smallest blend weight). A
-block's output therefore does not depend on which earlier blocks the same process ran: a resumed
-run, or a block at the border of two DDP ranks' ranges, gives the very same values.
+block's output therefore does not depend on which earlier blocks the same process ran (a
+resumed run, a block at the border of two DDP ranks' ranges), only on its tiles' predictions.
 """
 
 from __future__ import annotations
