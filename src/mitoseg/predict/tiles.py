@@ -145,7 +145,8 @@ class BlockBlender:
         self._last = -1
         self._waiting: dict[int, Waiting] = {}
         self._scaled_weight = weight  # times 2^k for the fixed point: set per pass (_begin)
-        self._starts: list[list[int]] = []
+        self._starts: list[list[int]] = []  # the tile grid's starts per axis, set per pass
+        self._shape: tuple[int, ...] = ()  # the volume's, set per pass
 
     def reset(self) -> None:
         """Forget the sums kept for later blocks (the next block starts a pass)."""
@@ -197,7 +198,7 @@ class BlockBlender:
         key = (job, tuple(shape), stride)
         if key != self._pass or index <= self._last:
             self.reset()
-            self._pass = key
+            self._pass, self._shape = key, tuple(shape)
             tile = self.weight.shape
             self._starts = [axis_starts(*a) for a in zip(shape, tile, stride, strict=True)]
             scale = fixed_point_scale(self.weight.shape, stride)
@@ -253,7 +254,7 @@ class BlockBlender:
     def _reach(self, axis: int, block: Box) -> int:
         """How far into ``block`` along ``axis`` the tiles starting before it reach."""
         starts, start = self._starts[axis], block.offset[axis]
-        size = min(int(self.weight.shape[axis]), self._pass[1][axis])  # type: ignore[index]
+        size = min(int(self.weight.shape[axis]), self._shape[axis])
         deepest = max(a + size for a in starts if a < start)
         return min(block.shape[axis], deepest - start)
 
