@@ -212,3 +212,16 @@ def test_help_describes_the_keys_users_set(name, keys, monkeypatch, capsys) -> N
     missing = [key for key in keys if key not in text]
     assert not missing, missing
     assert "~/.cache/mitoseg" in text and "$MITOSEG_CACHE" in text
+
+
+def test_settings_text_prints_every_kind_of_chosen_setting() -> None:
+    """The decoder settings chosen on validation, as ``mitoseg-train`` prints them: a sweep may
+    choose an unset threshold (BCD without its contour) or a flag, which ``:g`` could not format."""
+    from mitoseg.analyze.report import settings_text
+
+    final = {"seed_threshold": 0.05, "contour_threshold": None, "merge_necks": True,
+             "min_size": 4000, "set": "test"}  # fmt: skip
+    keys = ["seed_threshold", "contour_threshold", "merge_necks", "min_size"]
+    assert settings_text(final, keys) == (
+        "seed_threshold=0.05, contour_threshold=null, merge_necks=true, min_size=4000"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mitoseg.decode.base import INSTANCE_COLUMNS, SEMANTIC_COLUMNS
@@ -30,3 +30,19 @@ def results_table(metrics: Mapping[str, Any]) -> str:
         | {k: final.get(k, "") for k in columns_of(final)}
     )
     return format_table(rows, list(rows[0]))
+
+
+def settings_text(values: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """``key=value, ...`` of decoder settings as a user would type them back as overrides:
+    numbers short (``0.75``), flags ``true`` / ``false``, an unset one ``null``."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float | int):
+            return f"{value:g}"
+        return str(value)
+
+    return ", ".join(f"{k}={text(values[k])}" for k in keys)

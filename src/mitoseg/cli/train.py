@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from mitoseg import io, signals
-from mitoseg.analyze.report import columns_of, results_table
+from mitoseg.analyze.report import columns_of, results_table, settings_text
 from mitoseg.bioimage.package import is_model_package
 from mitoseg.cli.common import (
     CONFIG_PATH,
@@ -313,7 +313,7 @@ def _main(cfg: DictConfig) -> float | None:
         return None
     print(results_table(metrics))
     final = metrics["final"]
-    chosen = ", ".join(f"{k}={final[k]:g}" for k in metrics["swept"])
+    chosen = settings_text(final, metrics["swept"])
     metric = cfg.evaluate.select_metric
     if metric not in final:  # a test volume without labels: predicted and decoded only
         print(f"decoded {final['set']} with {chosen} (chosen on validation); see {cfg.output_dir}")
