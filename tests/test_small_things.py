@@ -225,3 +225,14 @@ def test_settings_text_prints_every_kind_of_chosen_setting() -> None:
     assert settings_text(final, keys) == (
         "seed_threshold=0.05, contour_threshold=null, merge_necks=true, min_size=4000"
     )
+
+
+def test_model_card_gives_the_chosen_settings_as_overrides() -> None:
+    """The exported model card lists the chosen decoder settings as a user types them back."""
+    from mitoseg.bioimage.card import model_card
+
+    metrics = {"final": {"set": "test", "ap75": 0.83},
+               "selected": {"seed_threshold": 0.05, "contour_threshold": None,
+                            "merge_necks": True}}  # fmt: skip
+    card = model_card("bcd", {"target": {"name": "bcd"}}, metrics=metrics)
+    assert "seed_threshold=0.05, contour_threshold=null, merge_necks=true." in card

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mitoseg.analyze.report import settings_text
+
 SCORE_KEYS = ("fg_iou", "dice", "ap75", "ap50", "ap", "accuracy75", "are", "voi")
 
 
@@ -56,9 +58,10 @@ def _validation(metrics: dict[str, Any] | None) -> list[str]:
         return lines + ["No held-out scores were found beside the checkpoint (metrics.json)."]
     scores = ", ".join(f"{k} {final[k]:.4f}" for k in SCORE_KEYS if isinstance(final.get(k), float))
     selected = (metrics or {}).get("selected") or {}
+    chosen = settings_text(selected, list(selected)) or "none"
     return lines + [
         f"Scores of the training run on its held-out `{final.get('set', '?')}` set: {scores}.",
-        f"Decoder settings chosen on validation: {_args(selected) or 'none'}.",
+        f"Decoder settings chosen on validation: {chosen}.",
     ]
 
 
