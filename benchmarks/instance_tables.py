@@ -169,8 +169,9 @@ def main() -> None:
         notes = f"{size}, seed {args.seed}"
         if name == "semantic + components" and args.baseline == "pretrained":
             notes = "the shipped model lucchipp (this row's network: 7709 steps, seed 0), fp32"
-        record_name = f"{args.suite}_{key}_test_ap75{suffix}"
-        record(record_name, row["ap75"], "AP-75", notes=notes, **against)
+        record(
+            f"{args.suite}_{key}_test_ap75{suffix}", row["ap75"], "AP-75", notes=notes, **against
+        )
 
 
 if __name__ == "__main__":
