@@ -81,7 +81,11 @@ def test_predict_resumes_after_sigkill(setup) -> None:
     result = run(cwd, "mitoseg-predict", *args)
     total = 6 * 2 * 2
     assert f"{total} blocks ({total - written} by this process" in result.stdout
-    np.testing.assert_array_equal(io.open_volume(output)[:], io.open_volume(cwd / "whole.zarr")[:])
+    # the tiles that the resumed run re-runs for its first blocks go through the network in other
+    # batches, which can change the last bit of a float32 value (seen: 1.2e-7 on 0.05 % of voxels)
+    np.testing.assert_allclose(
+        io.open_volume(output)[:], io.open_volume(cwd / "whole.zarr")[:], rtol=0, atol=1e-6
+    )
     assert not partial_path(output).exists() and not journal_path(output).exists()
 
 

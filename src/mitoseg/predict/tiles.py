@@ -13,7 +13,9 @@ blend) is scaled by 2^k and added as an int64, so a voxel's sum is the same in w
 its tiles come (k leaves room for the most tiles that can cover one voxel: 57 at overlap 0.5,
 so the cut below 2^-57 loses nothing of a term weighted 1e-3, the smallest blend weight). A
 block's output therefore does not depend on which earlier blocks the same process ran (a
-resumed run, a block at the border of two DDP ranks' ranges), only on its tiles' predictions.
+resumed run, a block at the border of two DDP ranks' ranges), only on its tiles' predictions
+(a tile run in another batch, as a resumed run does for the tiles of blocks already done, may
+differ in the last bit of a float32).
 """
 
 from __future__ import annotations
