@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mitoseg import io
+from mitoseg.geometry import axis_starts, overlap_stride
 from mitoseg.io.normalize import to_float
 from mitoseg.predict.blend import blend_weight
 from mitoseg.predict.blocks import BlockDataset, BlockPlan
-from mitoseg.predict.tiles import BlockBlender, to_storage
+from mitoseg.predict.tiles import BlockBlender, fixed_point_scale, to_storage
 
 
 def identity_blocks(raw: Path, shape, tile, overlap, block, blend, dtype) -> np.ndarray:
@@ -60,3 +61,34 @@ def test_blend_weight_is_centred_and_positive() -> None:
     w = blend_weight((9, 16, 16))
     assert w.min() > 0 and w.max() == pytest.approx(1.0)
     assert np.unravel_index(np.argmax(w), w.shape)[0] == 4
+
+
+@pytest.mark.parametrize(
+    "tile,overlap,blend",
+    [
+        ((8, 16, 16), 0.75, "constant"),
+        ((8, 16, 16), 0.75, "gaussian"),
+        ((7, 9, 11), 0.5, "constant"),
+    ],
+)
+def test_fixed_point_sums_hold_the_largest_sums(tmp_path, tile, overlap, blend) -> None:
+    """Probabilities of 1 everywhere, where the most tiles overlap (0.75: up to 125 on a voxel
+    with the moved-back last tiles): the int32 sums do not overflow and blend back to exactly 1;
+    the scale's bound is above every voxel's real weight sum."""
+    shape = (23, 45, 50)
+    io.write_volume(tmp_path / "raw.zarr", np.full(shape, 255, np.uint8))
+    out = identity_blocks(
+        tmp_path / "raw.zarr", shape, tile, overlap, (8, 16, 16), blend, "float32"
+    )
+    np.testing.assert_allclose(out, 1.0, rtol=0, atol=1e-6)
+
+    weight = torch.from_numpy(blend_weight(tile, blend))
+    stride = overlap_stride(tile, overlap)
+    starts = [axis_starts(*a) for a in zip(shape, tile, stride, strict=True)]
+    scale = fixed_point_scale(weight, starts, shape)
+    sums = np.zeros(shape)
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                sums[z : z + tile[0], y : y + tile[1], x : x + tile[2]] += weight.numpy()
+    assert sums.max() * scale < 2**31 - 1 <= 4 * sums.max() * scale  # in range, and not wasted

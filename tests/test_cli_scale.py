@@ -125,14 +125,18 @@ def test_ddp_training_two_processes(setup) -> None:
     checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert json.loads((out / "metrics.json").read_text())["final"]["set"] == "test"
-    # What the two ranks predicted equals mitoseg-predict in one process, bit for bit.
+    # What the two ranks predicted equals mitoseg-predict in one process, to the uint8 level:
+    # a rank runs the tiles at its range's border again in other batches, which can change a
+    # probability's last float32 bit, and that reaches the uint8 where a value lies on a
+    # rounding boundary (one voxel in 10^5 at most here; the float32 DDP test: 1e-6).
     raw = next((cwd / "cache").glob("synthetic-*seed1000*")) / "raw.zarr"
     (best,) = (out / "checkpoints").glob("step*.ckpt")
     run(cwd, "mitoseg-predict", f"ckpt={best}", f"input={raw}", "output=probs.zarr",
         "trainer.enable_progress_bar=false")  # fmt: skip
-    np.testing.assert_array_equal(
-        io.open_volume(cwd / "probs.zarr")[:], io.open_volume(out / "test_probs.zarr")[:]
-    )
+    one = io.open_volume(cwd / "probs.zarr")[:].astype(np.int16)
+    ranks = io.open_volume(out / "test_probs.zarr")[:].astype(np.int16)
+    assert one.shape == ranks.shape and np.abs(one - ranks).max() <= 1
+    assert np.count_nonzero(one != ranks) <= max(1, one.size // 10**5)
 
 
 def test_epoch_sampler_gives_ranks_disjoint_samples() -> None:

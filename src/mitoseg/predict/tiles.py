@@ -8,14 +8,16 @@ the sums waiting for later blocks, under a tile deep behind the sweep front (the
 outermost: :func:`mitoseg.geometry.sweep_order`). A volume of 96 x 1024^2 in blocks of
 64 x 256^2 and tiles of 96^3 keeps about 15 Mvox of them, a float32 whole-volume blend 100.
 
-Sums are fixed point: each weighted probability (a float32 product, as precise as a float32
-blend) is scaled by 2^k and added as an int64, so a voxel's sum is the same in whatever order
-its tiles come (k leaves room for the most tiles that can cover one voxel: 57 at overlap 0.5,
-so the cut below 2^-57 loses nothing of a term weighted 1e-3, the smallest blend weight). A
-block's output therefore does not depend on which earlier blocks the same process ran (a
-resumed run, a block at the border of two DDP ranks' ranges), only on its tiles' predictions
-(a tile run in another batch, as a resumed run does for the tiles of blocks already done, may
-differ in the last bit of a float32).
+Sums are fixed point: each weighted probability (a float32 product) is scaled by 2^k, rounded
+and added as an int32, so a voxel's sum is the same in whatever order its tiles come. k leaves
+room for the largest sum of tile weights on a voxel (:func:`fixed_point_scale`; a Gaussian
+blend's weights sum to about 1: k = 30); rounding costs at most 2^-(k+1) per tile, within
+float32 rounding where the weights sum to about 1 and under 5e-7 where a voxel's only tile
+weighs 1e-3 (the smallest Gaussian weight, at the volume's corners). int32 rather than int64
+halves the sums, most of the memory of a small volume's prediction. A block's output therefore
+does not depend on which earlier blocks the same process ran (a resumed run, a block at the border of two DDP ranks' ranges), only on
+its tiles' predictions (a tile run in another batch, as a resumed run does for the tiles of
+blocks already done, may differ in the last bit of a float32).
 """
 
 from __future__ import annotations
@@ -78,18 +80,52 @@ def _overlap(tile: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ..
     return local_slices(part, tile), local_slices(part, region)
 
 
-def fixed_point_scale(tile_shape: Sequence[int], stride: Sequence[int]) -> float:
-    """2^k for the fixed-point sums: a voxel is covered by at most ceil(t / s) + 1 tiles per
-    axis (+1: the last tile is moved back to end at the volume's end), each adding at most 2^k,
-    and their sum must stay below 2^63."""
-    most = math.prod(math.ceil(t / s) + 1 for t, s in zip(tile_shape, stride, strict=True))
-    return float(2 ** (62 - math.ceil(math.log2(most))))
+# The sums' integer type; fixed_point_scale keeps them below its maximum.
+SUM_DTYPE = torch.int32
+SUM_LIMIT = 2**31 - 1
+
+
+def fixed_point_scale(
+    weight: torch.Tensor, starts: Sequence[Sequence[int]], shape: Sequence[int]
+) -> float:
+    """2^k for the fixed-point sums: the largest k for which no voxel's sum can pass 2^31.
+
+    A voxel's sum is at most 2^k times the sum W of its tiles' weights (probabilities are at
+    most 1), plus 1/2 per tile for the rounding. W is bounded per axis: the weight is at most the
+    product of its maxima along each axis (``profile``) plus ``slack`` (0 for a separable
+    weight, 1e-3 for the clipped Gaussian of :func:`mitoseg.predict.blend.blend_weight`), so
+    W <= prod_axis max_x sum_tiles profile + slack * tiles; ``starts`` (the tile grid's starts
+    per axis) and ``shape`` (the volume's) give the sums exactly. A Gaussian blend gets k = 30
+    (its weights sum to about 1), a constant one the room for the most tiles on a voxel.
+    """
+    w = weight.detach().to("cpu", torch.float64)
+    profiles = [w.amax(dim=[b for b in range(w.ndim) if b != a]) for a in range(w.ndim)]
+    product = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+    slack = float((w - product).clamp(min=0).max())
+    peak, most = 1.0, 1
+    for profile, axis_start, size in zip(profiles, starts, shape, strict=True):
+        length = max(int(size), max(axis_start) + profile.numel())
+        sums = torch.zeros(length, dtype=torch.float64)
+        count = torch.zeros(length, dtype=torch.int64)
+        for start in axis_start:
+            sums[start : start + profile.numel()] += profile
+            count[start : start + profile.numel()] += 1
+        peak *= float(sums.max())
+        most *= int(count.max())
+    bound = (peak + slack * most) * (1 + 1e-6)  # float32 products may round up
+    k = min(30, math.floor(math.log2((SUM_LIMIT - most) / bound)))
+    if k < 16:
+        raise ValueError(
+            f"tiles {tuple(w.shape)}: up to {most} cover a voxel, their weights summing to "
+            f"{bound:.0f}, too many for the blend's fixed-point sums; use a smaller overlap"
+        )
+    return float(2**k)
 
 
 class WeightSums:
-    """The per-voxel sum of the tile weights over a block (float32, added in grid order, so a
-    voxel's sum is the same in any block); the last block's is reused by the next whose tiles
-    lie the same way around it.
+    """The per-voxel sum of the tile weights over a block, in the fixed point of the sums (so
+    that probabilities of 1 blend to exactly 1, and a voxel's sum is the same in any block); the
+    last block's is reused by the next whose tiles lie the same way around it.
     """
 
     def __init__(self) -> None:
@@ -100,7 +136,7 @@ class WeightSums:
         key = (write.shape, tuple((b.shift([-o for o in write.offset]), b.shape) for b in tiles))
         if key != self._key or self._sums is None:
             self._sums = None  # freed before the next one is made
-            sums = torch.zeros(write.shape, dtype=torch.float32, device=weight.device)
+            sums = torch.zeros(write.shape, dtype=weight.dtype, device=weight.device)
             for box in tiles:
                 in_tile, in_write = _overlap(box, write)
                 sums[in_write].add_(weight[in_tile])
@@ -147,6 +183,7 @@ class BlockBlender:
         self._last = -1
         self._waiting: dict[int, Waiting] = {}
         self._scaled_weight = weight  # times 2^k for the fixed point: set per pass (_begin)
+        self._fixed_weight = weight  # the same, rounded to the sums' integers
         self._starts: list[list[int]] = []  # the tile grid's starts per axis, set per pass
         self._shape: tuple[int, ...] = ()  # the volume's, set per pass
 
@@ -187,7 +224,7 @@ class BlockBlender:
                 f"{missing[0].offset}) were neither run for an earlier block of this pass nor "
                 "read for this one; a pass must run its blocks in sweep order"
             )
-        sums = self.weight_sums(tiles, write, self._scaled_weight)
+        sums = self.weight_sums(tiles, write, self._fixed_weight)
         origin = tuple(int(o) for o in item["origin"])
         total = self._blend(predict, item["raw"], origin, todo, write, index, sweep, waiting)
         probs = total.to(torch.float32)
@@ -203,8 +240,9 @@ class BlockBlender:
             self._pass, self._shape = key, tuple(shape)
             tile = self.weight.shape
             self._starts = [axis_starts(*a) for a in zip(shape, tile, stride, strict=True)]
-            scale = fixed_point_scale(self.weight.shape, stride)
+            scale = fixed_point_scale(self.weight, self._starts, shape)
             self._scaled_weight = self.weight * scale  # exact: scale is a power of 2
+            self._fixed_weight = self._scaled_weight.round().to(SUM_DTYPE)
         self._last = index
         for passed in [k for k in self._waiting if k < index]:
             del self._waiting[passed]
@@ -247,11 +285,11 @@ class BlockBlender:
 
     @staticmethod
     def _zeros(channels: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-        return torch.zeros((channels, *shape), dtype=torch.int64, device=device)
+        return torch.zeros((channels, *shape), dtype=SUM_DTYPE, device=device)
 
     def _to_fixed(self, value: torch.Tensor) -> torch.Tensor:
-        """(C, tz, ty, tx) probabilities -> int64 float32(p * weight) * 2^k (cut below 1)."""
-        return value.float().clamp(0.0, 1.0).mul_(self._scaled_weight).to(torch.int64)
+        """(C, tz, ty, tx) probabilities -> int32 round(float32(p * weight) * 2^k)."""
+        return value.float().clamp(0.0, 1.0).mul_(self._scaled_weight).round_().to(SUM_DTYPE)
 
     def _reach(self, axis: int, block: Box) -> int:
         """How far into ``block`` along ``axis`` the tiles starting before it reach."""
