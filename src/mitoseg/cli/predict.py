@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mitoseg import io
+from mitoseg import allocator, io
 from mitoseg.cli.common import CONFIG_PATH, build_net, trained_intensity
 from mitoseg.cli.entry import command, hydra_task, run_hydra
 from mitoseg.cli.predict_grid import predict_grid, work_output
@@ -122,6 +122,7 @@ def predict(cfg: DictConfig) -> Path:
     job_output = work_output(Path(cfg.cache_dir), output, plan) if resampling else output
     # bf16 and channels-last where this machine computes faster with them (mitoseg.hardware)
     compute = resolve_compute(cfg.trainer.precision, cfg.channels_last, cfg.trainer.accelerator)
+    log.info("memory allocator: %s", allocator.describe())
     job = PredictJob(plan, job_output, voxel_size, raw_intensity, compute.record())
     data = BlockPredictData(job, cfg.overwrite, cfg.num_workers, bool(cfg.io_threads))
     module = SegmentationModule(
