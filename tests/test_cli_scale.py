@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mitoseg import io
+from mitoseg.allocator import find_tcmalloc
 from mitoseg.files import partial_path
 from mitoseg.predict.blocks import journal_path
 from mitoseg.train.sampling import EpochSampler
@@ -96,6 +97,9 @@ def test_ddp_predict_two_processes_equals_one(setup) -> None:
     ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
     result = run(cwd, "mitoseg-predict", *predict_args(ckpt, raw, "ddp.zarr", *ddp))
     assert "24 blocks (12 by this process, 2 process(es))" in result.stdout
+    # restarted with tcmalloc where the machine has it (mitoseg.allocator), ranks included
+    lines = re.findall(r"memory allocator: .*", result.stdout + result.stderr)
+    assert lines and all(("tcmalloc" in x) == (find_tcmalloc() is not None) for x in lines), lines
     np.testing.assert_allclose(
         io.open_volume(cwd / "ddp.zarr")[:], io.open_volume(cwd / "whole.zarr")[:], atol=1e-6
     )
