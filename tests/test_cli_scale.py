@@ -122,6 +122,10 @@ def test_ddp_training_two_processes(setup) -> None:
     assert result.stdout.count("test fg_iou") == 1  # rank 0 decodes, scores and reports once
     for rank in (0, 1):  # every rank predicted its own blocks of the test-time sets
         assert re.search(rf"rank {rank} wrote [1-9]\d* blocks", result.stdout + result.stderr)
+    # both ranks run on tcmalloc where the machine has it (mitoseg.allocator), as for predict
+    lines = re.findall(r"memory allocator: .*", result.stdout + result.stderr)
+    assert len(lines) == 2
+    assert all(("tcmalloc" in x) == (find_tcmalloc() is not None) for x in lines), lines
     out = cwd / "run"
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     # events.out.tfevents.<time>.<host>.<pid>.<n>: only one process (rank 0) logs

@@ -1,4 +1,5 @@
-"""The memory allocator of ``mitoseg-predict``: tcmalloc where the system has it (Linux).
+"""The memory allocator of ``mitoseg-predict`` and ``mitoseg-train``: tcmalloc where the system
+has it (Linux).
 
 PyTorch on a CPU allocates and frees tensors of many sizes for every batch of tiles. glibc's
 malloc keeps what is freed in its heap, in holes between what is still in use, and does not give
@@ -7,6 +8,8 @@ it back; tcmalloc does. Measured on a 0.1 Gvox prediction with a 96^3-tile U-Net
 460-620 MiB with glibc, and no slower. An allocator is chosen when a process starts, so the
 command starts itself again, once, with the library in ``LD_PRELOAD`` (what PyTorch's own CPU
 launcher does), before anything large is imported.
+``mitoseg-train`` does the same for its test-time prediction; whether its training steps gain
+was not measured.
 
 ``MITOSEG_MALLOC`` chooses: ``auto`` (default: tcmalloc if a library is found, else glibc),
 ``tcmalloc`` (an error if none is found), ``system`` (glibc), or the path of a library to

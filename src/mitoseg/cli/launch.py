@@ -10,3 +10,12 @@ def predict() -> None:
     from mitoseg.cli.predict import main
 
     main()
+
+
+def train() -> None:
+    """``mitoseg-train``, with tcmalloc preloaded where the system has it (its test phase
+    predicts as ``mitoseg-predict`` does)."""
+    preload("mitoseg-train")
+    from mitoseg.cli.train import main
+
+    main()

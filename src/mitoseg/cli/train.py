@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from mitoseg import io, signals
+from mitoseg import allocator, io, signals
 from mitoseg.analyze.report import columns_of, results_table, settings_text
 from mitoseg.bioimage.package import is_model_package
 from mitoseg.cli.common import (
@@ -192,6 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     fill_voxel_size(cfg)
     fill_compute(cfg)
+    log.info("memory allocator: %s", allocator.describe())
     adopt_init_model(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else [])
     ckpt = resume_checkpoint(cfg)
     if ckpt is None and rank_zero_only.rank == 0:  # DDP ranks > 0 start once rank 0 has begun
