@@ -8,8 +8,8 @@ it back; tcmalloc does. Measured on a 0.1 Gvox prediction with a 96^3-tile U-Net
 460-620 MiB with glibc, and no slower. An allocator is chosen when a process starts, so the
 command starts itself again, once, with the library in ``LD_PRELOAD`` (what PyTorch's own CPU
 launcher does), before anything large is imported.
-``mitoseg-train`` does the same for its test-time prediction; whether its training steps gain
-was not measured.
+``mitoseg-train`` does the same for its test-time prediction (its training steps: not worse in
+one demo run each, benchmarks/studies/predict_scale.md).
 
 ``MITOSEG_MALLOC`` chooses: ``auto`` (default: tcmalloc if a library is found, else glibc),
 ``tcmalloc`` (an error if none is found), ``system`` (glibc), or the path of a library to
