@@ -13,12 +13,12 @@ and added as an int32, so a voxel's sum is the same in whatever order its tiles 
 room for the largest sum of tile weights on a voxel (:func:`fixed_point_scale`; a Gaussian
 blend's weights sum to about 1: k = 30); rounding costs at most 2^-(k+1) per tile, within
 float32 rounding where the weights sum to about 1 and under 5e-7 where a voxel's only tile
-weighs 1e-3 (the smallest Gaussian weight, at the volume's corners). int32 rather than int64
-halves the memory of the sums waiting for later blocks. A block's output therefore
-does not depend on which earlier blocks the same process ran (a resumed run, a block at the
-border of two DDP ranks' ranges), only on its tiles' predictions (a tile run in another batch,
-as a resumed run does for the tiles of blocks already done, may differ in the last bit of a
-float32).
+weighs 1e-3 (the smallest Gaussian weight, at the volume's corners). As the order does not
+matter, a block's output does not depend on which earlier blocks the same process ran (a
+resumed run, a block at the border of two DDP ranks' ranges), only on its tiles' predictions (a
+tile run in another batch, as a resumed run does for the tiles of blocks already done, may
+differ in the last bit of a float32). int32 rather than int64 halves the memory of the sums
+waiting for later blocks.
 """
 
 from __future__ import annotations
